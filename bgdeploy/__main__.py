@@ -1,0 +1,3 @@
+from bgdeploy.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The control plane: decides what happens (lock, deploy, reconcile)."""

@@ -1,0 +1,32 @@
+"""What one command works with: the config, its registry and its lifecycle lock."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from bgdeploy.config import Config, find_config_path, load_config
+from bgdeploy.control.lock import LifecycleLock
+from bgdeploy.registry.store import Registry
+from bgdeploy.states import DEFAULT_SERVICE
+
+
+class App:
+    def __init__(self, config: Config, service: str = DEFAULT_SERVICE) -> None:
+        self.config = config
+        self.service = service
+
+    @classmethod
+    def load(cls, config_path: str | Path | None = None) -> App:
+        return cls(load_config(find_config_path(config_path)))
+
+    @cached_property
+    def registry(self) -> Registry:
+        return Registry(self.config.registry_url)
+
+    def lock(self) -> LifecycleLock:
+        return LifecycleLock(self.config.state_dir, self.service)
+
+    def close(self) -> None:
+        if "registry" in self.__dict__:
+            self.registry.close()

@@ -1,0 +1,83 @@
+"""The status object (DESIGN section 6) and the history list, as plain dicts.
+
+``status --json`` and the admin listener's ``/api/status`` print exactly this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bgdeploy.boots import process_matches
+from bgdeploy.control.app import App
+from bgdeploy.registry.models import Boot, Event, Router
+from bgdeploy.timefmt import iso
+
+
+def boot_dict(boot: Boot | None, inflight: dict[str, int] | None = None) -> dict[str, Any] | None:
+    if boot is None:
+        return None
+    return {
+        "boot_id": boot.boot_id,
+        "version": boot.version,
+        "port": boot.port,
+        "pid": boot.pid,
+        "state": boot.state,
+        "started_ts": iso(boot.started_ts),
+        "inflight": (inflight or {}).get(boot.boot_id, 0),
+    }
+
+
+def router_dict(router: Router | None) -> dict[str, Any] | None:
+    if router is None or not process_matches(router.pid, router.pid_create_time):
+        return None
+    return {"pid": router.pid, "url": router.url, "admin_url": router.admin_url}
+
+
+def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:
+    reg = app.registry
+    row = reg.deployment(app.service)
+    with reg.reading() as s:
+        active = s.get(Boot, row.active_boot_id) if row.active_boot_id else None
+        candidate = s.get(Boot, row.candidate_boot_id) if row.candidate_boot_id else None
+        old = s.get(Boot, row.old_boot_id) if row.old_boot_id else None
+        router = s.get(Router, app.service)
+    holder = app.lock().holder()
+    return {
+        "service": row.service,
+        "generation": row.generation,
+        "state": row.state,
+        "active": boot_dict(active, inflight),
+        "candidate": boot_dict(candidate, inflight),
+        "old": boot_dict(old, inflight),
+        "switch_ts": iso(row.switch_ts),
+        "health_fail_streak": row.health_fail_streak,
+        "health_ok_streak": row.health_ok_streak,
+        "rollback_reason": row.rollback_reason,
+        "rollback_ts": iso(row.rollback_ts),
+        "last_error": row.last_error,
+        "quarantined_versions": reg.quarantined_versions(app.service),
+        "router": router_dict(router),
+        "lock": holder.as_dict() if holder else None,
+    }
+
+
+def event_dict(ev: Event) -> dict[str, Any]:
+    return {
+        "id": ev.id,
+        "generation": ev.generation,
+        "event": ev.event,
+        "from_state": ev.from_state,
+        "to_state": ev.to_state,
+        "active_boot_id": ev.active_boot_id,
+        "candidate_boot_id": ev.candidate_boot_id,
+        "old_boot_id": ev.old_boot_id,
+        "reason": ev.reason,
+        "actor_pid": ev.actor_pid,
+        "actor_command": ev.actor_command,
+        "ts": iso(ev.ts),
+    }
+
+
+def history(app: App, limit: int | None = None) -> list[dict[str, Any]]:
+    """Newest first."""
+    return [event_dict(e) for e in app.registry.events(app.service, limit)]

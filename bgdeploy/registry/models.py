@@ -1,0 +1,169 @@
+"""Typed SQLAlchemy 2 models. Alembic migrations own the schema built from these."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from bgdeploy.states import BootState, DeploymentState
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC in SQLite and hands back aware UTC datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Deployment(Base):
+    """One row per service: where its deploy stands. Changed only by fenced transitions."""
+
+    __tablename__ = "deployments"
+
+    service: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default=DeploymentState.IDLE.value)
+    active_boot_id: Mapped[str | None] = mapped_column(ForeignKey("boots.boot_id"))
+    candidate_boot_id: Mapped[str | None] = mapped_column(ForeignKey("boots.boot_id"))
+    old_boot_id: Mapped[str | None] = mapped_column(ForeignKey("boots.boot_id"))
+    switch_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    health_fail_streak: Mapped[int] = mapped_column(Integer, default=0)
+    health_ok_streak: Mapped[int] = mapped_column(Integer, default=0)
+    rollback_reason: Mapped[str | None] = mapped_column(Text)
+    rollback_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Boot(Base):
+    """One started process of the daemon."""
+
+    __tablename__ = "boots"
+    __table_args__ = (
+        # Invariant 2: at most one active boot per service, enforced by the database.
+        Index(
+            "uq_boots_one_active_per_service",
+            "service",
+            unique=True,
+            sqlite_where=text("state = 'active'"),
+        ),
+    )
+
+    boot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service: Mapped[str] = mapped_column(String(64), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(128))
+    port: Mapped[int | None] = mapped_column(Integer)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    # psutil create_time of the process: a pid is ours only if this matches too.
+    pid_create_time: Mapped[float | None] = mapped_column()
+    log_path: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default=BootState.STARTING.value)
+    started_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    stopped_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+
+
+class Workspace(Base):
+    """A workspace bound to the boot that serves it."""
+
+    __tablename__ = "workspaces"
+
+    service: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace: Mapped[str] = mapped_column(String(512), primary_key=True)
+    boot_id: Mapped[str] = mapped_column(ForeignKey("boots.boot_id"))
+    attached_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Quarantine(Base):
+    """Versions that auto-deploy will not try again (set when a rollback completes)."""
+
+    __tablename__ = "quarantine"
+
+    service: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Event(Base):
+    """Append-only history of every transition."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        # Invariant 3: the database itself refuses a second switch or rollback per generation.
+        Index(
+            "uq_events_once_per_generation",
+            "service",
+            "generation",
+            "event",
+            unique=True,
+            sqlite_where=text("event IN ('switch', 'rollback')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    service: Mapped[str] = mapped_column(String(64), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    active_boot_id: Mapped[str | None] = mapped_column(String(64))
+    candidate_boot_id: Mapped[str | None] = mapped_column(String(64))
+    old_boot_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    actor_pid: Mapped[int | None] = mapped_column(Integer)
+    actor_command: Mapped[str | None] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Router(Base):
+    """The router process that owns the service's fixed address, while one runs."""
+
+    __tablename__ = "routers"
+
+    service: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    pid_create_time: Mapped[float] = mapped_column()
+    url: Mapped[str] = mapped_column(Text)
+    admin_url: Mapped[str] = mapped_column(Text)
+    started_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

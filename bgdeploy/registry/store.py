@@ -1,0 +1,421 @@
+"""Registry access: engine set-up, fenced transitions, boots, workspaces, events.
+
+Every unit of work is one transaction. Writes open with ``BEGIN IMMEDIATE`` so
+that two processes never both read a row and then race to upgrade to a write
+lock (SQLite would answer the loser with "database is locked" at once, without
+waiting); with the busy timeout, writers simply queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from statemachine.exceptions import TransitionNotAllowed
+
+from bgdeploy.errors import IllegalTransition, RegistryError
+from bgdeploy.machine import DeploymentFields, DeploymentMachine
+from bgdeploy.registry import migrate
+from bgdeploy.registry.models import Boot, Deployment, Event, Quarantine, Workspace, utcnow
+from bgdeploy.states import (
+    LIVE_BOOT_STATES,
+    BootState,
+    DeploymentEvent,
+    DeploymentState,
+)
+
+log = logging.getLogger("bgdeploy.registry")
+
+BUSY_TIMEOUT_S = 30.0
+_WRITE = "bgdeploy_write"
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    applied: bool
+    row: DeploymentFields
+    message: str
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a sqlite URL, or None for other databases and :memory:."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.endswith(":memory:"):
+        return None
+    return Path(url[len(prefix) :])
+
+
+def prepare_sqlite_file(path: Path) -> None:
+    """Create the registry folder 0700 and the file 0600 before SQLite touches them."""
+    folder = path.parent
+    if not folder.exists():
+        try:
+            folder.mkdir(parents=True, mode=0o700)
+        except OSError as e:
+            raise RegistryError(
+                f"Cannot create the state folder {folder}: {e.strerror}.",
+                hint="Check its permissions or set state_dir in bgdeploy.toml.",
+            ) from None
+    if not path.exists():
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        except OSError as e:
+            raise RegistryError(
+                f"Cannot create the registry {path}: {e.strerror}.",
+                hint="Check the folder's permissions, or set registry.url in bgdeploy.toml.",
+            ) from None
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+    if engine.dialect.name != "sqlite":
+        return engine
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (pysqlite's own BEGIN is deferred and too late).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def boot_colour(generation: int) -> str:
+    return "blue" if generation % 2 == 1 else "green"
+
+
+class Registry:
+    """The registry of one config. Cheap to create; holds a small connection pool."""
+
+    def __init__(self, url: str, *, auto_migrate: bool = True) -> None:
+        self.url = url
+        path = sqlite_path(url)
+        if path is not None:
+            prepare_sqlite_file(path)
+        self.engine = make_engine(url)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False
+        )
+        self.actor_pid = os.getpid()
+        self.actor_command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500]
+        try:
+            if auto_migrate:
+                migrate.ensure_head(self.engine, path)
+            else:
+                migrate.check_head(self.engine)
+        except DatabaseError as e:
+            raise RegistryError(
+                f"The registry at {url} is not a usable SQLite database ({e.orig}).",
+                hint="Move the file aside and run `bgdeploy init` to create a new registry.",
+            ) from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- units of work -------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self._read.begin() as session:
+            yield session
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        try:
+            with self._write.begin() as session:
+                yield session
+        except OperationalError as e:
+            raise RegistryError(
+                f"The registry could not be written ({e.orig}).",
+                hint="Another process may hold it for longer than the busy timeout; retry.",
+            ) from None
+
+    # -- deployments ---------------------------------------------------------------
+
+    def deployment(self, service: str) -> DeploymentFields:
+        with self.reading() as s:
+            row = s.get(Deployment, service)
+            if row is not None:
+                return DeploymentFields.from_row(row)
+        with self.writing() as s:
+            return DeploymentFields.from_row(self._row(s, service))
+
+    def _row(self, s: Session, service: str) -> Deployment:
+        row = s.get(Deployment, service)
+        if row is None:
+            row = Deployment(
+                service=service, generation=0, state=DeploymentState.IDLE.value, updated_ts=utcnow()
+            )
+            s.add(row)
+            s.flush()
+        return row
+
+    def transition(
+        self,
+        service: str,
+        event_name: DeploymentEvent | str,
+        *,
+        generation: int,
+        state: DeploymentState | str | None = None,
+        reason: str | None = None,
+        version: str | None = None,
+        restore_boot_id: str | None = None,
+    ) -> TransitionResult:
+        """Apply one event as a compare-and-set on (service, generation, state).
+
+        A stale generation or state is a no-op that returns the current row. An
+        event the machine does not allow from the current state raises
+        ``IllegalTransition`` and writes nothing.
+        """
+        ev = DeploymentEvent(event_name)
+        try:
+            with self.writing() as s:
+                row = self._row(s, service)
+                before = DeploymentFields.from_row(row)
+                if before.generation != generation or (state is not None and before.state != state):
+                    return TransitionResult(False, before, _stale(ev, generation, state, before))
+                after = DeploymentFields.from_row(row)
+                now = utcnow()
+                params: dict[str, Any] = {
+                    "now": now,
+                    "reason": reason,
+                    "restore_boot_id": restore_boot_id,
+                }
+                if ev is DeploymentEvent.BEGIN:
+                    if version is None:
+                        raise ValueError("begin needs the candidate's version")
+                    params["candidate_boot_id"] = self._new_boot(
+                        s, service, before.generation + 1, version
+                    )
+                machine = DeploymentMachine(model=after, state_field="state")
+                try:
+                    machine.send(ev.value, **params)
+                except TransitionNotAllowed:
+                    raise IllegalTransition(
+                        f"Cannot {ev.value.replace('_', ' ')} while the deployment is "
+                        f"{before.state} (generation {before.generation})."
+                    ) from None
+                after.updated_ts = now
+                self._apply_boot_effects(s, ev, before, after)
+                changes = {k: v for k, v in after.as_dict().items() if k != "service"}
+                res = s.execute(
+                    update(Deployment)
+                    .where(
+                        Deployment.service == service,
+                        Deployment.generation == before.generation,
+                        Deployment.state == before.state,
+                    )
+                    .values(**changes)
+                    .execution_options(synchronize_session=False)
+                )
+                if res.rowcount != 1:  # pragma: no cover - BEGIN IMMEDIATE makes this unreachable
+                    s.rollback()
+                    return TransitionResult(False, before, "the row changed under us")
+                s.add(self._event(ev.value, before, after, reason, now))
+        except IntegrityError:
+            current = self.deployment(service)
+            return TransitionResult(
+                False,
+                current,
+                f"{ev.value} was already recorded for generation {generation}; nothing changed.",
+            )
+        log.info(
+            "generation %d: %s -> %s (%s)",
+            after.generation,
+            before.state,
+            after.state,
+            _describe(after),
+        )
+        return TransitionResult(True, after, f"{before.state} -> {after.state}")
+
+    def record_health(self, service: str, generation: int, ok: bool) -> TransitionResult:
+        """While switched: one health check of the active boot updates the streaks."""
+        with self.writing() as s:
+            row = self._row(s, service)
+            before = DeploymentFields.from_row(row)
+            if before.generation != generation or before.state != DeploymentState.SWITCHED:
+                return TransitionResult(
+                    False, before, _stale("health", generation, DeploymentState.SWITCHED, before)
+                )
+            fail = 0 if ok else before.health_fail_streak + 1
+            good = before.health_ok_streak + 1 if ok else 0
+            s.execute(
+                update(Deployment)
+                .where(
+                    Deployment.service == service,
+                    Deployment.generation == generation,
+                    Deployment.state == DeploymentState.SWITCHED.value,
+                )
+                .values(health_fail_streak=fail, health_ok_streak=good, updated_ts=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            before.health_fail_streak, before.health_ok_streak = fail, good
+            return TransitionResult(True, before, "ok" if ok else f"fail streak {fail}")
+
+    def _new_boot(self, s: Session, service: str, generation: int, version: str) -> str:
+        prefix = "" if service == "default" else f"{service}-"
+        base = f"{prefix}{boot_colour(generation)}-{generation}"
+        boot_id, n = base, 1
+        while s.get(Boot, boot_id) is not None:
+            n += 1
+            boot_id = f"{base}.{n}"
+        s.add(
+            Boot(
+                boot_id=boot_id,
+                service=service,
+                generation=generation,
+                version=version,
+                state=BootState.STARTING.value,
+                started_ts=utcnow(),
+            )
+        )
+        s.flush()
+        return boot_id
+
+    def _apply_boot_effects(
+        self, s: Session, ev: DeploymentEvent, before: DeploymentFields, after: DeploymentFields
+    ) -> None:
+        """Boot states and workspace bindings that follow an event, in the same transaction.
+
+        Demotions run before promotions: the partial unique index allows one active boot.
+        """
+
+        def set_state(boot_id: str | None, state: BootState, only_live: bool = False) -> None:
+            if boot_id is None:
+                return
+            q = update(Boot).where(Boot.boot_id == boot_id)
+            if only_live:
+                q = q.where(Boot.state.in_([st.value for st in LIVE_BOOT_STATES]))
+            s.execute(q.values(state=state.value).execution_options(synchronize_session=False))
+
+        if ev is DeploymentEvent.CANDIDATE_READY:
+            set_state(before.candidate_boot_id, BootState.HEALTHY, only_live=True)
+        elif ev is DeploymentEvent.ABORT:
+            set_state(before.candidate_boot_id, BootState.FAILED, only_live=True)
+        elif ev is DeploymentEvent.SWITCH:
+            set_state(after.old_boot_id, BootState.STANDBY)
+            set_state(after.active_boot_id, BootState.ACTIVE)
+            self._rebind_workspaces(s, after.service, after.active_boot_id)
+        elif ev is DeploymentEvent.FINALIZE:
+            set_state(before.old_boot_id, BootState.DRAINING, only_live=True)
+        elif ev is DeploymentEvent.ROLLBACK:
+            set_state(after.old_boot_id, BootState.DRAINING)
+            set_state(after.active_boot_id, BootState.ACTIVE)
+            self._rebind_workspaces(s, after.service, after.active_boot_id)
+        elif ev is DeploymentEvent.ROLLBACK_DONE and before.old_boot_id:
+            failed = s.get(Boot, before.old_boot_id)
+            if failed is not None and s.get(Quarantine, (after.service, failed.version)) is None:
+                s.add(
+                    Quarantine(
+                        service=after.service,
+                        version=failed.version,
+                        generation=after.generation,
+                        reason=before.rollback_reason,
+                        ts=utcnow(),
+                    )
+                )
+
+    def _rebind_workspaces(self, s: Session, service: str, boot_id: str | None) -> None:
+        if boot_id is not None:
+            s.execute(
+                update(Workspace)
+                .where(Workspace.service == service)
+                .values(boot_id=boot_id)
+                .execution_options(synchronize_session=False)
+            )
+
+    def _event(
+        self,
+        name: str,
+        before: DeploymentFields,
+        after: DeploymentFields,
+        reason: str | None,
+        now: datetime,
+    ) -> Event:
+        return Event(
+            service=after.service,
+            generation=after.generation,
+            event=name,
+            from_state=before.state,
+            to_state=after.state,
+            active_boot_id=after.active_boot_id,
+            candidate_boot_id=after.candidate_boot_id or before.candidate_boot_id,
+            old_boot_id=after.old_boot_id,
+            reason=reason,
+            actor_pid=self.actor_pid,
+            actor_command=self.actor_command,
+            ts=now,
+        )
+
+    # -- events and quarantine -----------------------------------------------------------
+
+    def events(self, service: str, limit: int | None = None) -> list[Event]:
+        """Newest first."""
+        with self.reading() as s:
+            q = select(Event).where(Event.service == service).order_by(Event.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            return list(s.scalars(q))
+
+    def quarantined_versions(self, service: str) -> list[str]:
+        with self.reading() as s:
+            return list(
+                s.scalars(
+                    select(Quarantine.version)
+                    .where(Quarantine.service == service)
+                    .order_by(Quarantine.ts)
+                )
+            )
+
+    # -- boots ---------------------------------------------------------------------------
+
+    def boot(self, boot_id: str | None) -> Boot | None:
+        if boot_id is None:
+            return None
+        with self.reading() as s:
+            return s.get(Boot, boot_id)
+
+    def boots(self, service: str, *, live_only: bool = False) -> list[Boot]:
+        with self.reading() as s:
+            q = select(Boot).where(Boot.service == service).order_by(Boot.started_ts)
+            if live_only:
+                q = q.where(Boot.state.in_([st.value for st in LIVE_BOOT_STATES]))
+            return list(s.scalars(q))
+
+
+def _stale(ev: object, generation: int, state: object, current: DeploymentFields) -> str:
+    want = f"generation {generation}" + (f" in state {state}" if state is not None else "")
+    return (
+        f"{ev} is a no-op: it was for {want}, but the registry holds generation "
+        f"{current.generation} in state {current.state}."
+    )
+
+
+def _describe(row: DeploymentFields) -> str:
+    parts = [f"{row.active_boot_id} active" if row.active_boot_id else "no active boot"]
+    if row.candidate_boot_id:
+        parts.append(f"{row.candidate_boot_id} candidate")
+    if row.old_boot_id:
+        parts.append(f"{row.old_boot_id} old")
+    return ", ".join(parts)

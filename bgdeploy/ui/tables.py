@@ -1,0 +1,128 @@
+"""Rich renderings of the status object and the history list."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+STATE_STYLES = {
+    "idle": "green",
+    "starting": "cyan",
+    "ready": "cyan",
+    "switched": "yellow",
+    "rolling_back": "bold red",
+}
+BOOT_STYLES = {
+    "active": "bold green",
+    "healthy": "cyan",
+    "starting": "cyan",
+    "standby": "yellow",
+    "draining": "magenta",
+    "stopped": "dim",
+    "failed": "red",
+}
+
+
+def uptime(started: str | None) -> str:
+    if not started:
+        return "-"
+    then = datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    secs = int((datetime.now(UTC) - then).total_seconds())
+    if secs < 120:
+        return f"{secs}s"
+    if secs < 7200:
+        return f"{secs // 60}m"
+    if secs < 172800:
+        return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
+    return f"{secs // 86400}d"
+
+
+def status_renderable(st: dict[str, Any]) -> Group:
+    state = st["state"]
+    head = Text.assemble(
+        ("service ", "dim"),
+        (st["service"], "bold"),
+        ("  generation ", "dim"),
+        (str(st["generation"]), "bold"),
+        ("  state ", "dim"),
+        (state, STATE_STYLES.get(state, "")),
+    )
+    boots = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("role", "boot", "version", "state", "port", "pid", "uptime", "in flight"):
+        boots.add_column(col, justify="right" if col in ("port", "pid", "in flight") else "left")
+    for role in ("active", "candidate", "old"):
+        b = st[role]
+        if b is None:
+            boots.add_row(role, Text("-", "dim"), "", "", "", "", "", "")
+            continue
+        boots.add_row(
+            role,
+            Text(b["boot_id"], "bold"),
+            b["version"],
+            Text(b["state"], BOOT_STYLES.get(b["state"], "")),
+            str(b["port"] or "-"),
+            str(b["pid"] or "-"),
+            uptime(b["started_ts"]),
+            str(b["inflight"]),
+        )
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="dim")
+    facts.add_column()
+    facts.add_row(
+        "health streaks", f"{st['health_fail_streak']} failed / {st['health_ok_streak']} ok"
+    )
+    if st["switch_ts"]:
+        facts.add_row("switched at", st["switch_ts"])
+    if st["rollback_reason"] or st["rollback_ts"]:
+        facts.add_row("rollback", Text(f"{st['rollback_reason']} at {st['rollback_ts']}", "red"))
+    if st["last_error"]:
+        facts.add_row("last error", Text(st["last_error"], "red"))
+    facts.add_row("quarantined", ", ".join(st["quarantined_versions"]) or "none")
+    router = st["router"]
+    facts.add_row(
+        "router",
+        f"{router['url']} (pid {router['pid']}, admin {router['admin_url']})"
+        if router
+        else Text("not running (bgdeploy up)", "yellow"),
+    )
+    lock = st["lock"]
+    facts.add_row(
+        "lock",
+        Text(f"held by pid {lock['pid']} ({lock['command']}) since {lock['since']}", "yellow")
+        if lock
+        else "free",
+    )
+    return Group(head, Text(""), boots, Text(""), facts)
+
+
+def history_table(events: list[dict[str, Any]]) -> Table:
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    for col in (
+        "time",
+        "gen",
+        "event",
+        "from -> to",
+        "active",
+        "candidate",
+        "old",
+        "reason",
+        "actor",
+    ):
+        table.add_column(col)
+    for ev in events:
+        table.add_row(
+            ev["ts"],
+            str(ev["generation"]),
+            Text(ev["event"], "bold"),
+            f"{ev['from_state']} -> {ev['to_state']}",
+            ev["active_boot_id"] or "-",
+            ev["candidate_boot_id"] or "-",
+            ev["old_boot_id"] or "-",
+            ev["reason"] or "",
+            f"pid {ev['actor_pid']}",
+        )
+    return table
