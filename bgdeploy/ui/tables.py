@@ -101,28 +101,17 @@ def status_renderable(st: dict[str, Any]) -> Group:
 
 def history_table(events: list[dict[str, Any]]) -> Table:
     table = Table(header_style="bold", box=None, pad_edge=False)
-    for col in (
-        "time",
-        "gen",
-        "event",
-        "from -> to",
-        "active",
-        "candidate",
-        "old",
-        "reason",
-        "actor",
-    ):
-        table.add_column(col)
+    for col in ("time (UTC)", "gen", "event", "from -> to", "boots"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    table.add_column("actor", no_wrap=True)
     for ev in events:
+        boots = [f"{role}={ev[key]}" for role, key in
+                 (("active", "active_boot_id"), ("candidate", "candidate_boot_id"),
+                  ("old", "old_boot_id")) if ev[key]]
         table.add_row(
-            ev["ts"],
-            str(ev["generation"]),
-            Text(ev["event"], "bold"),
-            f"{ev['from_state']} -> {ev['to_state']}",
-            ev["active_boot_id"] or "-",
-            ev["candidate_boot_id"] or "-",
-            ev["old_boot_id"] or "-",
-            ev["reason"] or "",
-            f"pid {ev['actor_pid']}",
+            ev["ts"].replace("T", " ").rstrip("Z"), str(ev["generation"]),
+            Text(ev["event"], "bold"), f"{ev['from_state']} -> {ev['to_state']}",
+            " ".join(boots) or "-", ev["reason"] or "", f"pid {ev['actor_pid']}",
         )
     return table

@@ -1,0 +1,78 @@
+"""Shared fixtures: a real SQLite registry in tmp_path, config files, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bgdeploy.registry.store import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DAEMON = REPO / "tools" / "demo_daemon.py"
+
+
+def poll_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
+               what: str = "condition") -> object:
+    """Bounded polling: return the first truthy value of predicate, or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def registry(tmp_path: Path):
+    reg = Registry(f"sqlite:///{tmp_path / 'state' / 'registry.db'}")
+    yield reg
+    reg.close()
+
+
+def write_config(folder: Path, body: str = "", command: list[str] | None = None) -> Path:
+    """A bgdeploy.toml in folder; body is extra TOML appended after [daemon] command."""
+    cmd = command or [sys.executable, str(DEMO_DAEMON), "--port", "{port}", "--version",
+                      "{version}"]
+    path = folder / "bgdeploy.toml"
+    argv = ", ".join(f'"{c}"' for c in cmd)
+    path.write_text(f"[daemon]\ncommand = [{argv}]\n" + textwrap.dedent(body))
+    return path
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run `bgdeploy ARGS` in-process (same error handler as the console script)."""
+    from bgdeploy.cli import run
+
+    def invoke(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = run([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return invoke
+
+
+def run_bgdeploy(*args: str, cwd: Path | None = None, timeout: float = 60,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point in a child process."""
+    full_env = {**os.environ, **(env or {}), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "bgdeploy", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,105 @@
+"""bgdeploy.toml: defaults, path resolution, and errors that name the key (exit 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bgdeploy.config import STARTER_CONFIG, load_config, parse_config
+from bgdeploy.errors import ConfigError
+from tests.conftest import run_bgdeploy, write_config
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    path = write_config(tmp_path)
+    cfg = load_config(path)
+    assert cfg.router.host == "127.0.0.1" and cfg.router.port == 47777
+    assert cfg.router.admin_port == 47778
+    assert cfg.state_dir == tmp_path / ".bgdeploy"
+    assert cfg.registry_url == f"sqlite:///{tmp_path / '.bgdeploy' / 'registry.db'}"
+    assert cfg.health.failure_threshold == 3
+    assert cfg.daemon.health_path == "/healthz"
+
+
+def test_relative_state_dir_version_file_and_registry_resolve_against_config_folder(tmp_path):
+    raw = {
+        "state_dir": "run/state",
+        "registry": {"url": "sqlite:///db/reg.db"},
+        "daemon": {"command": ["d"], "version_file": "VERSION"},
+    }
+    cfg = parse_config(raw, tmp_path / "bgdeploy.toml")
+    assert cfg.state_dir == tmp_path / "run" / "state"
+    assert cfg.registry_url == f"sqlite:///{tmp_path / 'db' / 'reg.db'}"
+    assert cfg.daemon.version_file == tmp_path / "VERSION"
+
+
+def test_starter_config_is_valid(tmp_path):
+    path = tmp_path / "bgdeploy.toml"
+    path.write_text(STARTER_CONFIG)
+    cfg = load_config(path)
+    assert cfg.daemon.command[0] == "python3"
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ({"daemon": {"command": ["d"], "comand": ["x"]}}, "`daemon.comand`"),
+        ({"daemon": {"command": ["d"]}, "routr": {}}, "`routr`"),
+        ({"daemon": {"command": ["d"]}, "health": {"interval": "fast"}}, "`health.interval`"),
+        ({"daemon": {"command": ["d"]}, "health": {"failure_threshold": 0}},
+         "`health.failure_threshold`"),
+        ({"daemon": {"command": ["d"]}, "router": {"port": 70000}}, "`router.port`"),
+        ({"daemon": {"command": "d --port 1"}}, "`daemon.command`"),
+        ({"daemon": {"command": ["d"], "port_range": [9000, 8000]}}, "`daemon.port_range`"),
+        ({"daemon": {"command": ["d"], "health_path": "healthz"}}, "`daemon.health_path`"),
+        ({"daemon": {}}, "`daemon.command` is missing"),
+        ({"daemon": {"command": ["d"]}, "health": {"stable_checks": True}},
+         "`health.stable_checks`"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, raw, needle):
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, tmp_path / "bgdeploy.toml")
+    assert needle in info.value.message
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ('[daemon]\ncommand = ["d"]\nbogus = 1\n', "Unknown key `daemon.bogus`"),
+        ('[daemon]\ncommand = ["d"]\n[health]\ninterval = "soon"\n',
+         "`health.interval` in"),
+        ("[router]\nport = 1\n", "`daemon.command` is missing"),
+        ("[daemon\ncommand = 1\n", "is not valid TOML"),
+    ],
+)
+def test_bad_config_exits_2_with_one_sentence_and_no_traceback(tmp_path, toml, needle):
+    (tmp_path / "bgdeploy.toml").write_text(toml)
+    proc = run_bgdeploy("status", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("Error: ") and needle in proc.stderr
+    assert "Hint:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / ".bgdeploy").exists()  # nothing created from a bad config
+
+
+def test_missing_config_says_how_to_make_one(tmp_path):
+    proc = run_bgdeploy("status", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "No config file at" in proc.stderr and "bgdeploy init" in proc.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "bgdeploy.toml").write_text("[daemon]\nbogus = 1\n")
+    proc = run_bgdeploy("--debug", "status", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_config_env_variable_is_used(tmp_path):
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    write_config(folder)
+    proc = run_bgdeploy("status", "--json", cwd=tmp_path,
+                        env={"BGDEPLOY_CONFIG": str(folder / "bgdeploy.toml")})
+    assert proc.returncode == 0, proc.stderr
+    assert (folder / ".bgdeploy" / "registry.db").exists()

@@ -1,0 +1,104 @@
+"""The registry file: migrations agree with the models; safe defaults; clear errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine
+
+from bgdeploy.errors import RegistryError
+from bgdeploy.registry import migrate
+from bgdeploy.registry.models import Base
+from bgdeploy.registry.store import Registry
+from tests.conftest import run_bgdeploy, write_config
+
+
+def test_empty_database_upgrades_to_head_and_models_agree(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = create_engine(url)
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_registry_file_0600_folder_0700_and_wal(tmp_path):
+    reg = Registry(f"sqlite:///{tmp_path / 'state' / 'registry.db'}")
+    reg.deployment("default")
+    reg.close()
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "state" / "registry.db").stat().st_mode) == 0o600
+    conn = sqlite3.connect(tmp_path / "state" / "registry.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_registry_from_a_newer_schema_is_refused_untouched(tmp_path):
+    db = tmp_path / "registry.db"
+    Registry(f"sqlite:///{db}").close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RegistryError, match="revision 9999"):
+        Registry(f"sqlite:///{db}")
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "9999"
+    conn.close()
+
+
+def test_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+    write_config(tmp_path)
+    state = tmp_path / ".bgdeploy"
+    state.mkdir()
+    (state / "registry.db").write_bytes(b"this is not sqlite" * 100)
+    proc = run_bgdeploy("status", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "not a usable SQLite database" in proc.stderr and "Traceback" not in proc.stderr
+    assert (state / "registry.db").read_bytes() == b"this is not sqlite" * 100
+
+
+def test_init_in_empty_folder_then_status_json(tmp_path):
+    proc = run_bgdeploy("init", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Wrote config" in proc.stdout
+    assert (tmp_path / "bgdeploy.toml").read_text().startswith("# bgdeploy.toml")
+    engine = create_engine(f"sqlite:///{tmp_path / '.bgdeploy' / 'registry.db'}")
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    proc = run_bgdeploy("status", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(proc.stdout)
+    assert st["generation"] == 0 and st["state"] == "idle"
+    assert set(st) == {
+        "service", "generation", "state", "active", "candidate", "old", "switch_ts",
+        "health_fail_streak", "health_ok_streak", "rollback_reason", "rollback_ts",
+        "last_error", "quarantined_versions", "router", "lock",
+    }
+    assert st["active"] is None and st["router"] is None and st["lock"] is None
+    assert st["quarantined_versions"] == []
+    again = run_bgdeploy("init", cwd=tmp_path)
+    assert again.returncode == 0 and "Kept existing config" in again.stdout
+
+
+def test_status_table_and_history(tmp_path, cli):
+    write_config(tmp_path)
+    cfg = str(tmp_path / "bgdeploy.toml")
+    reg = Registry(f"sqlite:///{tmp_path / '.bgdeploy' / 'registry.db'}")
+    row = reg.deployment("default")
+    reg.transition("default", "begin", generation=row.generation, version="1.0")
+    reg.close()
+    res = cli("--config", cfg, "status")
+    assert res.code == 0
+    assert "generation 1" in res.out and "starting" in res.out and "blue-1" in res.out
+    res = cli("--config", cfg, "history")
+    assert res.code == 0 and "begin" in res.out and "idle -> starting" in res.out
+    res = cli("--config", cfg, "history", "--json", "--limit", "5")
+    events = json.loads(res.out)
+    assert events[0]["event"] == "begin" and events[0]["to_state"] == "starting"
+    assert {"generation", "event", "from_state", "to_state", "reason", "ts"} <= set(events[0])

@@ -1,0 +1,217 @@
+"""The state machine bound to the registry row: every legal and illegal transition."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from bgdeploy.errors import IllegalTransition
+from bgdeploy.registry.models import Boot, Event
+from bgdeploy.registry.store import Registry
+from bgdeploy.states import BootState, DeploymentEvent, DeploymentState
+
+SVC = "default"
+ALLOWED = {
+    ("idle", "begin"): "starting",
+    ("starting", "candidate_ready"): "ready",
+    ("starting", "abort"): "idle",
+    ("ready", "abort"): "idle",
+    ("ready", "switch"): "switched",
+    ("switched", "finalize"): "idle",
+    ("switched", "rollback"): "rolling_back",
+    ("rolling_back", "rollback_done"): "idle",
+}
+
+
+def fire(reg: Registry, event: str, **kw: object):
+    row = reg.deployment(SVC)
+    kw.setdefault("version", "1.0")
+    return reg.transition(SVC, event, generation=row.generation, state=row.state, **kw)
+
+
+def deploy(reg: Registry, version: str) -> None:
+    """begin -> candidate_ready -> switch with one version."""
+    assert fire(reg, "begin", version=version).applied
+    assert fire(reg, "candidate_ready").applied
+    assert fire(reg, "switch").applied
+
+
+def drive_to(reg: Registry, state: str) -> None:
+    """Put the deployment into state, with an old boot present where there can be one."""
+    deploy(reg, "1.0")
+    assert fire(reg, "finalize").applied  # gen 1: blue-1 active, idle
+    if state == "idle":
+        return
+    fire(reg, "begin", version="2.0")
+    if state == "starting":
+        return
+    fire(reg, "candidate_ready")
+    if state == "ready":
+        return
+    fire(reg, "switch")
+    if state == "switched":
+        return
+    fire(reg, "rollback", reason="test")
+    assert reg.deployment(SVC).state == state
+
+
+def snapshot(reg: Registry) -> tuple[object, ...]:
+    with reg.reading() as s:
+        boots = [(b.boot_id, b.state) for b in s.scalars(select(Boot).order_by(Boot.boot_id))]
+        events = len(list(s.scalars(select(Event))))
+    return (reg.deployment(SVC), tuple(boots), events)
+
+
+@pytest.mark.parametrize(("start", "event"), sorted(ALLOWED))
+def test_each_legal_transition_moves_state_and_records_an_event(registry, start, event):
+    drive_to(registry, start)
+    before = registry.deployment(SVC)
+    result = fire(registry, event, reason="because")
+    assert result.applied, result.message
+    after = registry.deployment(SVC)
+    assert after.state == ALLOWED[(start, event)]
+    newest = registry.events(SVC, limit=1)[0]
+    assert (newest.event, newest.from_state, newest.to_state) == (event, start, after.state)
+    expected_gen = before.generation + 1 if event == "begin" else before.generation
+    assert after.generation == newest.generation == expected_gen
+
+
+ILLEGAL = [(s.value, e.value) for s in DeploymentState for e in DeploymentEvent
+           if (s.value, e.value) not in ALLOWED]
+
+
+@pytest.mark.parametrize(("start", "event"), ILLEGAL)
+def test_each_illegal_transition_raises_and_writes_nothing(registry, start, event):
+    drive_to(registry, start)
+    before = snapshot(registry)
+    with pytest.raises(IllegalTransition, match=f"while the deployment is {start}"):
+        fire(registry, event, reason="nope")
+    assert snapshot(registry) == before
+
+
+def test_begin_sets_up_the_candidate_and_clears_last_outcome(registry):
+    drive_to(registry, "starting")
+    assert fire(registry, "abort", reason="candidate exited with code 3").applied
+    assert registry.deployment(SVC).last_error == "candidate exited with code 3"
+    res = fire(registry, "begin", version="3.0")
+    row = res.row
+    assert row.generation == 3 and row.state == "starting"
+    assert row.candidate_boot_id == "blue-3"
+    assert row.last_error is None and row.rollback_reason is None
+    assert (row.health_fail_streak, row.health_ok_streak) == (0, 0)
+    boot = registry.boot("blue-3")
+    assert (boot.version, boot.state, boot.generation) == ("3.0", "starting", 3)
+
+
+def test_abort_keeps_active_and_marks_candidate_failed(registry):
+    drive_to(registry, "ready")
+    res = fire(registry, "abort", reason="attach refused")
+    assert res.row.active_boot_id == "blue-1"
+    assert res.row.candidate_boot_id is None
+    assert res.row.last_error == "attach refused"
+    assert registry.boot("green-2").state == BootState.FAILED
+    assert registry.boot("blue-1").state == BootState.ACTIVE
+
+
+def test_switch_moves_active_to_candidate_and_keeps_old_warm(registry):
+    drive_to(registry, "ready")
+    res = fire(registry, "switch")
+    row = res.row
+    assert (row.active_boot_id, row.old_boot_id, row.candidate_boot_id) == ("green-2", "blue-1",
+                                                                           None)
+    assert row.switch_ts is not None
+    assert registry.boot("green-2").state == BootState.ACTIVE
+    assert registry.boot("blue-1").state == BootState.STANDBY
+
+
+def test_generation_mismatch_is_a_noop_that_returns_the_current_row(registry):
+    drive_to(registry, "ready")
+    before = snapshot(registry)
+    res = registry.transition(SVC, "switch", generation=1, state="ready")
+    assert not res.applied
+    assert "generation 1" in res.message and "generation 2" in res.message
+    assert res.row.generation == 2 and res.row.state == "ready"
+    assert snapshot(registry) == before
+
+
+def test_state_mismatch_is_a_noop(registry):
+    drive_to(registry, "switched")
+    before = snapshot(registry)
+    res = registry.transition(SVC, "switch", generation=2, state="ready")
+    assert not res.applied and res.row.state == "switched"
+    assert snapshot(registry) == before
+
+
+def test_switch_twice_in_one_generation_applies_once(registry):
+    drive_to(registry, "ready")
+    first = registry.transition(SVC, "switch", generation=2, state="ready")
+    second = registry.transition(SVC, "switch", generation=2, state="ready")
+    assert first.applied and not second.applied
+    switches = [e for e in registry.events(SVC) if e.event == "switch" and e.generation == 2]
+    assert len(switches) == 1
+
+
+def test_database_refuses_a_second_switch_event_for_a_generation(registry):
+    drive_to(registry, "switched")
+    with pytest.raises(IntegrityError), registry.writing() as s:
+        s.execute(insert(Event).values(service=SVC, generation=2, event="switch",
+                                       from_state="ready", to_state="switched"))
+
+
+def test_database_refuses_two_active_boots(registry):
+    drive_to(registry, "ready")
+    with pytest.raises(IntegrityError), registry.writing() as s:
+        s.get(Boot, "green-2").state = BootState.ACTIVE.value
+        s.flush()
+
+
+def test_rollback_restores_old_boot_and_records_reason(registry):
+    drive_to(registry, "switched")
+    res = fire(registry, "rollback", reason="3 failed health checks")
+    row = res.row
+    assert row.state == "rolling_back"
+    assert row.active_boot_id == "blue-1"  # active = old
+    assert row.old_boot_id == "green-2"  # the failed boot, to be drained
+    assert row.rollback_reason == "3 failed health checks"
+    assert row.rollback_ts is not None and row.rollback_ts >= row.switch_ts
+    assert registry.boot("blue-1").state == BootState.ACTIVE
+    assert registry.boot("green-2").state == BootState.DRAINING
+    done = fire(registry, "rollback_done")
+    assert done.row.state == "idle" and done.row.old_boot_id is None
+    assert done.row.rollback_reason == "3 failed health checks"  # kept until the next begin
+    assert registry.quarantined_versions(SVC) == ["2.0"]
+
+
+def test_rollback_without_old_boot_is_refused_and_writes_nothing(registry):
+    deploy(registry, "1.0")  # first deploy: nothing to go back to
+    before = snapshot(registry)
+    with pytest.raises(IllegalTransition, match="no old boot"):
+        fire(registry, "rollback", reason="x")
+    assert snapshot(registry) == before
+
+
+def test_health_streaks_count_while_switched_only(registry):
+    drive_to(registry, "switched")
+    g = registry.deployment(SVC).generation
+    registry.record_health(SVC, g, ok=True)
+    registry.record_health(SVC, g, ok=False)
+    res = registry.record_health(SVC, g, ok=False)
+    assert (res.row.health_fail_streak, res.row.health_ok_streak) == (2, 0)
+    assert registry.deployment(SVC).health_fail_streak == 2
+    stale = registry.record_health(SVC, g - 1, ok=False)
+    assert not stale.applied and registry.deployment(SVC).health_fail_streak == 2
+
+
+def test_workspaces_follow_switch_and_rollback(registry):
+    from bgdeploy.registry.models import Workspace
+
+    drive_to(registry, "ready")
+    with registry.writing() as s:
+        s.add(Workspace(service=SVC, workspace="/src/app", boot_id="blue-1"))
+    fire(registry, "switch")
+    with registry.reading() as s:
+        assert s.get(Workspace, (SVC, "/src/app")).boot_id == "green-2"
+    fire(registry, "rollback", reason="bad")
+    with registry.reading() as s:
+        assert s.get(Workspace, (SVC, "/src/app")).boot_id == "blue-1"
