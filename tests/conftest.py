@@ -19,8 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_DAEMON = REPO / "tools" / "demo_daemon.py"
 
 
-def poll_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
-               what: str = "condition") -> object:
+def poll_until(
+    predicate: Callable[[], object],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> object:
     """Bounded polling: return the first truthy value of predicate, or fail after timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -41,8 +45,14 @@ def registry(tmp_path: Path):
 
 def write_config(folder: Path, body: str = "", command: list[str] | None = None) -> Path:
     """A bgdeploy.toml in folder; body is extra TOML appended after [daemon] command."""
-    cmd = command or [sys.executable, str(DEMO_DAEMON), "--port", "{port}", "--version",
-                      "{version}"]
+    cmd = command or [
+        sys.executable,
+        str(DEMO_DAEMON),
+        "--port",
+        "{port}",
+        "--version",
+        "{version}",
+    ]
     path = folder / "bgdeploy.toml"
     argv = ", ".join(f'"{c}"' for c in cmd)
     path.write_text(f"[daemon]\ncommand = [{argv}]\n" + textwrap.dedent(body))
@@ -70,9 +80,16 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     return invoke
 
 
-def run_bgdeploy(*args: str, cwd: Path | None = None, timeout: float = 60,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_bgdeploy(
+    *args: str, cwd: Path | None = None, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real console entry point in a child process."""
     full_env = {**os.environ, **(env or {}), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "bgdeploy", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bgdeploy", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -106,12 +106,22 @@ def history_table(events: list[dict[str, Any]]) -> Table:
     table.add_column("reason", overflow="fold")
     table.add_column("actor", no_wrap=True)
     for ev in events:
-        boots = [f"{role}={ev[key]}" for role, key in
-                 (("active", "active_boot_id"), ("candidate", "candidate_boot_id"),
-                  ("old", "old_boot_id")) if ev[key]]
+        boots = [
+            f"{role}={ev[key]}"
+            for role, key in (
+                ("active", "active_boot_id"),
+                ("candidate", "candidate_boot_id"),
+                ("old", "old_boot_id"),
+            )
+            if ev[key]
+        ]
         table.add_row(
-            ev["ts"].replace("T", " ").rstrip("Z"), str(ev["generation"]),
-            Text(ev["event"], "bold"), f"{ev['from_state']} -> {ev['to_state']}",
-            " ".join(boots) or "-", ev["reason"] or "", f"pid {ev['actor_pid']}",
+            ev["ts"].replace("T", " ").rstrip("Z"),
+            str(ev["generation"]),
+            Text(ev["event"], "bold"),
+            f"{ev['from_state']} -> {ev['to_state']}",
+            " ".join(boots) or "-",
+            ev["reason"] or "",
+            f"pid {ev['actor_pid']}",
         )
     return table

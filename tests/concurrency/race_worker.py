@@ -46,8 +46,14 @@ def main() -> None:
                 if res.applied:
                     continue
             else:
-                res = reg.transition("default", event, generation=generation, state=row.state,
-                                     reason=f"worker {seed} round {i}", version=f"v{seed}.{i}")
+                res = reg.transition(
+                    "default",
+                    event,
+                    generation=generation,
+                    state=row.state,
+                    reason=f"worker {seed} round {i}",
+                    version=f"v{seed}.{i}",
+                )
             if res.applied:
                 applied[event] = applied.get(event, 0) + 1
             else:

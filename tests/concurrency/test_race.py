@@ -25,9 +25,13 @@ def test_racing_processes_never_double_switch_or_lose_updates(tmp_path):
     go = tmp_path / "go"
     worker = Path(__file__).with_name("race_worker.py")
     procs = [
-        subprocess.Popen([sys.executable, str(worker), url, str(ROUNDS), str(seed), str(go)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=Path(__file__).resolve().parents[2])
+        subprocess.Popen(
+            [sys.executable, str(worker), url, str(ROUNDS), str(seed), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         for seed in range(WORKERS)
     ]
     go.touch()
@@ -59,7 +63,9 @@ def test_racing_processes_never_double_switch_or_lose_updates(tmp_path):
     # The events replay into the final row: a chain of states with no gap.
     state = "idle"
     for e in events:
-        assert e.from_state == state, f"event {e.id} {e.event} from {e.from_state}, chain at {state}"
+        assert e.from_state == state, (
+            f"event {e.id} {e.event} from {e.from_state}, chain at {state}"
+        )
         state = e.to_state
     assert row.state == state
     assert row.generation == applied["begin"] == max(e.generation for e in events)

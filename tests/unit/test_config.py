@@ -45,15 +45,19 @@ def test_starter_config_is_valid(tmp_path):
         ({"daemon": {"command": ["d"], "comand": ["x"]}}, "`daemon.comand`"),
         ({"daemon": {"command": ["d"]}, "routr": {}}, "`routr`"),
         ({"daemon": {"command": ["d"]}, "health": {"interval": "fast"}}, "`health.interval`"),
-        ({"daemon": {"command": ["d"]}, "health": {"failure_threshold": 0}},
-         "`health.failure_threshold`"),
+        (
+            {"daemon": {"command": ["d"]}, "health": {"failure_threshold": 0}},
+            "`health.failure_threshold`",
+        ),
         ({"daemon": {"command": ["d"]}, "router": {"port": 70000}}, "`router.port`"),
         ({"daemon": {"command": "d --port 1"}}, "`daemon.command`"),
         ({"daemon": {"command": ["d"], "port_range": [9000, 8000]}}, "`daemon.port_range`"),
         ({"daemon": {"command": ["d"], "health_path": "healthz"}}, "`daemon.health_path`"),
         ({"daemon": {}}, "`daemon.command` is missing"),
-        ({"daemon": {"command": ["d"]}, "health": {"stable_checks": True}},
-         "`health.stable_checks`"),
+        (
+            {"daemon": {"command": ["d"]}, "health": {"stable_checks": True}},
+            "`health.stable_checks`",
+        ),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, raw, needle):
@@ -67,8 +71,7 @@ def test_bad_config_names_the_key(tmp_path, raw, needle):
     ("toml", "needle"),
     [
         ('[daemon]\ncommand = ["d"]\nbogus = 1\n', "Unknown key `daemon.bogus`"),
-        ('[daemon]\ncommand = ["d"]\n[health]\ninterval = "soon"\n',
-         "`health.interval` in"),
+        ('[daemon]\ncommand = ["d"]\n[health]\ninterval = "soon"\n', "`health.interval` in"),
         ("[router]\nport = 1\n", "`daemon.command` is missing"),
         ("[daemon\ncommand = 1\n", "is not valid TOML"),
     ],
@@ -99,7 +102,8 @@ def test_config_env_variable_is_used(tmp_path):
     folder = tmp_path / "elsewhere"
     folder.mkdir()
     write_config(folder)
-    proc = run_bgdeploy("status", "--json", cwd=tmp_path,
-                        env={"BGDEPLOY_CONFIG": str(folder / "bgdeploy.toml")})
+    proc = run_bgdeploy(
+        "status", "--json", cwd=tmp_path, env={"BGDEPLOY_CONFIG": str(folder / "bgdeploy.toml")}
+    )
     assert proc.returncode == 0, proc.stderr
     assert (folder / ".bgdeploy" / "registry.db").exists()

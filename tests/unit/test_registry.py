@@ -76,9 +76,21 @@ def test_init_in_empty_folder_then_status_json(tmp_path):
     st = json.loads(proc.stdout)
     assert st["generation"] == 0 and st["state"] == "idle"
     assert set(st) == {
-        "service", "generation", "state", "active", "candidate", "old", "switch_ts",
-        "health_fail_streak", "health_ok_streak", "rollback_reason", "rollback_ts",
-        "last_error", "quarantined_versions", "router", "lock",
+        "service",
+        "generation",
+        "state",
+        "active",
+        "candidate",
+        "old",
+        "switch_ts",
+        "health_fail_streak",
+        "health_ok_streak",
+        "rollback_reason",
+        "rollback_ts",
+        "last_error",
+        "quarantined_versions",
+        "router",
+        "lock",
     }
     assert st["active"] is None and st["router"] is None and st["lock"] is None
     assert st["quarantined_versions"] == []

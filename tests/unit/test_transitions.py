@@ -77,8 +77,12 @@ def test_each_legal_transition_moves_state_and_records_an_event(registry, start,
     assert after.generation == newest.generation == expected_gen
 
 
-ILLEGAL = [(s.value, e.value) for s in DeploymentState for e in DeploymentEvent
-           if (s.value, e.value) not in ALLOWED]
+ILLEGAL = [
+    (s.value, e.value)
+    for s in DeploymentState
+    for e in DeploymentEvent
+    if (s.value, e.value) not in ALLOWED
+]
 
 
 @pytest.mark.parametrize(("start", "event"), ILLEGAL)
@@ -118,8 +122,11 @@ def test_switch_moves_active_to_candidate_and_keeps_old_warm(registry):
     drive_to(registry, "ready")
     res = fire(registry, "switch")
     row = res.row
-    assert (row.active_boot_id, row.old_boot_id, row.candidate_boot_id) == ("green-2", "blue-1",
-                                                                           None)
+    assert (row.active_boot_id, row.old_boot_id, row.candidate_boot_id) == (
+        "green-2",
+        "blue-1",
+        None,
+    )
     assert row.switch_ts is not None
     assert registry.boot("green-2").state == BootState.ACTIVE
     assert registry.boot("blue-1").state == BootState.STANDBY
@@ -155,8 +162,11 @@ def test_switch_twice_in_one_generation_applies_once(registry):
 def test_database_refuses_a_second_switch_event_for_a_generation(registry):
     drive_to(registry, "switched")
     with pytest.raises(IntegrityError), registry.writing() as s:
-        s.execute(insert(Event).values(service=SVC, generation=2, event="switch",
-                                       from_state="ready", to_state="switched"))
+        s.execute(
+            insert(Event).values(
+                service=SVC, generation=2, event="switch", from_state="ready", to_state="switched"
+            )
+        )
 
 
 def test_database_refuses_two_active_boots(registry):
