@@ -1,12 +1,34 @@
 """Boots: spawn, identify, stop; internal ports; liveness.
 
 A process is ours only if its pid **and** its start time match what we
-recorded (psutil), so a recycled pid is never mistaken for our daemon.
+recorded (psutil), so a recycled pid is never mistaken for our daemon. Each
+daemon runs in its own session (so its own process group): stop signals go to
+the whole group, so the daemon's children go with it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+
 import psutil
+
+from bgdeploy.config import Config
+from bgdeploy.errors import BootError
+from bgdeploy.registry.models import Boot
+from bgdeploy.registry.store import Registry
+from bgdeploy.states import BootState
+
+log = logging.getLogger("bgdeploy.boots")
+
+POLL_S = 0.1
 
 
 def process_matches(pid: int | None, create_time: float | None) -> bool:
@@ -18,3 +40,201 @@ def process_matches(pid: int | None, create_time: float | None) -> bool:
         return abs(proc.create_time() - create_time) < 0.05 and proc.status() != "zombie"
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing listens on host:port and we could bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def render_argv(command: list[str], *, port: int, boot_id: str, version: str) -> list[str]:
+    """Fill {port}, {boot_id} and {version}; every other character passes unchanged."""
+    subs = {"{port}": str(port), "{boot_id}": boot_id, "{version}": version}
+    argv = []
+    for item in command:
+        for key, value in subs.items():
+            item = item.replace(key, value)
+        argv.append(item)
+    return argv
+
+
+def log_tail(path: str | Path | None, lines: int = 15) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            tail = deque(f.read().decode(errors="replace").splitlines(), maxlen=lines)
+    except OSError:
+        return ""
+    return "\n".join(tail)
+
+
+def group_members(pgid: int, since: float) -> list[psutil.Process]:
+    """Live processes of process group ``pgid`` that started no earlier than ``since``."""
+    members = []
+    for proc in psutil.process_iter(["create_time"]):
+        try:
+            same_group = os.getpgid(proc.pid) == pgid
+            if (
+                same_group
+                and proc.info["create_time"] >= since - 0.05
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
+                members.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return members
+
+
+class Supervisor:
+    """Starts and stops the boots of one config. Keeps the Popen of boots it started
+    itself, to reap them and read their exit codes."""
+
+    def __init__(self, config: Config, registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- start ---------------------------------------------------------------------------
+
+    def spawn(self, boot_id: str) -> Boot:
+        """Start the daemon for an existing boot row; returns the row with pid and port."""
+        boot = self._row(boot_id)
+        records = self.registry.boot_records
+        port = records.assign_port(boot_id, self.config.daemon.port_range, port_is_free)
+        argv = render_argv(
+            self.config.daemon.command, port=port, boot_id=boot_id, version=boot.version
+        )
+        logs = self.config.logs_dir
+        logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log_path = logs / f"{boot_id}.log"
+        env = {
+            **os.environ,
+            "BGDEPLOY_PORT": str(port),
+            "BGDEPLOY_BOOT_ID": boot_id,
+            "BGDEPLOY_VERSION": boot.version,
+        }
+        fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        try:
+            proc = subprocess.Popen(  # argv list, never a shell
+                argv,
+                cwd=self.config.base_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as e:
+            records.mark_exited(boot_id, BootState.FAILED, None)
+            raise BootError(
+                f"Boot {boot_id} could not start {argv[0]!r}: {e.strerror or e}.",
+                hint="Check daemon.command in bgdeploy.toml (an argv list; the first item "
+                "must be an executable).",
+            ) from None
+        finally:
+            os.close(fd)
+        self._children[boot_id] = proc
+        try:
+            create_time = psutil.Process(proc.pid).create_time()
+        except psutil.NoSuchProcess:  # exited already; still record the pid for the log
+            create_time = time.time()
+        records.set_process(boot_id, proc.pid, create_time, str(log_path))
+        log.info("boot %s: started pid %d on port %d (%s)", boot_id, proc.pid, port, boot.version)
+        return self._row(boot_id)
+
+    # -- liveness ------------------------------------------------------------------------
+
+    def is_running(self, boot: Boot) -> bool:
+        child = self._children.get(boot.boot_id)
+        if child is not None and child.poll() is not None:
+            return False
+        return process_matches(boot.pid, boot.pid_create_time)
+
+    def exit_code(self, boot: Boot) -> int | None:
+        """The exit code when we started the boot ourselves and it has exited, else None."""
+        child = self._children.get(boot.boot_id)
+        return child.poll() if child is not None else None
+
+    def describe_exit(self, boot: Boot) -> str:
+        code = self.exit_code(boot)
+        if code is None:
+            return "exited"
+        if code < 0:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+    # -- stop ----------------------------------------------------------------------------
+
+    def stop(
+        self,
+        boot: Boot,
+        *,
+        timeout: float | None = None,
+        final_state: BootState = BootState.STOPPED,
+    ) -> int | None:
+        """SIGTERM to the boot's process group, SIGKILL to the group after ``timeout``.
+
+        Returns the exit code where it can be known. Leftover group members (children
+        that ignore SIGTERM) are killed too. The registry records the exit.
+        """
+        timeout = self.config.daemon.stop_timeout if timeout is None else timeout
+        code: int | None = None
+        if self.is_running(boot):
+            assert boot.pid is not None and boot.pid_create_time is not None
+            pgid = boot.pid  # the boot is its own session and group leader
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+            code = self._wait_exit(boot, timeout)
+            if code is None and self.is_running(boot):
+                log.warning(
+                    "boot %s ignored SIGTERM for %.1fs; killing its process group",
+                    boot.boot_id,
+                    timeout,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                code = self._wait_exit(boot, 5.0)
+            self._kill_leftovers(pgid, boot.pid_create_time)
+        if code is None:
+            code = self.exit_code(boot)
+        self.registry.boot_records.mark_exited(boot.boot_id, final_state, code)
+        self._children.pop(boot.boot_id, None)
+        log.info("boot %s: stopped (%s)", boot.boot_id, code)
+        return code
+
+    def _wait_exit(self, boot: Boot, timeout: float) -> int | None:
+        child = self._children.get(boot.boot_id)
+        if child is not None:
+            try:
+                return child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        deadline = time.monotonic() + timeout
+        while self.is_running(boot):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(POLL_S)
+        return None
+
+    def _kill_leftovers(self, pgid: int, since: float) -> None:
+        for proc in group_members(pgid, since):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+
+    def _row(self, boot_id: str) -> Boot:
+        boot = self.registry.boot(boot_id)
+        if boot is None:
+            raise BootError(
+                f"There is no boot {boot_id!r} in the registry.",
+                hint="Run `bgdeploy status` to see the boots.",
+            )
+        return boot

@@ -114,6 +114,31 @@ def history(
     out.print(history_table(events))
 
 
+@app.command()
+def logs(
+    boot: Annotated[str | None, typer.Argument(help="Boot id (default: the active boot).")] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Print new lines as they are written, until interrupted."
+        ),
+    ] = False,
+    tail: Annotated[
+        int | None, typer.Option("--tail", "-n", min=0, help="Only the last N lines first.")
+    ] = None,
+) -> None:
+    """A boot's log (stdout and stderr of the daemon)."""
+    from bgdeploy.control.logs import log_path, read_lines
+
+    path = log_path(_app(), boot)
+    try:
+        for line in read_lines(path, tail=tail, follow=follow):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this in-process)."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def write_config(folder: Path, body: str = "", command: list[str] | None = None)
         "{version}",
     ]
     path = folder / "bgdeploy.toml"
-    argv = ", ".join(f'"{c}"' for c in cmd)
+    argv = ", ".join(json.dumps(c) for c in cmd)  # JSON strings are valid TOML strings
     path.write_text(f"[daemon]\ncommand = [{argv}]\n" + textwrap.dedent(body))
     return path
 

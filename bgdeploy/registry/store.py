@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +23,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from statemachine.exceptions import TransitionNotAllowed
 
-from bgdeploy.errors import IllegalTransition, RegistryError
+from bgdeploy.errors import BootError, IllegalTransition, RegistryError
 from bgdeploy.machine import DeploymentFields, DeploymentMachine
 from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Boot, Deployment, Event, Quarantine, Workspace, utcnow
@@ -132,6 +132,10 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @property
+    def boot_records(self) -> BootRecords:
+        return BootRecords(self)
 
     # -- units of work -------------------------------------------------------------
 
@@ -272,6 +276,12 @@ class Registry:
             )
             before.health_fail_streak, before.health_ok_streak = fail, good
             return TransitionResult(True, before, "ok" if ok else f"fail streak {fail}")
+
+    def create_boot(self, service: str, generation: int, version: str) -> str:
+        """A new boot row (state starting) outside a transition: e.g. a fresh boot of
+        the old version before a rollback whose old boot died."""
+        with self.writing() as s:
+            return self._new_boot(s, service, generation, version)
 
     def _new_boot(self, s: Session, service: str, generation: int, version: str) -> str:
         prefix = "" if service == "default" else f"{service}-"
@@ -419,3 +429,59 @@ def _describe(row: DeploymentFields) -> str:
     if row.old_boot_id:
         parts.append(f"{row.old_boot_id} old")
     return ", ".join(parts)
+
+
+class BootRecords:
+    """Boot rows as the supervisor writes them (ports, pids, exits)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def assign_port(
+        self, boot_id: str, port_range: tuple[int, int], is_free: Callable[[int], bool]
+    ) -> int:
+        """Pick a port no live boot holds and ``is_free`` accepts, and record it, atomically.
+
+        The write transaction serialises allocators across processes, so two boots
+        started at the same moment never get the same port.
+        """
+        with self.registry.writing() as s:
+            taken = set(
+                s.scalars(
+                    select(Boot.port).where(
+                        Boot.port.is_not(None),
+                        Boot.boot_id != boot_id,
+                        Boot.state.in_([st.value for st in LIVE_BOOT_STATES]),
+                    )
+                )
+            )
+            low, high = port_range
+            for port in range(low, high + 1):
+                if port not in taken and is_free(port):
+                    s.execute(update(Boot).where(Boot.boot_id == boot_id).values(port=port))
+                    return port
+        raise BootError(
+            f"No free internal port in {low}-{high} for boot {boot_id}.",
+            hint="Widen daemon.port_range in bgdeploy.toml, or stop what holds those ports.",
+        )
+
+    def set_process(self, boot_id: str, pid: int, create_time: float, log_path: str) -> None:
+        with self.registry.writing() as s:
+            s.execute(
+                update(Boot)
+                .where(Boot.boot_id == boot_id)
+                .values(pid=pid, pid_create_time=create_time, log_path=log_path)
+            )
+
+    def set_state(self, boot_id: str, state: BootState) -> None:
+        with self.registry.writing() as s:
+            s.execute(update(Boot).where(Boot.boot_id == boot_id).values(state=state.value))
+
+    def mark_exited(self, boot_id: str, state: BootState, exit_code: int | None) -> None:
+        """A boot's process is gone: record how (stopped by us, or failed) and when."""
+        with self.registry.writing() as s:
+            s.execute(
+                update(Boot)
+                .where(Boot.boot_id == boot_id)
+                .values(state=state.value, exit_code=exit_code, stopped_ts=utcnow())
+            )

@@ -1,0 +1,126 @@
+"""Health checks and workspace attach calls against a boot (httpx).
+
+Healthy means a 2xx answer on ``health_path`` and, when the body is JSON with a
+``version``, that version equals the boot's: a daemon that reports another
+version is the wrong binary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from bgdeploy.config import Config
+from bgdeploy.errors import BootError
+from bgdeploy.registry.models import Boot
+
+POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    ok: bool
+    detail: str
+    wrong_version: str | None = None
+
+
+def check(
+    client: httpx.Client, config: Config, boot: Boot, timeout: float | None = None
+) -> HealthResult:
+    url = f"http://127.0.0.1:{boot.port}{config.daemon.health_path}"
+    try:
+        resp = client.get(url, timeout=timeout or config.health.timeout)
+    except httpx.TimeoutException:
+        return HealthResult(
+            False, f"no answer from {url} within {timeout or config.health.timeout:g}s"
+        )
+    except httpx.HTTPError as e:
+        return HealthResult(False, f"{url}: {type(e).__name__}")
+    if not 200 <= resp.status_code < 300:
+        return HealthResult(False, f"{url} answered {resp.status_code}")
+    reported = _reported_version(resp)
+    if reported is not None and reported != boot.version:
+        return HealthResult(
+            False,
+            f"{url} reports version {reported}, expected {boot.version}",
+            wrong_version=reported,
+        )
+    return HealthResult(True, f"{url} answered {resp.status_code}")
+
+
+def _reported_version(resp: httpx.Response) -> str | None:
+    if "json" not in resp.headers.get("content-type", ""):
+        return None
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    if isinstance(body, dict) and body.get("version") is not None:
+        return str(body["version"])
+    return None
+
+
+def wait_healthy(
+    config: Config,
+    boot: Boot,
+    *,
+    is_running: Callable[[], bool],
+    describe_exit: Callable[[], str],
+    log_tail: Callable[[], str],
+) -> HealthResult:
+    """Poll until healthy. Fails as soon as the process exits (with its log tail), at once
+    on a wrong version, and at ``startup_timeout`` otherwise."""
+    timeout = config.daemon.startup_timeout
+    deadline = time.monotonic() + timeout
+    with httpx.Client() as client:
+        while True:
+            if not is_running():
+                tail = log_tail()
+                raise BootError(
+                    f"Boot {boot.boot_id} ({boot.version}) {describe_exit()} before it "
+                    f"became healthy.",
+                    hint=f"Its log ends with:\n{tail}" if tail else "Its log is empty.",
+                    log_tail=tail,
+                )
+            remaining = deadline - time.monotonic()
+            result = check(
+                client, config, boot, timeout=max(0.05, min(config.health.timeout, remaining))
+            )
+            if result.ok:
+                return result
+            if result.wrong_version is not None:
+                raise BootError(
+                    f"Boot {boot.boot_id} is the wrong binary: {result.detail}.",
+                    hint="Check that daemon.command starts the version being deployed.",
+                )
+            if time.monotonic() >= deadline:
+                raise BootError(
+                    f"Boot {boot.boot_id} ({boot.version}) did not become healthy within "
+                    f"{timeout:g}s (last check: {result.detail}).",
+                    hint=f"Raise daemon.startup_timeout, or see `bgdeploy logs {boot.boot_id}`.",
+                    log_tail=log_tail(),
+                )
+            time.sleep(POLL_S)
+
+
+def attach(config: Config, boot: Boot, workspace: str) -> None:
+    """POST the workspace to the boot's attach path; raise unless it answers 2xx."""
+    if not config.daemon.attach_path:
+        return
+    url = f"http://127.0.0.1:{boot.port}{config.daemon.attach_path}"
+    try:
+        resp = httpx.post(url, json={"workspace": workspace}, timeout=config.health.timeout)
+    except httpx.HTTPError as e:
+        raise BootError(
+            f"Boot {boot.boot_id} could not attach workspace {workspace!r}: "
+            f"{type(e).__name__} on {url}."
+        ) from None
+    if not 200 <= resp.status_code < 300:
+        raise BootError(
+            f"Boot {boot.boot_id} refused to attach workspace {workspace!r}: {url} answered "
+            f"{resp.status_code} {resp.text[:200].strip()}.",
+            hint="See the daemon's log: bgdeploy logs " + boot.boot_id,
+        )

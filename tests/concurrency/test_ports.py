@@ -1,0 +1,64 @@
+"""Boots started at the same moment from several processes never share a port."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bgdeploy.boots import Supervisor
+from tests.conftest import poll_until
+from tests.integration.conftest import make_app
+
+WORKERS = 4
+PER_WORKER = 3
+
+
+@pytest.mark.slow
+def test_simultaneous_boots_get_distinct_ports_and_all_serve(tmp_path):
+    app = make_app(tmp_path)
+    app.registry.deployment("default")  # migrate before the race
+    go = tmp_path / "go"
+    worker = Path(__file__).with_name("port_worker.py")
+    repo = Path(__file__).resolve().parents[2]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(app.config.path), str(PER_WORKER), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=repo,
+        )
+        for _ in range(WORKERS)
+    ]
+    go.touch()
+    started = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        started.extend(json.loads(out))
+    sup = Supervisor(app.config, app.registry)
+    try:
+        ports = [b["port"] for b in started]
+        assert len(ports) == WORKERS * PER_WORKER
+        assert len(set(ports)) == len(ports), sorted(ports)
+        # and each boot really serves on its own port
+        for b in started:
+            page = poll_until(lambda b=b: _get(b["port"]), 20, what=f"{b['boot_id']} to serve")
+            assert page["boot_id"] == b["boot_id"]
+    finally:
+        for b in started:
+            boot = app.registry.boot(b["boot_id"])
+            sup.stop(boot, timeout=2)
+        app.close()
+
+
+def _get(port: int) -> dict | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).json()
+    except httpx.HTTPError:
+        return None

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""A daemon that follows the bgdeploy daemon contract, with fault switches.
+
+    python tools/demo_daemon.py --port P --version V [faults...]
+
+Falls back to BGDEPLOY_PORT / BGDEPLOY_VERSION / BGDEPLOY_BOOT_ID. Endpoints:
+  GET  /              {"version", "boot_id", "pid"} (what a person looks at)
+  GET  /slow?ms=N     answers after N ms
+  GET  /sse           server-sent events, one per 100 ms (?count=N to stop after N)
+  GET  /ws            WebSocket echo
+  POST /echo          returns the request body, streamed
+  GET  /bytes?n=N     N bytes, streamed in 64 KiB chunks
+  GET  /healthz       {"status": "ok", "version"}; 503 when unhealthy
+  POST /workspaces    {"workspace": "<id>"} attaches a workspace
+On SIGTERM it stops accepting, finishes in-flight requests, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from aiohttp import WSMsgType, web
+
+CHUNK = 64 * 1024
+CHILD_IGNORING_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--port", type=int, default=int(env.get("BGDEPLOY_PORT", "0")))
+    p.add_argument("--version", default=env.get("BGDEPLOY_VERSION", "dev"))
+    p.add_argument("--boot-id", default=env.get("BGDEPLOY_BOOT_ID", "manual"))
+    p.add_argument("--start-delay", type=float, default=0.0, help="seconds before listening")
+    p.add_argument("--crash-on-start", action="store_true", help="exit 3 right after starting")
+    p.add_argument("--never-healthy", action="store_true")
+    p.add_argument(
+        "--fail-health-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="unhealthy from S seconds after start",
+    )
+    p.add_argument(
+        "--fail-health-file", default=None, metavar="PATH", help="unhealthy while PATH exists"
+    )
+    p.add_argument(
+        "--health-version", default=None, help="report this version on /healthz (a wrong binary)"
+    )
+    p.add_argument("--refuse-attach", action="store_true")
+    p.add_argument("--ignore-sigterm", action="store_true")
+    p.add_argument(
+        "--spawn-child", action="store_true", help="start a child process that also ignores SIGTERM"
+    )
+    p.add_argument("--access-log", action="store_true", help="one log line per request")
+    p.add_argument(
+        "--argv-echo", action="store_true", help="print sys.argv as JSON at start (for argv tests)"
+    )
+    p.add_argument("extra", nargs="*", help="ignored; shows up in --argv-echo")
+    return p.parse_args(argv)
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.started = time.monotonic()
+        self.stopping = asyncio.Event()
+        self.workspaces: set[str] = set()
+        self.websockets: set[web.WebSocketResponse] = set()
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def healthy(self) -> bool:
+        a = self.args
+        if a.never_healthy:
+            return False
+        if (
+            a.fail_health_after is not None
+            and time.monotonic() - self.started >= a.fail_health_after
+        ):
+            return False
+        return not (a.fail_health_file and os.path.exists(a.fail_health_file))
+
+    def identity(self) -> dict[str, object]:
+        return {
+            "version": self.args.version,
+            "boot_id": self.args.boot_id,
+            "pid": os.getpid(),
+            "child_pid": self.child.pid if self.child else None,
+        }
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.json_response(self.identity())
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        version = self.args.health_version or self.args.version
+        if self.healthy():
+            return web.json_response({"status": "ok", "version": version})
+        return web.json_response({"status": "failing", "version": version}, status=503)
+
+    async def slow(self, request: web.Request) -> web.Response:
+        ms = float(request.query.get("ms", "100"))
+        await asyncio.sleep(ms / 1000)
+        return web.json_response({**self.identity(), "slept_ms": ms})
+
+    async def echo(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": request.content_type or "application/octet-stream",
+                "X-Demo-Boot": self.args.boot_id,
+            }
+        )
+        if request.content_length is not None:
+            resp.content_length = request.content_length
+        await resp.prepare(request)
+        async for chunk in request.content.iter_chunked(CHUNK):
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+    async def bytes_(self, request: web.Request) -> web.StreamResponse:
+        n = int(request.query.get("n", "1024"))
+        resp = web.StreamResponse()
+        resp.content_length = n
+        await resp.prepare(request)
+        block = b"x" * CHUNK
+        while n > 0:
+            await resp.write(block[: min(n, CHUNK)])
+            n -= CHUNK
+        await resp.write_eof()
+        return resp
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        count = int(request.query.get("count", "0"))
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        n = 0
+        while not self.stopping.is_set() and (count == 0 or n < count):
+            payload = json.dumps(
+                {"n": n, "boot_id": self.args.boot_id, "version": self.args.version}
+            )
+            await resp.write(f"id: {n}\ndata: {payload}\n\n".encode())
+            n += 1
+            await asyncio.sleep(0.1)
+        await resp.write_eof()
+        return resp
+
+    async def ws(self, request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        self.websockets.add(sock)
+        try:
+            async for msg in sock:
+                if msg.type == WSMsgType.TEXT:
+                    await sock.send_str(f"{self.args.boot_id}:{msg.data}")
+                elif msg.type == WSMsgType.BINARY:
+                    await sock.send_bytes(msg.data)
+        finally:
+            self.websockets.discard(sock)
+        return sock
+
+    async def attach(self, request: web.Request) -> web.Response:
+        try:
+            workspace = (await request.json())["workspace"]
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": 'body must be {"workspace": ...}'}, status=400)
+        if self.args.refuse_attach:
+            return web.json_response({"error": f"refusing to attach {workspace}"}, status=409)
+        self.workspaces.add(workspace)
+        return web.json_response({"attached": workspace, "boot_id": self.args.boot_id})
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        self.stopping.set()
+        for sock in list(self.websockets):
+            await sock.close(code=1001, message=b"server shutting down")
+
+
+@web.middleware
+async def access_log(request: web.Request, handler):  # noqa: ANN001, ANN201
+    t0 = time.monotonic()
+    resp = await handler(request)
+    ms = (time.monotonic() - t0) * 1000
+    print(f"{request.method} {request.path_qs} {resp.status} {ms:.1f}ms", flush=True)
+    return resp
+
+
+def build_app(d: Daemon) -> web.Application:
+    app = web.Application(
+        middlewares=[access_log] if d.args.access_log else [], client_max_size=1024**3
+    )
+    app.router.add_get("/", d.index)
+    app.router.add_get("/healthz", d.healthz)
+    app.router.add_get("/slow", d.slow)
+    app.router.add_post("/echo", d.echo)
+    app.router.add_get("/bytes", d.bytes_)
+    app.router.add_get("/sse", d.sse)
+    app.router.add_get("/ws", d.ws)
+    app.router.add_post("/workspaces", d.attach)
+    app.on_shutdown.append(d.on_shutdown)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.argv_echo:
+        print("ARGV " + json.dumps(sys.argv[1:]), flush=True)
+    print(f"demo daemon {args.version} ({args.boot_id}) pid {os.getpid()} starting", flush=True)
+    if args.crash_on_start:
+        print("fatal: --crash-on-start given; exiting with code 3", file=sys.stderr, flush=True)
+        return 3
+    if args.start_delay:
+        time.sleep(args.start_delay)
+    d = Daemon(args)
+    if args.spawn_child:
+        d.child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CHILD_IGNORING_SIGTERM,
+            ]
+        )
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(f"listening on 127.0.0.1:{args.port}", flush=True)
+    web.run_app(
+        build_app(d),
+        host="127.0.0.1",
+        port=args.port,
+        print=None,
+        access_log=None,
+        handle_signals=not args.ignore_sigterm,
+        shutdown_timeout=30,
+    )
+    print("stopped: in-flight requests finished", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
