@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -146,7 +147,8 @@ def test_argv_items_reach_the_daemon_unchanged(boots_for, tmp_path):
     )
     boot = b.start("1.0")
     wait(b, boot)
-    line = next(ln for ln in open(boot.log_path) if ln.startswith("ARGV "))
+    lines = Path(boot.log_path).read_text().splitlines()
+    line = next(ln for ln in lines if ln.startswith("ARGV "))
     argv = json.loads(line[5:])
     assert argv == ["--port", str(boot.port), "--version", "1.0", "--argv-echo", "--", *tricky]
     assert not (tmp_path / "pwned").exists()
