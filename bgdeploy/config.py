@@ -24,6 +24,9 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "host": ("str", "127.0.0.1"),
         "port": ("port", 47777),
         "admin_port": ("port", 47778),
+        "header_timeout": ("number", 10.0),
+        "idle_timeout": ("number", 60.0),
+        "max_connections": ("count", 10000),
     },
     "registry": {"url": ("opt_str", None)},
     "daemon": {
@@ -64,6 +67,9 @@ class RouterConfig:
     host: str = "127.0.0.1"
     port: int = 47777
     admin_port: int = 47778
+    header_timeout: float = 10.0  # a client must send a whole request head within this
+    idle_timeout: float = 60.0  # idle keep-alive client connections are closed after this
+    max_connections: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -248,6 +254,9 @@ host = "127.0.0.1"
 port = 47777
 # Read-only admin listener: /api/status, /metrics and the dashboard (loopback only).
 admin_port = 47778
+header_timeout = 10.0    # seconds a client has to send a whole request head
+idle_timeout = 60.0      # idle keep-alive client connections are closed after this
+max_connections = 10000  # open client connections at most
 
 [registry]
 # SQLAlchemy URL of the registry; default sqlite:///<state_dir>/registry.db

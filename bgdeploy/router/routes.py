@@ -1,0 +1,146 @@
+"""Where requests go: the route table (event loop side) and the registry watcher (thread).
+
+The watcher polls ``PRAGMA data_version`` on its own SQLite connection every
+few milliseconds: the number changes exactly when another connection commits,
+so the route follows a commit within one poll, and an unchanged registry costs
+one tiny query. If the registry cannot be read, the last route stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bgdeploy.registry.store import Registry, sqlite_path
+
+if TYPE_CHECKING:
+    from bgdeploy.router.proxy import ClientConnection
+
+from bgdeploy.router.proxy import Pools
+
+log = logging.getLogger("bgdeploy.router")
+
+WATCH_POLL_S = 0.01
+SLOW_POLL_S = 1.0  # read the row anyway this often (belt and braces)
+
+
+@dataclass(frozen=True)
+class Route:
+    boot_id: str
+    port: int
+    generation: int
+
+
+class RouteTable:
+    """Lives on the event loop thread; other threads change it via call_soon_threadsafe."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_connections: int) -> None:
+        self.loop = loop
+        self.active: Route | None = None
+        self.pools = Pools(loop)
+        self.inflight: Counter[str] = Counter()
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self.upstream_errors: Counter[tuple[str, str]] = Counter()
+        self.switches = 0
+        self.route_changed_at = time.time()
+        self.connections: set[ClientConnection] = set()
+        self.max_connections = max_connections
+
+    # -- routing -----------------------------------------------------------------------
+
+    def set_active(self, route: Route | None) -> None:
+        old = self.active
+        if old == route:
+            return
+        self.active = route
+        self.route_changed_at = time.time()
+        if old is not None and route is not None and old.boot_id != route.boot_id:
+            self.switches += 1
+        self.pools.close_all_but(route.boot_id if route else None)
+        log.info("route: %s -> %s", old.boot_id if old else None, route.boot_id if route else None)
+
+    def is_active(self, boot_id: str) -> bool:
+        return self.active is not None and self.active.boot_id == boot_id
+
+    # -- counting --------------------------------------------------------------------------
+
+    def request_started(self, boot_id: str) -> None:
+        self.inflight[boot_id] += 1
+
+    def request_finished(self, boot_id: str) -> None:
+        self.inflight[boot_id] -= 1
+        if self.inflight[boot_id] <= 0:
+            del self.inflight[boot_id]
+
+    def count_status(self, boot_id: str, status: int) -> None:
+        self.requests[(boot_id, status)] += 1
+
+    def upstream_error(self, boot_id: str, kind: str) -> None:
+        self.upstream_errors[(boot_id, kind)] += 1
+
+    def connection_opened(self, conn: ClientConnection) -> bool:
+        if len(self.connections) >= self.max_connections:
+            return False
+        self.connections.add(conn)
+        return True
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.connections):
+            conn.sweep(now)
+
+
+def read_route(registry: Registry, service: str) -> Route | None:
+    row = registry.deployment(service)
+    if row.active_boot_id is None:
+        return None
+    boot = registry.boot(row.active_boot_id)
+    if boot is None or boot.port is None:
+        return None
+    return Route(boot.boot_id, boot.port, row.generation)
+
+
+class RegistryWatcher(threading.Thread):
+    """Follows ``active_boot_id`` in the registry and pushes it into the route table."""
+
+    def __init__(self, registry: Registry, service: str, table: RouteTable) -> None:
+        super().__init__(name="bgdeploy-route-watcher", daemon=True)
+        self.registry = registry
+        self.service = service
+        self.table = table
+        self.stop_event = threading.Event()
+        self.last_error: str | None = None
+
+    def refresh(self) -> Route | None:
+        route = read_route(self.registry, self.service)
+        self.table.loop.call_soon_threadsafe(self.table.set_active, route)
+        return route
+
+    def run(self) -> None:
+        path = sqlite_path(self.registry.url)
+        conn = sqlite3.connect(str(path), timeout=1.0, isolation_level=None) if path else None
+        last_version = None
+        last_read = 0.0
+        while not self.stop_event.wait(WATCH_POLL_S):
+            try:
+                version = conn.execute("PRAGMA data_version").fetchone()[0] if conn else None
+                now = time.monotonic()
+                if version != last_version or now - last_read > SLOW_POLL_S:
+                    self.refresh()
+                    last_version, last_read = version, now
+                self.last_error = None
+            except Exception as e:  # noqa: BLE001 - keep the last route whatever happens
+                if self.last_error != str(e):
+                    log.warning("registry unreadable, keeping the last route: %s", e)
+                self.last_error = str(e)
+        if conn is not None:
+            conn.close()

@@ -1,0 +1,214 @@
+"""The router process: owns the fixed address, follows the registry, runs the control loop.
+
+``serve`` runs in the foreground until SIGTERM/SIGINT: then it stops accepting,
+lets in-flight requests finish (up to ``drain_timeout``) and exits. The control
+loop (a reconcile pass every ``health.interval``) runs in its own thread, so a
+slow registry or health call never stalls forwarding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import uvloop
+
+from bgdeploy.control.app import App
+from bgdeploy.errors import OperationFailed
+from bgdeploy.registry.models import Router, utcnow
+from bgdeploy.router.admin import Admin, AdminConnection
+from bgdeploy.router.proxy import ClientConnection, Limits
+from bgdeploy.router.routes import RegistryWatcher, RouteTable
+
+log = logging.getLogger("bgdeploy.router")
+
+SWEEP_S = 0.5
+
+ControlTick = Callable[[App, Callable[[], dict[str, int]]], Any]
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Describe the process listening on host:port, when we can see it."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+            try:
+                proc = psutil.Process(c.pid)
+                return f"pid {c.pid} ({' '.join(proc.cmdline())[:120] or proc.name()})"
+            except psutil.Error:
+                return f"pid {c.pid}"
+    return None
+
+
+class RouterProcess:
+    def __init__(self, app: App, control_tick: ControlTick | None = None) -> None:
+        self.app = app
+        self.config = app.config
+        self.control_tick = control_tick
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.table: RouteTable | None = None
+        self.stopping = threading.Event()
+
+    # -- entry point ---------------------------------------------------------------------
+
+    def serve(self) -> None:
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    def inflight(self) -> dict[str, int]:
+        """A snapshot of in-flight counts per boot, safe to call from any thread."""
+        if self.loop is None or self.table is None or self.loop.is_closed():
+            return {}
+
+        async def snap() -> dict[str, int]:
+            return dict(self.table.inflight)  # type: ignore[union-attr]
+
+        try:
+            return asyncio.run_coroutine_threadsafe(snap(), self.loop).result(timeout=2)
+        except Exception:  # noqa: BLE001 - loop shutting down
+            return {}
+
+    async def _main(self) -> None:
+        cfg = self.config.router
+        loop = asyncio.get_running_loop()
+        table = self.table = RouteTable(loop, cfg.max_connections)
+        limits = Limits(
+            header_timeout=cfg.header_timeout,
+            idle_timeout=cfg.idle_timeout,
+            max_connections=cfg.max_connections,
+        )
+        registry = self.app.registry
+        watcher = RegistryWatcher(registry, self.app.service, table)
+        try:
+            route = watcher.refresh()
+        except Exception as e:  # noqa: BLE001
+            log.warning("registry unreadable at start: %s", e)
+            route = None
+        table.set_active(route)
+        server = await self._listen(
+            loop, lambda: ClientConnection(table, limits), cfg.host, cfg.port, "router"
+        )
+        admin = Admin(table, self._status)
+        try:
+            admin_server = await self._listen(
+                loop, lambda: AdminConnection(admin), cfg.host, cfg.admin_port, "admin listener"
+            )
+        except OperationFailed:
+            server.close()
+            raise
+        self._record(True)
+        watcher.start()
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        sweeper = loop.create_task(self._sweep(table))
+        control = threading.Thread(target=self._control_loop, name="bgdeploy-control", daemon=True)
+        control.start()
+        log.info(
+            "router on http://%s:%d, admin on http://%s:%d (pid %d)",
+            cfg.host,
+            cfg.port,
+            cfg.host,
+            cfg.admin_port,
+            os.getpid(),
+        )
+        try:
+            await done.wait()
+        finally:
+            log.info("router stopping: draining in-flight requests")
+            self.stopping.set()
+            server.close()
+            for conn in list(table.connections):
+                if conn.is_idle():
+                    conn.close()
+            await self._drain(table)
+            admin_server.close()
+            sweeper.cancel()
+            watcher.stop_event.set()
+            self._record(False)
+            log.info("router stopped")
+
+    async def _listen(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        factory: Callable[[], Any],
+        host: str,
+        port: int,
+        what: str,
+    ) -> asyncio.AbstractServer:
+        try:
+            return await loop.create_server(factory, host, port, reuse_address=True, backlog=2048)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                who = port_holder(host, port)
+                raise OperationFailed(
+                    f"The {what} cannot listen on {host}:{port}: the port is taken"
+                    + (f" by {who}." if who else "."),
+                    hint="Stop that process, or set another port in [router] of bgdeploy.toml.",
+                ) from None
+            raise OperationFailed(
+                f"The {what} cannot listen on {host}:{port}: {e.strerror}."
+            ) from None
+
+    async def _sweep(self, table: RouteTable) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            table.sweep()
+
+    async def _drain(self, table: RouteTable) -> None:
+        deadline = time.monotonic() + self.config.daemon.drain_timeout
+        while table.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            for conn in list(table.connections):
+                if conn.is_idle():
+                    conn.close()
+        for conn in list(table.connections):
+            conn.close()
+
+    def _status(self, inflight: dict[str, int]) -> dict[str, Any]:
+        from bgdeploy.control.status import status
+
+        return status(self.app, inflight)
+
+    def _record(self, running: bool) -> None:
+        cfg = self.config.router
+        with self.app.registry.writing() as s:
+            row = s.get(Router, self.app.service)
+            if not running:
+                if row is not None and row.pid == os.getpid():
+                    s.delete(row)
+                return
+            if row is None:
+                row = Router(service=self.app.service)
+                s.add(row)
+            row.pid = os.getpid()
+            row.pid_create_time = psutil.Process().create_time()
+            row.url = f"http://{cfg.host}:{cfg.port}"
+            row.admin_url = f"http://{cfg.host}:{cfg.admin_port}"
+            row.started_ts = utcnow()
+
+    def _control_loop(self) -> None:
+        if self.control_tick is None:
+            return
+        interval = self.config.health.interval
+        while not self.stopping.wait(interval):
+            try:
+                self.control_tick(self.app, self.inflight)
+            except Exception as e:  # noqa: BLE001 - the loop must outlive one bad pass
+                log.warning("control loop pass failed: %s", e)
