@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -26,7 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (tests, logs) gets wide lines rather than rich's 80-column default.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -137,6 +139,169 @@ def logs(
             sys.stdout.flush()
     except KeyboardInterrupt:
         return
+
+
+Wait = Annotated[
+    float | None,
+    typer.Option(
+        "--wait", min=0, help="Wait up to SECONDS for the lifecycle lock.", metavar="SECONDS"
+    ),
+]
+
+
+def _progress(step: str, detail: str) -> None:
+    out.print(f"[green]✓[/] [bold]{escape(step)}[/] {escape(detail)}")
+
+
+@app.command()
+def up(
+    foreground: Annotated[
+        bool, typer.Option("--foreground", help="Run the router in this process until SIGTERM.")
+    ] = False,
+    no_deploy: Annotated[bool, typer.Option("--no-deploy", hidden=True)] = False,
+    wait: Wait = None,
+) -> None:
+    """Start the router and deploy the installed version if nothing is active."""
+    if foreground:
+        from bgdeploy.control.reconcile import serve_router
+
+        serve_router(_app(), deploy_if_none=not no_deploy)
+        return
+    from bgdeploy.control.router_ctl import up as do_up
+
+    result = do_up(_app(), wait=wait, progress=_progress)
+    if result.deploy is not None:
+        out.print(result.deploy.message)
+    out.print("Serving." if result.started or result.deploy else "Already up: nothing to do.")
+
+
+@app.command()
+def down(wait: Wait = None) -> None:
+    """Drain and stop the router and every boot."""
+    from bgdeploy.control.router_ctl import down as do_down
+
+    n = do_down(_app(), wait=wait, progress=_progress)
+    out.print(f"Down: router stopped, {n} boot{'s' if n != 1 else ''} stopped.")
+
+
+@app.command()
+def deploy(
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Version to deploy (default: the installed version)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Deploy even if quarantined or already active.")
+    ] = False,
+    wait: Wait = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """One blue/green deploy: exit 0 switched, 1 aborted (active kept)."""
+    from bgdeploy.control.deploy import Deployer
+    from bgdeploy.errors import BootError
+
+    a = _app()
+    lock = a.lock()
+    lock.acquire(wait=wait, command=f"bgdeploy deploy{' --version ' + version if version else ''}")
+    try:
+        result = Deployer(a).deploy(
+            version, force=force, progress=(lambda s, d: None) if as_json else _progress
+        )
+    except BootError as e:
+        if as_json:
+            _print_json({"ok": False, "message": e.message})
+        raise
+    finally:
+        lock.release()
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        out.print(f"[bold green]{escape(result.message)}[/]")
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in history).")] = "manual",
+    wait: Wait = None,
+) -> None:
+    """Back to the old boot now (or, when idle, a blue/green deploy of the previous version)."""
+    from bgdeploy.control.deploy import Deployer, previous_version
+    from bgdeploy.states import DeploymentState
+
+    a = _app()
+    lock = a.lock()
+    lock.acquire(wait=wait, command="bgdeploy rollback")
+    try:
+        d = Deployer(a)
+        row = a.registry.deployment(a.service)
+        if row.state == DeploymentState.SWITCHED:
+            after = d.rollback(row, f"manual: {reason}")
+            out.print(
+                f"[bold]Rolled back[/] generation {row.generation}: "
+                f"{after.active_boot_id} is active."
+            )
+            return
+        version = previous_version(a)
+        result = d.deploy(version, force=True, progress=_progress)
+        out.print(f"[bold green]{escape(result.message)}[/]")
+    finally:
+        lock.release()
+
+
+@app.command()
+def reconcile(
+    watch: Annotated[
+        float | None, typer.Option("--watch", min=0.1, help="Repeat every S seconds.", metavar="S")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what it would do.")] = False,
+) -> None:
+    """One idempotent pass (or a loop) towards the desired state."""
+    from bgdeploy.control.reconcile import Reconciler
+
+    rec = Reconciler(_app())
+    while True:
+        report = rec.run(dry_run=dry_run)
+        if report.skipped:
+            out.print(f"Skipped: {escape(report.skipped)}")
+        for action in report.actions:
+            out.print(("[dim]would[/] " if dry_run else "") + escape(action))
+        if not report.actions and not report.skipped:
+            out.print("Nothing to do.")
+        if watch is None:
+            return
+        time.sleep(watch)
+
+
+@app.command()
+def attach(workspace: Annotated[str, typer.Argument(help="Workspace id.")]) -> None:
+    """Bind a workspace to the active boot (only if its attach call succeeds)."""
+    from bgdeploy.control.workspaces import attach as do_attach
+
+    boot_id = do_attach(_app(), workspace)
+    out.print(f"Attached {escape(workspace)} to {boot_id}.")
+
+
+@app.command()
+def detach(workspace: Annotated[str, typer.Argument(help="Workspace id.")]) -> None:
+    """Remove a workspace binding."""
+    from bgdeploy.control.workspaces import detach as do_detach
+
+    do_detach(_app(), workspace)
+    out.print(f"Detached {escape(workspace)}.")
+
+
+@app.command()
+def dashboard(
+    open_: Annotated[bool, typer.Option("--open", help="Open it in a browser.")] = False,
+) -> None:
+    """Print (and with --open, open) the dashboard URL."""
+    a = _app()
+    url = f"http://{a.config.router.host}:{a.config.router.admin_port}/"
+    out.print(url)
+    if open_:
+        import webbrowser
+
+        webbrowser.open(url)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -1,0 +1,237 @@
+"""One idempotent pass that looks at the world and moves it one safe step on.
+
+The router's control loop runs ``reconcile`` every ``health.interval``; so does
+``bgdeploy reconcile`` (once, or with --watch). A busy lifecycle lock means
+someone else is acting: the pass skips quietly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bgdeploy import health
+from bgdeploy.boots import Supervisor
+from bgdeploy.control.app import App
+from bgdeploy.control.deploy import Deployer, Inflight
+from bgdeploy.errors import BgdeployError, LockBusy
+from bgdeploy.installed import installed_version
+from bgdeploy.states import BootState
+from bgdeploy.states import DeploymentState as St
+
+log = logging.getLogger("bgdeploy.reconcile")
+
+KEEP_LOGS = 20
+
+
+@dataclass
+class ReconcileReport:
+    actions: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+    def did(self, what: str) -> None:
+        log.info("reconcile: %s", what)
+        self.actions.append(what)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        app: App,
+        *,
+        supervisor: Supervisor | None = None,
+        inflight: Inflight | None = None,
+        auto_deploy: bool = True,
+        deploy_if_none: bool = False,
+    ) -> None:
+        self.app = app
+        self.deploy_if_none = deploy_if_none
+        self.sup = supervisor or Supervisor(app.config, app.registry)
+        self.deployer = Deployer(app, self.sup, inflight)
+        self.auto_deploy = auto_deploy
+        self._http = httpx.Client()
+
+    def run(self, *, dry_run: bool = False, wait: float | None = None) -> ReconcileReport:
+        report = ReconcileReport()
+        lock = self.app.lock()
+        try:
+            lock.acquire(wait=wait, command="bgdeploy reconcile")
+        except LockBusy as e:
+            report.skipped = e.message
+            return report
+        try:
+            self.step(report, dry_run)
+        finally:
+            lock.release()
+        return report
+
+    def step(self, report: ReconcileReport, dry_run: bool) -> None:
+        reg, svc = self.app.registry, self.app.service
+        row = reg.deployment(svc)
+        d = self.deployer
+        # 1. A deploy whose process died (we hold the lock, so none is running).
+        if row.state in (St.STARTING, St.READY):
+            report.did(f"abort generation {row.generation}: the deploying process is gone")
+            if not dry_run:
+                d.settle()
+            return
+        if row.state == St.ROLLING_BACK:
+            report.did(f"complete the rollback of generation {row.generation}")
+            if not dry_run:
+                d.complete_rollback(row)
+            return
+        # 2. Observe a switched deployment: streaks, then rollback or finalize.
+        if row.state == St.SWITCHED:
+            self._observe(row, report, dry_run)
+            return
+        # 3. Idle: self-heal a dead active boot, auto-deploy a new installed version.
+        self._heal_or_update(report, dry_run)
+        self._stop_orphans(report, dry_run)
+        if not dry_run:
+            self._prune_logs()
+
+    def _observe(self, row, report: ReconcileReport, dry_run: bool) -> None:  # noqa: ANN001
+        reg, cfg = self.app.registry, self.app.config
+        active = reg.boot(row.active_boot_id)
+        ok = False
+        detail = "no active boot"
+        if active is not None:
+            if not self.sup.is_running(active):
+                detail = f"{active.boot_id} is not running"
+            else:
+                result = health.check(self._http, cfg, active)
+                ok, detail = result.ok, result.detail
+        if dry_run:
+            report.did(f"health check of {row.active_boot_id}: {'ok' if ok else detail}")
+            return
+        res = reg.record_health(self.app.service, row.generation, ok)
+        streaks = res.row
+        if not ok:
+            log.warning(
+                "generation %d: health check failed (%d/%d): %s",
+                row.generation,
+                streaks.health_fail_streak,
+                cfg.health.failure_threshold,
+                detail,
+            )
+        if streaks.health_fail_streak >= cfg.health.failure_threshold:
+            reason = (
+                f"{streaks.health_fail_streak} consecutive failed health checks (last: {detail})"
+            )
+            report.did(f"roll back generation {row.generation}: {reason}")
+            self.deployer.rollback(streaks, reason)
+        elif streaks.health_ok_streak >= cfg.health.stable_checks:
+            report.did(
+                f"finalize generation {row.generation} after "
+                f"{streaks.health_ok_streak} healthy checks"
+            )
+            self.deployer.finalize(streaks)
+
+    def _heal_or_update(self, report: ReconcileReport, dry_run: bool) -> None:
+        reg = self.app.registry
+        row = reg.deployment(self.app.service)
+        active = reg.boot(row.active_boot_id)
+        if not self.auto_deploy:
+            return
+        try:
+            installed = installed_version(self.app.config)
+        except BgdeployError as e:
+            if active is None or not self.sup.is_running(active):
+                report.did(f"cannot deploy: {e.message}")
+            return
+        dead = active is not None and not self.sup.is_running(active)
+        if dead:
+            report.did(f"self-heal: active boot {active.boot_id} is down; deploy {installed}")
+        elif active is None:
+            if not self.deploy_if_none:
+                return  # nothing was ever deployed: that is `bgdeploy up`/`deploy`'s job
+            report.did(f"first deploy: {installed}")
+        elif installed != active.version:
+            if installed in reg.quarantined_versions(self.app.service):
+                return
+            report.did(
+                f"auto-deploy: installed version {installed} differs from active {active.version}"
+            )
+        else:
+            return
+        if dry_run:
+            return
+        if dead:
+            reg.boot_records.mark_exited(active.boot_id, BootState.FAILED, None)
+        try:
+            self.deployer.deploy(installed, force=dead)
+        except BgdeployError as e:
+            report.did(f"deploy failed: {e.message}")
+
+    def _stop_orphans(self, report: ReconcileReport, dry_run: bool) -> None:
+        reg = self.app.registry
+        row = reg.deployment(self.app.service)
+        referenced = {row.active_boot_id, row.candidate_boot_id, row.old_boot_id}
+        for boot in reg.boots(self.app.service, live_only=True):
+            if boot.boot_id in referenced:
+                continue
+            running = self.sup.is_running(boot)
+            report.did(f"{'stop orphaned' if running else 'record exit of'} boot {boot.boot_id}")
+            if dry_run:
+                continue
+            if running:
+                self.sup.stop(boot)
+            else:
+                reg.boot_records.mark_exited(
+                    boot.boot_id,
+                    BootState.STOPPED if boot.state == BootState.DRAINING else BootState.FAILED,
+                    None,
+                )
+
+    def _prune_logs(self) -> None:
+        logs = self.app.config.logs_dir
+        if not logs.is_dir():
+            return
+        live = {b.boot_id for b in self.app.registry.boots(self.app.service, live_only=True)}
+        old = sorted(
+            (p for p in logs.glob("*.log") if p.stem not in live), key=lambda p: p.stat().st_mtime
+        )
+        for path in old[:-KEEP_LOGS] if len(old) > KEEP_LOGS else []:
+            Path(path).unlink(missing_ok=True)
+
+
+def watch(
+    app: App,
+    every: float,
+    *,
+    dry_run: bool = False,
+    on_report=None,
+    stop_after: float | None = None,
+) -> None:  # noqa: ANN001
+    rec = Reconciler(app)
+    deadline = None if stop_after is None else time.monotonic() + stop_after
+    while deadline is None or time.monotonic() < deadline:
+        report = rec.run(dry_run=dry_run)
+        if on_report:
+            on_report(report)
+        time.sleep(every)
+
+
+def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
+    """Run the router in this process, with the reconcile pass as its control loop."""
+    from bgdeploy.router.server import RouterProcess
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    state: dict[str, Reconciler] = {}
+
+    def tick(app_: App, inflight: Inflight) -> None:
+        rec = state.get("rec")
+        if rec is None:
+            rec = state["rec"] = Reconciler(app_, inflight=inflight, deploy_if_none=deploy_if_none)
+        rec.run()
+
+    RouterProcess(app, control_tick=tick).serve()

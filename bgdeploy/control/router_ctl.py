@@ -1,0 +1,150 @@
+"""`bgdeploy up` and `bgdeploy down`: the router process and the boots behind it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from bgdeploy.boots import Supervisor, log_tail, process_matches
+from bgdeploy.control.app import App
+from bgdeploy.control.deploy import Deployer, DeployResult, Progress, no_progress
+from bgdeploy.errors import OperationFailed
+from bgdeploy.registry.models import Router
+from bgdeploy.states import BootState
+
+log = logging.getLogger("bgdeploy.up")
+
+ROUTER_START_TIMEOUT_S = 20.0
+
+
+@dataclass
+class UpResult:
+    router_pid: int
+    started: bool
+    deploy: DeployResult | None
+
+
+def running_router(app: App) -> Router | None:
+    with app.registry.reading() as s:
+        row = s.get(Router, app.service)
+    if row is not None and process_matches(row.pid, row.pid_create_time):
+        return row
+    return None
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def router_log_path(app: App):  # noqa: ANN201
+    return app.config.state_dir / "router.log"
+
+
+def start_router_background(app: App) -> int:
+    """Start `bgdeploy up --foreground` detached; return its pid once the port answers."""
+    cfg = app.config
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = router_log_path(app)
+    fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bgdeploy",
+                "--config",
+                str(cfg.path),
+                "up",
+                "--foreground",
+                "--no-deploy",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=cfg.base_dir,
+        )
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + ROUTER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_tail(log_path, 5)
+            last = tail.splitlines()[-1] if tail else "no output"
+            raise OperationFailed(
+                f"The router exited at start: {last.removeprefix('Error: ')}",
+                hint=f"See {log_path}.",
+            )
+        row = running_router(app)
+        if row is not None and row.pid == proc.pid and _answers(cfg.router.host, cfg.router.port):
+            return proc.pid
+        time.sleep(0.05)
+    proc.terminate()
+    raise OperationFailed(
+        f"The router did not start within {ROUTER_START_TIMEOUT_S:g}s.", hint=f"See {log_path}."
+    )
+
+
+def up(app: App, *, wait: float | None = None, progress: Progress = no_progress) -> UpResult:
+    row = running_router(app)
+    started = row is None
+    pid = row.pid if row is not None else start_router_background(app)
+    progress(
+        "router",
+        f"pid {pid} on {app.config.router.host}:{app.config.router.port}"
+        + ("" if started else " (already running)"),
+    )
+    deployment = app.registry.deployment(app.service)
+    sup = Supervisor(app.config, app.registry)
+    active = app.registry.boot(deployment.active_boot_id)
+    result = None
+    if active is None or not sup.is_running(active):
+        lock = app.lock()
+        lock.acquire(wait=wait, command="bgdeploy up")
+        try:
+            result = Deployer(app, sup).deploy(force=active is not None, progress=progress)
+        finally:
+            lock.release()
+    return UpResult(pid, started, result)
+
+
+def down(app: App, *, wait: float | None = None, progress: Progress = no_progress) -> int:
+    """Drain and stop the router, then every boot. Returns how many boots were stopped."""
+    cfg = app.config
+    lock = app.lock()
+    lock.acquire(wait=wait, command="bgdeploy down")
+    try:
+        row = running_router(app)
+        if row is not None:
+            os.kill(row.pid, signal.SIGTERM)
+            try:
+                psutil.Process(row.pid).wait(cfg.daemon.drain_timeout + cfg.daemon.stop_timeout)
+            except psutil.TimeoutExpired:
+                os.kill(row.pid, signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+            progress("router", f"pid {row.pid} stopped")
+        sup = Supervisor(cfg, app.registry)
+        stopped = 0
+        for boot in app.registry.boots(app.service, live_only=True):
+            if sup.is_running(boot):
+                sup.stop(boot)
+                stopped += 1
+                progress("stopped", f"{boot.boot_id} ({boot.version})")
+            else:
+                app.registry.boot_records.mark_exited(boot.boot_id, BootState.STOPPED, None)
+        return stopped
+    finally:
+        lock.release()
