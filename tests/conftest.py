@@ -18,6 +18,7 @@ from bgdeploy.registry.store import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DAEMON = REPO / "tools" / "demo_daemon.py"
+sys.path.insert(0, str(REPO / "tools"))  # loadgen and friends
 
 
 def poll_until(

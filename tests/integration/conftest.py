@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
@@ -11,7 +13,7 @@ from bgdeploy.boots import Supervisor
 from bgdeploy.config import load_config
 from bgdeploy.control.app import App
 from bgdeploy.registry.models import Boot
-from tests.conftest import DEMO_DAEMON, write_config
+from tests.conftest import DEMO_DAEMON, REPO, poll_until, write_config
 
 FAST = """
 [daemon]
@@ -22,8 +24,10 @@ startup_timeout = {startup}
 stop_timeout = {stop}
 drain_timeout = 5.0
 [health]
-interval = 0.2
+interval = {interval}
 timeout = 1.0
+stable_checks = {stable}
+failure_threshold = {threshold}
 """
 
 
@@ -52,6 +56,9 @@ def make_app(
     stop: float = 5.0,
     extra: str = "",
     command: list[str] | None = None,
+    interval: float = 0.2,
+    stable: int = 1000,
+    threshold: int = 3,
 ) -> App:
     low, high = free_port_block()
     cmd = command or [
@@ -65,7 +72,18 @@ def make_app(
         "{boot_id}",
         *flags,
     ]
-    body = FAST.format(low=low, high=high, startup=startup, stop=stop) + extra
+    body = (
+        FAST.format(
+            low=low,
+            high=high,
+            startup=startup,
+            stop=stop,
+            interval=interval,
+            stable=stable,
+            threshold=threshold,
+        )
+        + extra
+    )
     # write_config puts command in [daemon]; merge by writing the whole file ourselves
     path = write_config(tmp_path, command=cmd)
     text = path.read_text().replace("[daemon]\n", "", 1)
@@ -106,3 +124,96 @@ def boots_for(tmp_path) -> Iterator[Callable[..., Boots]]:
     for b in made:
         b.stop_all()
         b.app.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RouterRun:
+    """A real router process (`bgdeploy up --foreground`) on free loopback ports."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.app.config.router.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.app.config.router.admin_port}"
+
+    def start(self) -> RouterRun:
+        from bgdeploy.control.router_ctl import running_router
+
+        log = open(self.app.config.path.parent / "router.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bgdeploy",
+                "--config",
+                str(self.app.config.path),
+                "up",
+                "--foreground",
+                "--no-deploy",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        log.close()
+        poll_until(
+            lambda: (r := running_router(self.app)) is not None and r.pid == self.proc.pid,
+            20,
+            what="the router to start",
+        )
+        return self
+
+    def route(self) -> str | None:
+        import httpx
+
+        return httpx.get(f"{self.admin_url}/api/route", timeout=2).json()["boot_id"]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
+    """An app whose router runs for real; everything is stopped afterwards."""
+    made: list[tuple[App, RouterRun]] = []
+
+    def factory(**kw: object) -> tuple[App, RouterRun]:
+        extra = str(kw.pop("extra", ""))
+        router = (
+            f"\n[router]\nport = {free_port()}\nadmin_port = {free_port()}\n"
+            f"header_timeout = {kw.pop('header_timeout', 10.0)}\n"
+        )
+        app = make_app(tmp_path, extra=extra + router, **kw)
+        run = RouterRun(app).start()
+        made.append((app, run))
+        return app, run
+
+    yield factory
+    from bgdeploy.boots import Supervisor
+
+    for app, run in made:
+        run.stop()
+        sup = Supervisor(app.config, app.registry)
+        for boot in app.registry.boots(app.service, live_only=True):
+            if sup.is_running(boot):
+                sup.stop(boot, timeout=2)
+        app.close()
