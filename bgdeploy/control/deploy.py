@@ -128,8 +128,26 @@ class Deployer:
         app, reg = self.app, self.reg
         version = version or installed_version(app.config)
         steps = Steps(progress)
-        self.settle(steps)
         row = reg.deployment(app.service)
+        active = reg.boot(row.active_boot_id)
+        if (
+            row.state == St.SWITCHED
+            and active is not None
+            and active.version == version
+            and not force
+        ):
+            return DeployResult(
+                True,
+                row.generation,
+                version,
+                active.boot_id,
+                f"Version {version} is already active ({active.boot_id}, "
+                "switched and under observation).",
+                steps.done,
+            )
+        # A previous generation left mid-way is finished first (a new deploy promotes a
+        # switched one: the old boot is drained and stopped).
+        row = self.settle(steps)
         quarantined = reg.quarantined_versions(app.service)
         if version in quarantined:
             if not force:
