@@ -169,9 +169,9 @@ class RouterUnderTest:
                 "--no-deploy",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "router.log", "wb"),
+            stderr=subprocess.DEVNULL,
             cwd=REPO,
-        )  # noqa: SIM115
+        )
         wait_port(self.port)
 
     def stop(self) -> None:
