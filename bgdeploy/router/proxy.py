@@ -520,6 +520,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
+        self._head_bytes = 0
         self._paused = False
         self._closing = False
         self.last_activity = time.monotonic()
@@ -544,6 +545,11 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._closing:
             return
+        if self.head_started is not None:  # still reading a head: bound what we buffer
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_head + 4096:
+                self._reject(431, "Request head too large.")
+                return
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -552,9 +558,10 @@ class ClientConnection(asyncio.Protocol):
                 self.active._send(rest)  # early frames go right after the upgrade request
             self.pause_reading()  # until the upstream answers 101 (or not)
         except HttpParserError as e:
-            self._reject(400, f"Malformed request: {e}.")
-        except HeadTooLarge:
-            self._reject(431, "Request head too large.")
+            if isinstance(e.__context__, HeadTooLarge):
+                self._reject(431, "Request head too large.")
+            else:
+                self._reject(400, f"Malformed request: {e}.")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -598,6 +605,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_started = None
+        self._head_bytes = 0
         p = self.parser
         method = p.get_method()
         self.http11 = p.get_http_version() == "1.1"

@@ -1,0 +1,156 @@
+"""Blue/green automation with real processes and the real router (DESIGN sections 2 and 7)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from loadgen import LoadGen
+
+from bgdeploy.control.app import App
+from bgdeploy.control.deploy import Deployer
+from bgdeploy.control.reconcile import Reconciler
+from bgdeploy.errors import BootError, OperationFailed
+from tests.conftest import poll_until, run_bgdeploy
+
+
+def deploy(app, version: str, **kw):
+    lock = app.lock()
+    lock.acquire(wait=60)
+    try:
+        return Deployer(app).deploy(version, **kw)
+    finally:
+        lock.release()
+
+
+@pytest.mark.slow
+def test_blue_green_switch_then_health_failures_roll_back(stack, tmp_path):
+    """start blue -> candidate green -> switch -> health failures -> rollback, 0 failed."""
+    flag = tmp_path / "unhealthy-2.0"
+    app, router = stack(
+        flags=["--fail-health-file", str(tmp_path / "unhealthy-{version}")],
+        interval=0.2,
+        threshold=3,
+    )
+    reg = app.registry
+    blue = deploy(app, "1.0")
+    row = reg.deployment("default")
+    assert (row.generation, row.state, row.active_boot_id) == (1, "switched", blue.boot_id)
+    load = LoadGen(router.url, clients=4, seconds=120).start()
+    try:
+        green = deploy(app, "2.0")
+        row = reg.deployment("default")
+        assert (row.generation, row.state) == (2, "switched")
+        assert (row.active_boot_id, row.old_boot_id, row.candidate_boot_id) == (
+            green.boot_id,
+            blue.boot_id,
+            None,
+        )
+        assert router.route() == green.boot_id
+        poll_until(
+            lambda: reg.deployment("default").health_ok_streak >= 2,
+            20,
+            what="healthy checks of green",
+        )
+        flag.touch()  # green turns unhealthy after its switch
+        row = poll_until(
+            lambda: (r := reg.deployment("default")).state == "idle" and r.rollback_reason and r,
+            30,
+            what="the automatic rollback",
+        )
+        assert row.generation == 2
+        assert row.active_boot_id == blue.boot_id and row.old_boot_id is None
+        assert row.health_fail_streak == 3
+        assert "3 consecutive failed health checks" in row.rollback_reason
+        assert row.rollback_ts is not None and row.rollback_ts > row.switch_ts
+        poll_until(lambda: router.route() == blue.boot_id, 5, what="the router to follow")
+        assert reg.boot(green.boot_id).state == "stopped"
+        assert reg.quarantined_versions("default") == ["2.0"]
+        events = [e.event for e in reversed(reg.events("default"))]
+        assert events[-2:] == ["rollback", "rollback_done"]
+    finally:
+        stats = load.stop()
+    assert stats.failures == 0 and stats.mismatches == 0, stats.errors
+    assert stats.boots[green.boot_id] > 0 and stats.boots[blue.boot_id] > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--crash-on-start"], "exited with code 3 before it became healthy"),
+        (["--never-healthy"], "did not become healthy within 2s"),
+        (["--health-version", "6.6"], "wrong binary"),
+        (["--refuse-attach"], "refused to attach workspace"),
+    ],
+)
+@pytest.mark.slow
+def test_candidate_faults_abort_and_keep_the_active(boots_for, flags, needle):
+    b = boots_for(startup=2)
+    app = b.app
+    first = deploy(app, "1.0")
+    from bgdeploy.control.workspaces import attach
+
+    attach(app, "ws-1")
+    # Same registry and state, but the next boots start with the fault switch on.
+    bad = boots_for(flags=flags, startup=2)
+    faulty = App(dataclasses.replace(app.config, daemon=bad.app.config.daemon))
+    with pytest.raises(BootError, match=needle):
+        deploy(faulty, "2.0")
+    row = app.registry.deployment("default")
+    assert row.state == "idle" and row.active_boot_id == first.boot_id
+    assert needle.split()[0] in row.last_error or needle in row.last_error
+    assert b.supervisor.is_running(app.registry.boot(first.boot_id))
+    failed = app.registry.boot(f"green-{row.generation}")
+    assert failed.state == "failed"
+    b.stop_all()
+
+
+@pytest.mark.slow
+def test_quarantined_version_needs_force(boots_for):
+    b = boots_for()
+    app = b.app
+    deploy(app, "1.0")
+    with app.registry.writing() as s:
+        from bgdeploy.registry.models import Quarantine
+
+        s.add(Quarantine(service="default", version="2.0", generation=1, reason="test"))
+    with pytest.raises(OperationFailed, match="quarantined"):
+        deploy(app, "2.0")
+    result = deploy(app, "2.0", force=True)
+    assert result.ok and app.registry.quarantined_versions("default") == []
+    b.started.extend(bt.boot_id for bt in app.registry.boots("default"))
+
+
+@pytest.mark.slow
+def test_reconcile_aborts_a_deploy_whose_process_died(boots_for):
+    b = boots_for()
+    app = b.app
+    deploy(app, "1.0")
+    row = Deployer(app).settle()  # finalize generation 1
+    res = app.registry.transition("default", "begin", generation=row.generation, version="2.0")
+    cand = b.supervisor.spawn(res.row.candidate_boot_id)  # then "the CLI died"
+    report = Reconciler(app).run()
+    assert any("abort generation 2" in a for a in report.actions)
+    row = app.registry.deployment("default")
+    assert row.state == "idle" and row.candidate_boot_id is None
+    assert not b.supervisor.is_running(app.registry.boot(cand.boot_id))
+    b.started.extend(bt.boot_id for bt in app.registry.boots("default"))
+
+
+def test_deploy_while_lock_held_exits_3_naming_the_holder(tmp_path):
+    from tests.conftest import write_config
+
+    write_config(tmp_path)
+    from bgdeploy.control.lock import LifecycleLock
+
+    lock = LifecycleLock(tmp_path / ".bgdeploy", "default")
+    lock.acquire(command="bgdeploy deploy --version 9")
+    try:
+        proc = run_bgdeploy("deploy", "--version", "1.0", cwd=tmp_path)
+    finally:
+        lock.release()
+    assert proc.returncode == 3
+    assert "lifecycle lock" in proc.stderr and "bgdeploy deploy --version 9" in proc.stderr
+    import os
+
+    assert f"pid {os.getpid()}" in proc.stderr and "Traceback" not in proc.stderr
