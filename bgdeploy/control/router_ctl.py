@@ -81,12 +81,10 @@ def start_router_background(app: App) -> int:
     deadline = time.monotonic() + ROUTER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log_tail(log_path, 5)
-            last = tail.splitlines()[-1] if tail else "no output"
-            raise OperationFailed(
-                f"The router exited at start: {last.removeprefix('Error: ')}",
-                hint=f"See {log_path}.",
-            )
+            lines = log_tail(log_path, 10).splitlines()
+            errors = [ln.removeprefix("Error: ") for ln in lines if ln.startswith("Error: ")]
+            why = errors[-1] if errors else (lines[-1] if lines else "no output")
+            raise OperationFailed(f"The router exited at start: {why}", hint=f"See {log_path}.")
         row = running_router(app)
         if row is not None and row.pid == proc.pid and _answers(cfg.router.host, cfg.router.port):
             return proc.pid

@@ -23,6 +23,7 @@ port_range = [{low}, {high}]
 startup_timeout = {startup}
 stop_timeout = {stop}
 drain_timeout = 5.0
+{daemon_extra}
 [health]
 interval = {interval}
 timeout = 1.0
@@ -59,6 +60,7 @@ def make_app(
     interval: float = 0.2,
     stable: int = 1000,
     threshold: int = 3,
+    daemon_extra: str = "",
 ) -> App:
     low, high = free_port_block()
     cmd = command or [
@@ -81,6 +83,7 @@ def make_app(
             interval=interval,
             stable=stable,
             threshold=threshold,
+            daemon_extra=daemon_extra,
         )
         + extra
     )
