@@ -45,16 +45,14 @@ def registry(tmp_path: Path):
     reg.close()
 
 
+def demo_command(*extra: str) -> list[str]:
+    """daemon.command for the demo daemon, with extra argv items after the placeholders."""
+    return [sys.executable, str(DEMO_DAEMON), "--port", "{port}", "--version", "{version}", *extra]
+
+
 def write_config(folder: Path, body: str = "", command: list[str] | None = None) -> Path:
     """A bgdeploy.toml in folder; body is extra TOML appended after [daemon] command."""
-    cmd = command or [
-        sys.executable,
-        str(DEMO_DAEMON),
-        "--port",
-        "{port}",
-        "--version",
-        "{version}",
-    ]
+    cmd = command or demo_command()
     path = folder / "bgdeploy.toml"
     argv = ", ".join(json.dumps(c) for c in cmd)  # JSON strings are valid TOML strings
     path.write_text(f"[daemon]\ncommand = [{argv}]\n" + textwrap.dedent(body))

@@ -13,7 +13,7 @@ from bgdeploy.boots import Supervisor
 from bgdeploy.config import load_config
 from bgdeploy.control.app import App
 from bgdeploy.registry.models import Boot
-from tests.conftest import DEMO_DAEMON, REPO, poll_until, write_config
+from tests.conftest import REPO, demo_command, poll_until, write_config
 
 FAST = """
 [daemon]
@@ -63,17 +63,7 @@ def make_app(
     daemon_extra: str = "",
 ) -> App:
     low, high = free_port_block()
-    cmd = command or [
-        sys.executable,
-        str(DEMO_DAEMON),
-        "--port",
-        "{port}",
-        "--version",
-        "{version}",
-        "--boot-id",
-        "{boot_id}",
-        *flags,
-    ]
+    cmd = command or demo_command("--boot-id", "{boot_id}", *flags)
     body = (
         FAST.format(
             low=low,

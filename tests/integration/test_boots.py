@@ -16,7 +16,7 @@ from bgdeploy import health
 from bgdeploy.boots import log_tail
 from bgdeploy.errors import BootError
 from bgdeploy.states import BootState
-from tests.conftest import DEMO_DAEMON, poll_until
+from tests.conftest import DEMO_DAEMON, demo_command, poll_until
 
 
 def wait(b, boot):
@@ -133,17 +133,7 @@ def test_a_reused_pid_is_not_taken_for_the_boot(boots_for):
 def test_argv_items_reach_the_daemon_unchanged(boots_for, tmp_path):
     tricky = ["two words", 'it\'s "quoted"', "a; touch pwned", "$HOME", "`id`", "{nope}"]
     b = boots_for(
-        command=[
-            sys.executable,
-            str(DEMO_DAEMON),
-            "--port",
-            "{port}",
-            "--version",
-            "{version}",
-            "--argv-echo",
-            "--",
-            *tricky,
-        ]
+        command=demo_command("--argv-echo", "--", *tricky),
     )
     boot = b.start("1.0")
     wait(b, boot)
