@@ -35,19 +35,16 @@ def log_path(app: App, boot_id: str | None) -> Path:
     return path
 
 
-def read_lines(
-    path: Path, *, tail: int | None = None, follow: bool = False, stop_after: float | None = None
-) -> Iterator[str]:
+def read_lines(path: Path, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
     """Yield the log's lines (the last ``tail`` of them), then, with ``follow``, new lines
-    as they are written, until interrupted (or ``stop_after`` seconds, for tests)."""
+    as they are written, until interrupted."""
     with path.open("r", errors="replace") as f:
         lines = f.readlines()
         yield from (lines if tail is None else deque(lines, maxlen=tail))
         if not follow:
             return
-        deadline = None if stop_after is None else time.monotonic() + stop_after
         partial = ""
-        while deadline is None or time.monotonic() < deadline:
+        while True:
             chunk = f.readline()
             if not chunk:
                 time.sleep(FOLLOW_POLL_S)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,23 +197,6 @@ class Reconciler:
         )
         for path in old[:-KEEP_LOGS] if len(old) > KEEP_LOGS else []:
             Path(path).unlink(missing_ok=True)
-
-
-def watch(
-    app: App,
-    every: float,
-    *,
-    dry_run: bool = False,
-    on_report=None,
-    stop_after: float | None = None,
-) -> None:  # noqa: ANN001
-    rec = Reconciler(app)
-    deadline = None if stop_after is None else time.monotonic() + stop_after
-    while deadline is None or time.monotonic() < deadline:
-        report = rec.run(dry_run=dry_run)
-        if on_report:
-            on_report(report)
-        time.sleep(every)
 
 
 def serve_router(app: App, *, deploy_if_none: bool = True) -> None:

@@ -473,10 +473,6 @@ class BootRecords:
                 .values(pid=pid, pid_create_time=create_time, log_path=log_path)
             )
 
-    def set_state(self, boot_id: str, state: BootState) -> None:
-        with self.registry.writing() as s:
-            s.execute(update(Boot).where(Boot.boot_id == boot_id).values(state=state.value))
-
     def mark_exited(self, boot_id: str, state: BootState, exit_code: int | None) -> None:
         """A boot's process is gone: record how (stopped by us, or failed) and when."""
         with self.registry.writing() as s:

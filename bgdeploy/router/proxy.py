@@ -65,7 +65,7 @@ def simple_response(status: int, text: str, *, close: bool = True) -> bytes:
 
 
 class Limits:
-    """Per-router limits, from [router] config."""
+    """Per-connection limits, from [router] config (the connection cap lives in RouteTable)."""
 
     def __init__(
         self,
@@ -73,19 +73,16 @@ class Limits:
         max_head: int = 64 * 1024,
         header_timeout: float = 10.0,
         idle_timeout: float = 60.0,
-        max_connections: int = 10_000,
     ) -> None:
         self.max_head = max_head
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
 
 
 class Pools:
     """Idle keep-alive upstream connections, per boot."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.idle: dict[str, list[Upstream]] = {}
 
     def take(self, boot_id: str) -> Upstream | None:

@@ -43,7 +43,7 @@ class RouteTable:
     def __init__(self, loop: asyncio.AbstractEventLoop, max_connections: int) -> None:
         self.loop = loop
         self.active: Route | None = None
-        self.pools = Pools(loop)
+        self.pools = Pools()
         self.inflight: Counter[str] = Counter()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.upstream_errors: Counter[tuple[str, str]] = Counter()

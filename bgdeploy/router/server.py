@@ -91,7 +91,6 @@ class RouterProcess:
         limits = Limits(
             header_timeout=cfg.header_timeout,
             idle_timeout=cfg.idle_timeout,
-            max_connections=cfg.max_connections,
         )
         registry = self.app.registry
         watcher = RegistryWatcher(registry, self.app.service, table)
