@@ -142,6 +142,8 @@ class Upstream(asyncio.Protocol):
             ex.client.write(data)
             return
         ex.got_response_bytes = True
+        client = ex.client
+        held = client.hold()  # one write to the client for all this data yields
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -152,6 +154,9 @@ class Upstream(asyncio.Protocol):
         except HttpParserError:
             ex.upstream_failed(self, "a malformed response")
             return
+        finally:
+            if held:
+                client.flush()
         if self._head_done:  # HEAD: the parser would wait for a body that never comes
             self._head_done = False
             self.parser = httptools.HttpResponseParser(self)
@@ -329,8 +334,7 @@ class Exchange:
         self.upstream = up
         up.exchange = self
         up.uses += 1
-        for part in self.pending:
-            up.write(part)
+        up.write(b"".join(self.pending))
         self.pending = []
         self.pending_size = 0
         self.client.resume_reading()
@@ -518,6 +522,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
         self._head_bytes = 0
+        self._batch: list[bytes] | None = None
         self._paused = False
         self._closing = False
         self.last_activity = time.monotonic()
@@ -668,8 +673,22 @@ class ClientConnection(asyncio.Protocol):
 
     # ours
     def write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
+        if self._batch is not None:
+            self._batch.append(data)
+        elif not self.closed and self.transport is not None:
             self.transport.write(data)
+
+    def hold(self) -> bool:
+        """Collect writes until flush(): a response head and body go out in one syscall."""
+        if self._batch is not None:
+            return False
+        self._batch = []
+        return True
+
+    def flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch and not self.closed and self.transport is not None:
+            self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def exchange_finished(self, ex: Exchange) -> None:
         if ex is not self.active:
@@ -714,10 +733,12 @@ class ClientConnection(asyncio.Protocol):
 
     def close_after_write(self) -> None:
         self._closing = True
+        self.flush()
         if self.transport is not None and not self.closed:
             self.transport.close()  # asyncio flushes the write buffer first
 
     def close(self) -> None:
+        self.flush()
         if self.transport is not None and not self.closed:
             self.transport.close()
 
