@@ -76,6 +76,24 @@ def log_tail(path: str | Path | None, lines: int = 15) -> str:
     return "\n".join(tail)
 
 
+def processes_of_boot(boot_id: str, state_dir: Path) -> list[psutil.Process]:
+    """Processes started for boot_id of this state dir, found by the env we gave them.
+
+    Used when a boot's pid was never recorded (its starter died between spawn
+    and the registry write), so that such a daemon cannot live on unseen."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get("BGDEPLOY_BOOT_ID") == boot_id and env.get("BGDEPLOY_STATE_DIR") == str(
+            state_dir
+        ):
+            found.append(proc)
+    return found
+
+
 def group_members(pgid: int, since: float) -> list[psutil.Process]:
     """Live processes of process group ``pgid`` that started no earlier than ``since``."""
     members = []
@@ -117,6 +135,7 @@ class Supervisor:
         log_path = logs / f"{boot_id}.log"
         env = {
             **os.environ,
+            "BGDEPLOY_STATE_DIR": str(self.config.state_dir),
             "BGDEPLOY_PORT": str(port),
             "BGDEPLOY_BOOT_ID": boot_id,
             "BGDEPLOY_VERSION": boot.version,
@@ -188,6 +207,10 @@ class Supervisor:
         """
         timeout = self.config.daemon.stop_timeout if timeout is None else timeout
         code: int | None = None
+        if boot.pid is None:  # spawned, but its pid never reached the registry
+            for proc in processes_of_boot(boot.boot_id, self.config.state_dir):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
         if self.is_running(boot):
             assert boot.pid is not None and boot.pid_create_time is not None
             pgid = boot.pid  # the boot is its own session and group leader

@@ -18,6 +18,7 @@ from bgdeploy import health
 from bgdeploy.boots import Supervisor, log_tail
 from bgdeploy.control.app import App
 from bgdeploy.errors import BgdeployError, BootError, OperationFailed
+from bgdeploy.failpoints import failpoint
 from bgdeploy.installed import installed_version
 from bgdeploy.machine import DeploymentFields
 from bgdeploy.registry.models import Boot, Quarantine, Router, Workspace
@@ -179,13 +180,17 @@ class Deployer:
             raise OperationFailed(f"Another deploy got there first: {res.message}")
         gen, boot_id = res.row.generation, res.row.candidate_boot_id
         assert boot_id is not None
+        failpoint("after_begin_commit")
         steps("begin", f"generation {gen}: candidate {boot_id} ({version})")
         try:
             boot = self.sup.spawn(boot_id)
+            failpoint("after_candidate_spawn")
             steps("starting", f"{boot_id} pid {boot.pid} on port {boot.port}")
             self._wait_healthy(boot)
+            failpoint("after_candidate_healthy")
             steps("healthy", f"{boot_id} answers {app.config.daemon.health_path}")
             n = self._attach_workspaces(boot, row.active_boot_id)
+            failpoint("after_workspaces_attached")
             steps("attached", f"{n} workspace{'s' if n != 1 else ''}")
         except BgdeployError as e:
             self._abort(gen, boot_id, e.message)
@@ -196,9 +201,11 @@ class Deployer:
                 log_tail=getattr(e, "log_tail", ""),
             ) from None
         reg.transition(app.service, Ev.CANDIDATE_READY, generation=gen, state=St.STARTING)
+        failpoint("after_candidate_ready_commit")
         sw = reg.transition(app.service, Ev.SWITCH, generation=gen, state=St.READY)
         if not sw.applied:
             raise OperationFailed(f"The switch did not apply: {sw.message}")
+        failpoint("after_switch_commit")
         followed = wait_router_follows(app, boot_id)
         steps("switched", f"{boot_id} active" + (" (router follows)" if followed else ""))
         return DeployResult(
@@ -238,6 +245,7 @@ class Deployer:
         boot = self.reg.boot(boot_id)
         if boot is not None:
             self.sup.stop(boot, final_state=BootState.FAILED)
+        failpoint("after_abort_candidate_stopped")
         row = self.reg.deployment(self.app.service)
         if row.state in (St.STARTING, St.READY):
             self.reg.transition(
@@ -277,8 +285,10 @@ class Deployer:
         res = self.reg.transition(
             self.app.service, Ev.FINALIZE, generation=row.generation, state=St.SWITCHED
         )
+        failpoint("after_finalize_commit")
         if res.applied and row.old_boot_id:
             self.drain_and_stop(row.old_boot_id, BootState.STOPPED)
+            failpoint("after_old_boot_stopped")
 
     def rollback(self, row: DeploymentFields, reason: str) -> DeploymentFields:
         """switched -> rolling_back -> idle: the old boot (or a fresh one of its version)
@@ -292,6 +302,7 @@ class Deployer:
                 )
             restore = self.reg.create_boot(self.app.service, row.generation, old.version)
             fresh = self.sup.spawn(restore)
+            failpoint("after_restore_boot_spawn")
             try:
                 self._wait_healthy(fresh)
             except BootError:
@@ -307,6 +318,7 @@ class Deployer:
         )
         if not res.applied:
             return res.row
+        failpoint("after_rollback_commit")
         if res.row.active_boot_id:
             wait_router_follows(self.app, res.row.active_boot_id)
         self.complete_rollback(res.row)
@@ -315,6 +327,7 @@ class Deployer:
     def complete_rollback(self, row: DeploymentFields) -> None:
         if row.old_boot_id:
             self.drain_and_stop(row.old_boot_id, BootState.STOPPED)
+            failpoint("after_failed_boot_stopped")
         self.reg.transition(
             self.app.service, Ev.ROLLBACK_DONE, generation=row.generation, state=St.ROLLING_BACK
         )

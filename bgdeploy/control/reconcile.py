@@ -70,26 +70,24 @@ class Reconciler:
         return report
 
     def step(self, report: ReconcileReport, dry_run: bool) -> None:
-        reg, svc = self.app.registry, self.app.service
-        row = reg.deployment(svc)
+        row = self.app.registry.deployment(self.app.service)
         d = self.deployer
-        # 1. A deploy whose process died (we hold the lock, so none is running).
         if row.state in (St.STARTING, St.READY):
+            # A deploy whose process died (we hold the lock, so none is running).
             report.did(f"abort generation {row.generation}: the deploying process is gone")
             if not dry_run:
                 d.settle()
-            return
-        if row.state == St.ROLLING_BACK:
+        elif row.state == St.ROLLING_BACK:
             report.did(f"complete the rollback of generation {row.generation}")
             if not dry_run:
                 d.complete_rollback(row)
-            return
-        # 2. Observe a switched deployment: streaks, then rollback or finalize.
-        if row.state == St.SWITCHED:
+        elif row.state == St.SWITCHED:
+            # Observe: streaks, then rollback or finalize.
             self._observe(row, report, dry_run)
-            return
-        # 3. Idle: self-heal a dead active boot, auto-deploy a new installed version.
-        self._heal_or_update(report, dry_run)
+        else:
+            # Idle: self-heal a dead active boot, auto-deploy a new installed version.
+            self._heal_or_update(report, dry_run)
+        # In every state: a live boot the row does not name is an orphan.
         self._stop_orphans(report, dry_run)
         if not dry_run:
             self._prune_logs()

@@ -1,0 +1,36 @@
+"""Named failpoints for crash testing: inert unless BGDEPLOY_FAILPOINT names one.
+
+``failpoint("after_switch_commit")`` makes the process SIGKILL itself right
+there when ``BGDEPLOY_FAILPOINT=after_switch_commit`` is set, so tests can
+prove that the next ``reconcile`` recovers from a death at every step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "BGDEPLOY_FAILPOINT"
+
+# Every failpoint in the code, in the order a deploy, finalize and rollback meet them.
+FAILPOINTS = (
+    "after_begin_commit",
+    "after_candidate_spawn",
+    "after_candidate_healthy",
+    "after_workspaces_attached",
+    "after_candidate_ready_commit",
+    "after_switch_commit",
+    "after_abort_candidate_stopped",
+    "after_finalize_commit",
+    "after_old_boot_stopped",
+    "after_restore_boot_spawn",
+    "after_rollback_commit",
+    "after_failed_boot_stopped",
+)
+
+
+def failpoint(name: str) -> None:
+    if name not in FAILPOINTS:  # a typo here would make a test silently pass
+        raise ValueError(f"unknown failpoint {name!r}")
+    if os.environ.get(ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

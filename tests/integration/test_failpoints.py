@@ -1,0 +1,125 @@
+"""Failpoint campaign: the deploying CLI is SIGKILLed at every failpoint, then
+`bgdeploy reconcile` must reach a consistent state (DESIGN invariant 5):
+exactly one active boot, serving through the router; no orphaned process; no
+lock left; the events consistent with the row."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from bgdeploy.boots import Supervisor, processes_of_boot
+from bgdeploy.control.deploy import Deployer
+from bgdeploy.failpoints import FAILPOINTS
+from bgdeploy.registry.models import Boot, Event
+from tests.conftest import poll_until, run_bgdeploy
+
+DEPLOY_PATH = FAILPOINTS[:6]
+RECOVERED: list[str] = []
+
+
+def locked(app, fn):
+    lock = app.lock()
+    lock.acquire(wait=60)
+    try:
+        return fn(Deployer(app))
+    finally:
+        lock.release()
+
+
+def provoke(app, tmp_path, name: str) -> tuple[str, ...]:
+    """Bring the deployment to where the failpoint lies; return the CLI args that hit it."""
+    locked(app, lambda d: d.deploy("1.0"))
+    locked(app, lambda d: d.settle())  # idle, 1.0 active
+    from bgdeploy.control.workspaces import attach
+
+    attach(app, "ws-1")
+    if name in DEPLOY_PATH:
+        return ("deploy", "--version", "2.0")
+    if name == "after_abort_candidate_stopped":
+        (tmp_path / "unhealthy-2.0").touch()  # the candidate never becomes healthy
+        return ("deploy", "--version", "2.0")
+    locked(app, lambda d: d.deploy("2.0"))  # switched: 2.0 active, 1.0 old
+    if name in ("after_finalize_commit", "after_old_boot_stopped"):
+        return ("deploy", "--version", "3.0")  # settles (finalizes) generation 2 first
+    if name == "after_restore_boot_spawn":
+        old = app.registry.boot(app.registry.deployment("default").old_boot_id)
+        os.killpg(old.pid, signal.SIGKILL)  # the old boot died meanwhile
+        poll_until(
+            lambda: not Supervisor(app.config, app.registry).is_running(old),
+            5,
+            what="the old boot to die",
+        )
+    return ("rollback", "--reason", "campaign")
+
+
+def check_invariants(app, router) -> None:
+    reg = app.registry
+    sup = Supervisor(app.config, reg)
+    row = reg.deployment("default")
+    with reg.reading() as s:
+        active = list(s.scalars(select(Boot).where(Boot.state == "active")))
+        events = list(s.scalars(select(Event).order_by(Event.id)))
+        boots = list(s.scalars(select(Boot)))
+    # exactly one active boot, the one the row names, running and serving
+    assert [b.boot_id for b in active] == [row.active_boot_id]
+    assert sup.is_running(active[0])
+    poll_until(
+        lambda: _served_by(router) == row.active_boot_id,
+        10,
+        what=f"the router to serve from {row.active_boot_id}",
+    )
+    # no orphaned process: every running boot is referenced by the row
+    referenced = {row.active_boot_id, row.candidate_boot_id, row.old_boot_id}
+    for b in boots:
+        if sup.is_running(b):
+            assert b.boot_id in referenced, f"orphaned boot {b.boot_id} ({b.state})"
+        if b.pid is None:
+            assert processes_of_boot(b.boot_id, app.config.state_dir) == []
+    # no lock left
+    assert app.lock().holder() is None
+    # the events replay into the row
+    state = "idle"
+    for e in events:
+        assert e.from_state == state
+        state = e.to_state
+    assert state == row.state
+
+
+def _served_by(router) -> str | None:
+    try:
+        return httpx.get(router.url + "/", timeout=2).headers.get("x-bgdeploy-boot")
+    except httpx.HTTPError:
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAILPOINTS)
+def test_cli_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, name):
+    app, router = stack(
+        flags=["--fail-health-file", str(tmp_path / "unhealthy-{version}")], startup=3
+    )
+    args = provoke(app, tmp_path, name)
+    died = run_bgdeploy(
+        "--config", str(app.config.path), *args, cwd=tmp_path, env={"BGDEPLOY_FAILPOINT": name}
+    )
+    assert died.returncode == -signal.SIGKILL, (died.returncode, died.stdout, died.stderr)
+    for _ in range(4):  # each pass moves one safe step
+        rec = run_bgdeploy("--config", str(app.config.path), "reconcile", cwd=tmp_path)
+        assert rec.returncode == 0, rec.stderr
+        if "Nothing to do" in rec.stdout:
+            break
+    check_invariants(app, router)
+    RECOVERED.append(name)
+
+
+def test_campaign_summary():
+    """Runs after the campaign (file order) and prints N/N."""
+    if not RECOVERED:
+        pytest.skip("the campaign did not run in this session (deselected)")
+    print(f"\n{len(RECOVERED)}/{len(FAILPOINTS)} failpoints recovered")
+    assert sorted(RECOVERED) == sorted(FAILPOINTS)
