@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from datetime import UTC, datetime
 
 import pytest
 from loadgen import LoadGen
@@ -11,7 +14,7 @@ from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Deployer
 from bgdeploy.control.reconcile import Reconciler
 from bgdeploy.errors import BootError, OperationFailed
-from tests.conftest import poll_until, run_bgdeploy
+from tests.conftest import REPO, poll_until, run_bgdeploy
 
 
 def deploy(app, version: str, **kw):
@@ -53,6 +56,7 @@ def test_blue_green_switch_then_health_failures_roll_back(stack, tmp_path):
             what="healthy checks of green",
         )
         flag.touch()  # green turns unhealthy after its switch
+        unhealthy_since = datetime.now(UTC)
         row = poll_until(
             lambda: (r := reg.deployment("default")).state == "idle" and r.rollback_reason and r,
             30,
@@ -63,6 +67,8 @@ def test_blue_green_switch_then_health_failures_roll_back(stack, tmp_path):
         assert row.health_fail_streak == 3
         assert "3 consecutive failed health checks" in row.rollback_reason
         assert row.rollback_ts is not None and row.rollback_ts > row.switch_ts
+        # within failure_threshold x interval + 1 s of turning unhealthy (3 x 0.2 + 1)
+        assert (row.rollback_ts - unhealthy_since).total_seconds() <= 3 * 0.2 + 1
         poll_until(lambda: router.route() == blue.boot_id, 5, what="the router to follow")
         assert reg.boot(green.boot_id).state == "stopped"
         assert reg.quarantined_versions("default") == ["2.0"]
@@ -106,14 +112,20 @@ def test_candidate_faults_abort_and_keep_the_active(boots_for, flags, needle):
 
 
 @pytest.mark.slow
-def test_quarantined_version_needs_force(boots_for):
-    b = boots_for()
+def test_quarantined_version_needs_force(boots_for, tmp_path):
+    b = boots_for(daemon_extra='version_file = "VERSION"')
     app = b.app
+    (tmp_path / "VERSION").write_text("1.0\n")
     deploy(app, "1.0")
+    Deployer(app).settle()
     with app.registry.writing() as s:
         from bgdeploy.registry.models import Quarantine
 
         s.add(Quarantine(service="default", version="2.0", generation=1, reason="test"))
+    (tmp_path / "VERSION").write_text("2.0\n")  # installed, but quarantined
+    report = Reconciler(app).run()
+    assert not any("deploy" in a for a in report.actions), report.actions
+    assert app.registry.boot(app.registry.deployment("default").active_boot_id).version == "1.0"
     with pytest.raises(OperationFailed, match="quarantined"):
         deploy(app, "2.0")
     result = deploy(app, "2.0", force=True)
@@ -154,3 +166,44 @@ def test_deploy_while_lock_held_exits_3_naming_the_holder(tmp_path):
     import os
 
     assert f"pid {os.getpid()}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_deploys_and_the_control_loop_at_once(stack, tmp_path):
+    app, router = stack(daemon_extra='version_file = "VERSION"')
+    (tmp_path / "VERSION").write_text("1.0\n")
+    deploy(app, "1.0")
+    (tmp_path / "VERSION").write_text("2.0\n")  # the control loop wants it too
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bgdeploy", "--config", str(app.config.path), "deploy"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    for code, out, err in results:
+        assert code in (0, 3), (code, out, err)
+        if code == 3:
+            assert "lifecycle lock" in err
+    reg = app.registry
+    poll_until(
+        lambda: reg.boot(reg.deployment("default").active_boot_id).version == "2.0",
+        30,
+        what="2.0 to be active",
+    )
+    switches = [e for e in reg.events("default") if e.event == "switch"]
+    per_generation = {}
+    for e in switches:
+        per_generation[e.generation] = per_generation.get(e.generation, 0) + 1
+    assert all(n == 1 for n in per_generation.values()), per_generation
+    with reg.reading() as s:
+        from sqlalchemy import select
+
+        from bgdeploy.registry.models import Boot
+
+        active = list(s.scalars(select(Boot).where(Boot.state == "active")))
+    assert len(active) == 1
