@@ -90,17 +90,15 @@ class Boots:
     def __init__(self, app: App) -> None:
         self.app = app
         self.supervisor = Supervisor(app.config, app.registry)
-        self.started: list[str] = []
 
     def start(self, version: str = "1.0") -> Boot:
         boot_id = self.app.registry.create_boot(self.app.service, 1, version)
-        self.started.append(boot_id)
         return self.supervisor.spawn(boot_id)
 
     def stop_all(self) -> None:
-        for boot_id in self.started:
-            boot = self.app.registry.boot(boot_id)
-            if boot is not None and self.supervisor.is_running(boot):
+        """Every boot of this registry with a live process, however it was started."""
+        for boot in self.app.registry.boots(self.app.service, live_only=True):
+            if self.supervisor.is_running(boot):
                 self.supervisor.stop(boot, timeout=2)
 
 
