@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -109,38 +108,59 @@ def read_route(registry: Registry, service: str) -> Route | None:
     return Route(boot.boot_id, boot.port, row.generation)
 
 
-class RegistryWatcher(threading.Thread):
-    """Follows ``active_boot_id`` in the registry and pushes it into the route table."""
+class RegistryWatcher:
+    """Follows ``active_boot_id`` in the registry and pushes it into the route table.
+
+    The cheap part (``PRAGMA data_version`` every 10 ms, never waiting for a lock)
+    runs on the event loop; reading the row after a change runs in a worker thread,
+    so the forwarding path never waits on the registry.
+    """
 
     def __init__(self, registry: Registry, service: str, table: RouteTable) -> None:
-        super().__init__(name="bgdeploy-route-watcher", daemon=True)
         self.registry = registry
         self.service = service
         self.table = table
-        self.stop_event = threading.Event()
         self.last_error: str | None = None
+        self._conn: sqlite3.Connection | None = None
 
     def refresh(self) -> Route | None:
+        """Read the route now (blocking) and apply it; for start-up."""
         route = read_route(self.registry, self.service)
-        self.table.loop.call_soon_threadsafe(self.table.set_active, route)
+        self.table.set_active(route)
         return route
 
-    def run(self) -> None:
+    def _data_version(self) -> int | None:
         path = sqlite_path(self.registry.url)
-        conn = sqlite3.connect(str(path), timeout=1.0, isolation_level=None) if path else None
-        last_version = None
+        if path is None:
+            return None
+        if self._conn is None:
+            # timeout=0: a locked registry answers "busy" at once and we try next poll.
+            self._conn = sqlite3.connect(
+                str(path), timeout=0, isolation_level=None, check_same_thread=False
+            )
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_version: int | None = None
         last_read = 0.0
-        while not self.stop_event.wait(WATCH_POLL_S):
-            try:
-                version = conn.execute("PRAGMA data_version").fetchone()[0] if conn else None
-                now = time.monotonic()
-                if version != last_version or now - last_read > SLOW_POLL_S:
-                    self.refresh()
-                    last_version, last_read = version, now
-                self.last_error = None
-            except Exception as e:  # noqa: BLE001 - keep the last route whatever happens
-                if self.last_error != str(e):
-                    log.warning("registry unreadable, keeping the last route: %s", e)
-                self.last_error = str(e)
-        if conn is not None:
-            conn.close()
+        try:
+            while True:
+                await asyncio.sleep(WATCH_POLL_S)
+                try:
+                    version = self._data_version()
+                    now = time.monotonic()
+                    if version != last_version or now - last_read > SLOW_POLL_S:
+                        route = await loop.run_in_executor(
+                            None, read_route, self.registry, self.service
+                        )
+                        self.table.set_active(route)
+                        last_version, last_read = version, now
+                    self.last_error = None
+                except Exception as e:  # noqa: BLE001 - keep the last route whatever happens
+                    if self.last_error != str(e):
+                        log.warning("registry unreadable, keeping the last route: %s", e)
+                    self.last_error = str(e)
+        finally:
+            if self._conn is not None:
+                self._conn.close()

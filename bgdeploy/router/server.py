@@ -95,11 +95,9 @@ class RouterProcess:
         registry = self.app.registry
         watcher = RegistryWatcher(registry, self.app.service, table)
         try:
-            route = watcher.refresh()
-        except Exception as e:  # noqa: BLE001
+            watcher.refresh()
+        except Exception as e:  # noqa: BLE001 - start serving anyway; the watcher retries
             log.warning("registry unreadable at start: %s", e)
-            route = None
-        table.set_active(route)
         server = await self._listen(
             loop, lambda: ClientConnection(table, limits), cfg.host, cfg.port, "router"
         )
@@ -112,7 +110,7 @@ class RouterProcess:
             server.close()
             raise
         self._record(True)
-        watcher.start()
+        watching = loop.create_task(watcher.run())
         done = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
@@ -139,7 +137,7 @@ class RouterProcess:
             await self._drain(table)
             admin_server.close()
             sweeper.cancel()
-            watcher.stop_event.set()
+            watching.cancel()
             self._record(False)
             log.info("router stopped")
 
