@@ -76,22 +76,47 @@ def log_tail(path: str | Path | None, lines: int = 15) -> str:
     return "\n".join(tail)
 
 
-def processes_of_boot(boot_id: str, state_dir: Path) -> list[psutil.Process]:
-    """Processes started for boot_id of this state dir, found by the env we gave them.
-
-    Used when a boot's pid was never recorded (its starter died between spawn
-    and the registry write), so that such a daemon cannot live on unseen."""
+def processes_of_state_dir(state_dir: Path) -> list[psutil.Process]:
+    """Processes we started for this state dir, found by the env we gave them."""
     found = []
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
         except (psutil.Error, OSError):
             continue
-        if env.get("BGDEPLOY_BOOT_ID") == boot_id and env.get("BGDEPLOY_STATE_DIR") == str(
-            state_dir
-        ):
+        if env.get("BGDEPLOY_STATE_DIR") == str(state_dir):
             found.append(proc)
     return found
+
+
+def processes_of_boot(boot_id: str, state_dir: Path) -> list[psutil.Process]:
+    """The processes of one boot, by env: used when a boot's pid never reached the
+    registry (its starter died between spawn and the write), so that such a daemon
+    cannot live on unseen."""
+    found = []
+    for proc in processes_of_state_dir(state_dir):
+        try:
+            if proc.environ().get("BGDEPLOY_BOOT_ID") == boot_id:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Describe the process listening on host:port, when we can see it."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+            try:
+                proc = psutil.Process(c.pid)
+                return f"pid {c.pid} ({' '.join(proc.cmdline())[:120] or proc.name()})"
+            except psutil.Error:
+                return f"pid {c.pid}"
+    return None
 
 
 def group_members(pgid: int, since: float) -> list[psutil.Process]:

@@ -83,17 +83,62 @@ def init() -> None:
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status object.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Redraw live until interrupted.")
+    ] = False,
 ) -> None:
     """Generation, state, the active/candidate/old boots, streaks, rollback and lock."""
+    from bgdeploy.control.deploy import router_inflight
     from bgdeploy.control.status import status as get_status
 
-    st = get_status(_app())
+    a = _app()
+    inflight = router_inflight(a)
     if as_json:
-        _print_json(st)
+        _print_json(get_status(a, inflight()))
         return
     from bgdeploy.ui.tables import status_renderable
 
-    out.print(status_renderable(st))
+    if not watch:
+        out.print(status_renderable(get_status(a, inflight())))
+        return
+    from rich.live import Live
+
+    with Live(
+        status_renderable(get_status(a, inflight())),
+        console=out,
+        refresh_per_second=4,
+        screen=False,
+    ) as live:
+        try:
+            while True:
+                time.sleep(0.5)
+                live.update(status_renderable(get_status(a, inflight())))
+        except KeyboardInterrupt:
+            return
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Pass/warn/fail checks, each with a fix; exit 1 on any fail."""
+    from bgdeploy.control.doctor import doctor as run_doctor
+    from bgdeploy.control.doctor import summary
+
+    result = summary(run_doctor(_opts.config))
+    if as_json:
+        _print_json(result)
+    else:
+        from bgdeploy.ui.tables import doctor_table
+
+        out.print(doctor_table(result["checks"]))
+        fails = sum(c["status"] == "fail" for c in result["checks"])
+        warns = sum(c["status"] == "warn" for c in result["checks"])
+        out.print(
+            f"\n{fails} failed, {warns} warnings, {len(result['checks']) - fails - warns} passed"
+        )
+    if not result["ok"]:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -96,7 +96,7 @@ class Boot(Base):
     # psutil create_time of the process: a pid is ours only if this matches too.
     pid_create_time: Mapped[float | None] = mapped_column()
     log_path: Mapped[str | None] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default=BootState.STARTING.value)
+    state: Mapped[str] = mapped_column(String(16), default=BootState.STARTING.value, index=True)
     started_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     stopped_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
     exit_code: Mapped[int | None] = mapped_column(Integer)

@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import uvloop
 
+from bgdeploy.boots import port_holder
 from bgdeploy.control.app import App
 from bgdeploy.errors import OperationFailed
 from bgdeploy.registry.models import Router, utcnow
@@ -33,22 +34,6 @@ log = logging.getLogger("bgdeploy.router")
 SWEEP_S = 0.5
 
 ControlTick = Callable[[App, Callable[[], dict[str, int]]], Any]
-
-
-def port_holder(host: str, port: int) -> str | None:
-    """Describe the process listening on host:port, when we can see it."""
-    try:
-        conns = psutil.net_connections(kind="tcp")
-    except (psutil.AccessDenied, OSError):
-        return None
-    for c in conns:
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-            try:
-                proc = psutil.Process(c.pid)
-                return f"pid {c.pid} ({' '.join(proc.cmdline())[:120] or proc.name()})"
-            except psutil.Error:
-                return f"pid {c.pid}"
-    return None
 
 
 class RouterProcess:

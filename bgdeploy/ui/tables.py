@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 STATE_STYLES = {
     "idle": "green",
@@ -96,7 +97,7 @@ def status_renderable(st: dict[str, Any]) -> Group:
         if lock
         else "free",
     )
-    return Group(head, Text(""), boots, Text(""), facts)
+    return Group(head, Text(""), boots, Text(""), status_tree(st), Text(""), facts)
 
 
 def history_table(events: list[dict[str, Any]]) -> Table:
@@ -125,3 +126,52 @@ def history_table(events: list[dict[str, Any]]) -> Table:
             f"pid {ev['actor_pid']}",
         )
     return table
+
+
+DOCTOR_STYLES = {"pass": ("✓", "green"), "warn": ("!", "yellow"), "fail": ("✗", "bold red")}
+
+
+def doctor_table(checks: list[dict[str, str]]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False, show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("result")
+    for c in checks:
+        mark, style = DOCTOR_STYLES[c["status"]]
+        result = Text(c["message"])
+        if c["fix"] and c["status"] != "pass":
+            result.append(f"\n→ {c['fix']}", style="dim")
+        table.add_row(Text(mark, style), Text(c["name"], "bold"), result)
+    return table
+
+
+def status_tree(st: dict[str, Any]) -> Tree:
+    """Argo-style: the deployment, then its boots by role."""
+    state = st["state"]
+    tree = Tree(
+        Text.assemble(
+            (f"{st['service']} ", "bold"),
+            ("generation ", "dim"),
+            (str(st["generation"]), "bold"),
+            ("  ", ""),
+            (f"⟳ {state}" if state != "idle" else "✔ idle", STATE_STYLES.get(state, "")),
+        )
+    )
+    for role in ("active", "candidate", "old"):
+        b = st[role]
+        if b is None:
+            continue
+        tree.add(
+            Text.assemble(
+                (f"{role:<9} ", "dim"),
+                (b["boot_id"], "bold"),
+                (f"  {b['version']}  ", ""),
+                (b["state"], BOOT_STYLES.get(b["state"], "")),
+                (
+                    f"  :{b['port']}  pid {b['pid']}  {uptime(b['started_ts'])}"
+                    f"  {b['inflight']} in flight",
+                    "dim",
+                ),
+            )
+        )
+    return tree

@@ -1,0 +1,312 @@
+"""`bgdeploy doctor`: pass/warn/fail checks, each with a one-line fix."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine
+
+from bgdeploy.boots import Supervisor, port_holder, process_matches, processes_of_state_dir
+from bgdeploy.config import Config, find_config_path, load_config
+from bgdeploy.control.app import App
+from bgdeploy.control.lock import LifecycleLock
+from bgdeploy.errors import BgdeployError
+from bgdeploy.health import check as health_check
+from bgdeploy.installed import installed_version
+from bgdeploy.registry import migrate
+from bgdeploy.registry.models import Router
+from bgdeploy.registry.store import sqlite_path
+from bgdeploy.states import LIVE_BOOT_STATES, BootState, DeploymentState
+
+PASS, WARN, FAIL = "pass", "warn", "fail"
+MIN_FREE_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    message: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "message": self.message, "fix": self.fix}
+
+
+def doctor(config_path: str | Path | None = None) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        config = load_config(find_config_path(config_path))
+    except BgdeployError as e:
+        return [Check("config", FAIL, e.message, e.hint or "")]
+    checks.append(Check("config", PASS, f"{config.path} is valid"))
+    checks += _security(config)
+    schema = _schema(config)
+    checks.append(schema)
+    if schema.status == FAIL:
+        return checks
+    app = App(config)
+    try:
+        checks.append(_router(app))
+        checks += _active(app)
+        checks.append(_orphans(app))
+        checks += _impossible(app)
+        checks.append(_lock(app))
+        checks.append(_logs(config))
+        checks.append(_disk(config))
+    finally:
+        app.close()
+    return checks
+
+
+def _security(config: Config) -> list[Check]:
+    out = []
+    for what, host in (("router", config.router.host),):
+        try:
+            loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+        except (OSError, ValueError):
+            loopback = False
+        if not loopback:
+            out.append(
+                Check(
+                    f"{what} address",
+                    WARN,
+                    f"router.host = {host!r} is reachable from other machines "
+                    "(router and admin listener)",
+                    'Set router.host = "127.0.0.1" unless you mean to expose it.',
+                )
+            )
+    return out
+
+
+def _schema(config: Config) -> Check:
+    path = sqlite_path(config.registry_url)
+    if path is not None and not path.exists():
+        return Check(
+            "registry",
+            WARN,
+            f"no registry yet at {path}",
+            "Run `bgdeploy init` (or any command) to create it.",
+        )
+    engine = create_engine(config.registry_url)
+    try:
+        current, head = migrate.check_head(engine)
+    except BgdeployError as e:
+        return Check("registry", FAIL, e.message, e.hint or "")
+    except Exception as e:  # noqa: BLE001 - a corrupt file, a permission problem
+        return Check(
+            "registry",
+            FAIL,
+            f"the registry cannot be read: {e}",
+            "Move the file aside and run `bgdeploy init`.",
+        )
+    finally:
+        engine.dispose()
+    if current != head:
+        return Check(
+            "registry",
+            FAIL,
+            f"schema at revision {current}, migration head is {head}",
+            "Run `bgdeploy init` to migrate it.",
+        )
+    return Check("registry", PASS, f"at migration head {head}")
+
+
+def _router(app: App) -> Check:
+    cfg = app.config.router
+    with app.registry.reading() as s:
+        row = s.get(Router, app.service)
+    if row is not None and process_matches(row.pid, row.pid_create_time):
+        try:
+            httpx.get(f"{row.admin_url}/api/route", timeout=2).raise_for_status()
+        except httpx.HTTPError as e:
+            return Check(
+                "router",
+                FAIL,
+                f"router pid {row.pid} does not answer on its admin listener ({type(e).__name__})",
+                "Restart it: bgdeploy down && bgdeploy up.",
+            )
+        return Check("router", PASS, f"pid {row.pid} serves {row.url}")
+    holder = port_holder(cfg.host, cfg.port)
+    if holder:
+        return Check(
+            "router",
+            FAIL,
+            f"the router is not running and {cfg.host}:{cfg.port} is taken by {holder}",
+            "Stop that process or change router.port, then `bgdeploy up`.",
+        )
+    return Check("router", FAIL, "the router is not running", "Run `bgdeploy up`.")
+
+
+def _active(app: App) -> list[Check]:
+    reg, cfg = app.registry, app.config
+    row = reg.deployment(app.service)
+    active = reg.boot(row.active_boot_id)
+    if active is None:
+        return [Check("active boot", WARN, "nothing is deployed yet", "Run `bgdeploy up`.")]
+    sup = Supervisor(cfg, reg)
+    if not sup.is_running(active):
+        return [
+            Check(
+                "active boot",
+                FAIL,
+                f"{active.boot_id} (pid {active.pid}) is not running",
+                "Run `bgdeploy reconcile` (it starts a fresh boot).",
+            )
+        ]
+    with httpx.Client() as client:
+        result = health_check(client, cfg, active)
+    checks = [
+        Check(
+            "active boot",
+            PASS if result.ok else FAIL,
+            f"{active.boot_id} ({active.version}): {result.detail}",
+            "" if result.ok else f"See `bgdeploy logs {active.boot_id}`.",
+        )
+    ]
+    try:
+        installed = installed_version(cfg)
+    except BgdeployError as e:
+        checks.append(Check("installed version", WARN, e.message, e.hint or ""))
+        return checks
+    if installed == active.version:
+        checks.append(Check("installed version", PASS, f"{installed} is active"))
+    elif installed in reg.quarantined_versions(app.service):
+        checks.append(
+            Check(
+                "installed version",
+                WARN,
+                f"installed {installed} is quarantined; {active.version} stays active",
+                f"Install a fixed version, or `bgdeploy deploy --force` to retry {installed}.",
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "installed version",
+                WARN,
+                f"installed {installed} differs from active {active.version}",
+                "Run `bgdeploy deploy` (or wait for the control loop).",
+            )
+        )
+    return checks
+
+
+def _orphans(app: App) -> Check:
+    reg = app.registry
+    row = reg.deployment(app.service)
+    referenced = {row.active_boot_id, row.candidate_boot_id, row.old_boot_id}
+    sup = Supervisor(app.config, reg)
+    known_pids = set()
+    orphans = []
+    for boot in reg.boots(app.service):
+        if boot.pid and sup.is_running(boot):
+            known_pids.add(boot.pid)
+            if boot.boot_id not in referenced:
+                orphans.append(f"{boot.boot_id} (pid {boot.pid})")
+    for proc in processes_of_state_dir(app.config.state_dir):
+        if proc.pid not in known_pids and os.getpgid(proc.pid) == proc.pid:
+            orphans.append(f"unrecorded pid {proc.pid}")
+    if orphans:
+        return Check(
+            "orphans",
+            FAIL,
+            f"daemon processes nobody routes to: {', '.join(orphans)}",
+            "Run `bgdeploy reconcile` (it stops them).",
+        )
+    return Check("orphans", PASS, "every running daemon is the active, candidate or old boot")
+
+
+def _impossible(app: App) -> list[Check]:
+    reg = app.registry
+    row = reg.deployment(app.service)
+    sup = Supervisor(app.config, reg)
+    problems = []
+    active = reg.boot(row.active_boot_id)
+    if active is not None and active.state != BootState.ACTIVE:
+        problems.append(f"the row names {active.boot_id} active but the boot is {active.state}")
+    if row.state == DeploymentState.IDLE and (row.candidate_boot_id or row.old_boot_id):
+        problems.append("idle with a candidate or old boot set")
+    stale = [
+        b.boot_id
+        for b in reg.boots(app.service)
+        if b.state in LIVE_BOOT_STATES
+        and b.pid
+        and not sup.is_running(b)
+        and b.boot_id != row.active_boot_id
+    ]
+    if stale:
+        problems.append(f"boots recorded live whose process is gone: {', '.join(stale)}")
+    if problems:
+        return [Check("boot states", FAIL, "; ".join(problems), "Run `bgdeploy reconcile`.")]
+    return [Check("boot states", PASS, "registry and processes agree")]
+
+
+def _lock(app: App) -> Check:
+    holder = LifecycleLock(app.config.state_dir, app.service).holder()
+    if holder is None:
+        return Check("lifecycle lock", PASS, "free")
+    if holder.pid and not _pid_alive(holder.pid):
+        return Check(
+            "lifecycle lock",
+            FAIL,
+            f"held by dead pid {holder.pid}",
+            "Impossible with flock; check for a shared state_dir across hosts.",
+        )
+    return Check(
+        "lifecycle lock",
+        WARN,
+        f"held by {holder.describe()}",
+        "Wait for it, or pass --wait to the next command.",
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _logs(config: Config) -> Check:
+    logs = config.logs_dir
+    target = logs if logs.exists() else config.state_dir
+    if target.exists() and os.access(target, os.W_OK):
+        return Check("log folder", PASS, f"{target} is writable")
+    if not target.exists():
+        return Check(
+            "log folder", WARN, f"{target} does not exist yet", "It is created on the first deploy."
+        )
+    return Check(
+        "log folder", FAIL, f"{target} is not writable", f"Fix its permissions: chmod u+w {target}"
+    )
+
+
+def _disk(config: Config) -> Check:
+    where = config.state_dir if config.state_dir.exists() else config.base_dir
+    free = shutil.disk_usage(where).free
+    if free < MIN_FREE_BYTES:
+        return Check(
+            "disk space",
+            FAIL,
+            f"{free // (1024 * 1024)} MiB free under {where}",
+            "Free some space: old boot logs are in the state folder's logs/.",
+        )
+    return Check("disk space", PASS, f"{free // (1024 * 1024)} MiB free")
+
+
+def summary(checks: list[Check]) -> dict[str, Any]:
+    return {
+        "ok": not any(c.status == FAIL for c in checks),
+        "checks": [c.as_dict() for c in checks],
+    }

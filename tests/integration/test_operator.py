@@ -1,0 +1,197 @@
+"""Operator experience: status, doctor catching real faults, history, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine
+
+from bgdeploy.control.deploy import Deployer
+from bgdeploy.registry import migrate
+from tests.conftest import poll_until, run_bgdeploy
+
+STATUS_KEYS = {
+    "service",
+    "generation",
+    "state",
+    "active",
+    "candidate",
+    "old",
+    "switch_ts",
+    "health_fail_streak",
+    "health_ok_streak",
+    "rollback_reason",
+    "rollback_ts",
+    "last_error",
+    "quarantined_versions",
+    "router",
+    "lock",
+}
+BOOT_KEYS = {"boot_id", "version", "port", "pid", "state", "started_ts", "inflight"}
+
+
+def deploy(app, version):
+    lock = app.lock()
+    lock.acquire(wait=30)
+    try:
+        return Deployer(app).deploy(version)
+    finally:
+        lock.release()
+
+
+def doctor(app) -> tuple[int, dict]:
+    proc = run_bgdeploy(
+        "--config", str(app.config.path), "doctor", "--json", cwd=app.config.base_dir
+    )
+    return proc.returncode, {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+
+
+@pytest.fixture
+def live(stack, tmp_path):
+    app, router = stack(daemon_extra='version_file = "VERSION"')
+    (tmp_path / "VERSION").write_text("1.0\n")
+    first = deploy(app, "1.0")
+    return app, router, first.boot_id
+
+
+@pytest.mark.slow
+def test_status_json_matches_the_documented_shape_and_table_shows_it(live, cli):
+    app, router, boot_id = live
+    res = cli("--config", app.config.path, "status", "--json")
+    st = json.loads(res.out)
+    assert set(st) == STATUS_KEYS
+    assert set(st["active"]) == BOOT_KEYS and st["active"]["boot_id"] == boot_id
+    assert st["router"]["url"] == router.url and st["router"]["admin_url"] == router.admin_url
+    assert st["state"] == "switched" and st["generation"] == 1
+    api = httpx.get(router.admin_url + "/api/status").json()
+    assert set(api) == STATUS_KEYS and api["active"]["boot_id"] == boot_id
+    table = cli("--config", app.config.path, "status")
+    assert table.code == 0
+    for needle in ("generation 1", "switched", boot_id, "1.0", router.url, "lock"):
+        assert needle in table.out
+    hist = json.loads(cli("--config", app.config.path, "history", "--json").out)
+    assert [e["event"] for e in hist][:3] == ["switch", "candidate_ready", "begin"]
+
+
+@pytest.mark.slow
+def test_doctor_passes_on_a_healthy_stack(live):
+    app, _, _ = live
+    code, checks = doctor(app)
+    assert code == 0, checks
+    assert all(c["status"] != "fail" for c in checks.values())
+
+
+@pytest.mark.slow
+def test_doctor_catches_a_killed_active_daemon(live):
+    app, _, boot_id = live
+    os.killpg(app.registry.boot(boot_id).pid, signal.SIGKILL)
+    code, checks = doctor(app)
+    assert code == 1 and checks["active boot"]["status"] == "fail"
+    assert "not running" in checks["active boot"]["message"]
+    assert "reconcile" in checks["active boot"]["fix"]
+
+
+@pytest.mark.slow
+def test_doctor_catches_a_stopped_router_and_a_taken_port(live):
+    app, router, _ = live
+    router.stop()
+    code, checks = doctor(app)
+    assert code == 1 and checks["router"]["message"] == "the router is not running"
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", app.config.router.port))
+    squatter.listen()
+    try:
+        code, checks = doctor(app)
+    finally:
+        squatter.close()
+    assert code == 1 and f"taken by pid {os.getpid()}" in checks["router"]["message"]
+
+
+@pytest.mark.slow
+def test_doctor_catches_an_orphaned_daemon(live):
+    app, router, _ = live
+    from bgdeploy.boots import Supervisor
+
+    router.stop()  # its control loop would stop the orphan before doctor looks
+    orphan_id = app.registry.create_boot("default", 1, "0.9")
+    Supervisor(app.config, app.registry).spawn(orphan_id)
+    code, checks = doctor(app)
+    assert code == 1 and orphan_id in checks["orphans"]["message"]
+
+
+@pytest.mark.slow
+def test_doctor_catches_a_registry_behind_the_migration_head(live):
+    app, router, _ = live
+    router.stop()
+    app.close()
+    engine = create_engine(app.config.registry_url)
+    _downgrade(engine, "0001")
+    code, checks = doctor(app)
+    assert code == 1 and checks["registry"]["status"] == "fail"
+    assert "migration head is" in checks["registry"]["message"]
+    assert "bgdeploy init" in checks["registry"]["fix"]
+
+
+def _downgrade(engine, revision):
+    from alembic import command
+
+    cfg = migrate.alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+@pytest.mark.slow
+def test_metrics_parse_and_carry_the_documented_series(live):
+    app, router, boot_id = live
+    for _ in range(5):
+        httpx.get(router.url + "/")
+    text = httpx.get(router.admin_url + "/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in (
+        "bgdeploy_requests",
+        "bgdeploy_inflight_requests",
+        "bgdeploy_upstream_errors",
+        "bgdeploy_switches",
+        "bgdeploy_route_age_seconds",
+        "bgdeploy_open_connections",
+        "bgdeploy_active_boot_info",
+    ):
+        assert name in families, name
+    ok = [
+        s
+        for s in families["bgdeploy_requests"].samples
+        if s.labels == {"boot": boot_id, "code": "200"} and s.name.endswith("_total")
+    ]
+    assert ok and ok[0].value >= 5
+    active = families["bgdeploy_active_boot_info"].samples
+    assert active[0].labels["boot"] == boot_id
+
+
+@pytest.mark.slow
+def test_status_reports_in_flight_requests(live, cli):
+    app, router, boot_id = live
+    import threading
+
+    t = threading.Thread(target=lambda: httpx.get(router.url + "/slow?ms=3000", timeout=10))
+    t.start()
+    try:
+        poll_until(
+            lambda: (
+                json.loads(cli("--config", app.config.path, "status", "--json").out)["active"][
+                    "inflight"
+                ]
+                == 1
+            ),
+            5,
+            what="the in-flight request to show",
+        )
+    finally:
+        t.join()
