@@ -194,8 +194,48 @@ Wait = Annotated[
 ]
 
 
-def _progress(step: str, detail: str) -> None:
-    out.print(f"[green]✓[/] [bold]{escape(step)}[/] {escape(detail)}")
+NEXT_ACTIVITY = {
+    "router": "checking the active boot",
+    "finalized": "starting the deploy",
+    "aborted": "starting the deploy",
+    "rolled back": "starting the deploy",
+    "begin": "spawning the candidate",
+    "starting": "waiting for the candidate to become healthy",
+    "healthy": "attaching workspaces",
+    "attached": "switching traffic",
+}
+
+
+class Progress:
+    """Deploy progress: a line per finished step with its duration, a spinner between."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.monotonic()
+        self.spinner: Any = None
+
+    def __call__(self, step: str, detail: str) -> None:
+        now = time.monotonic()
+        mark = "[red]✗[/]" if step == "aborted" else "[green]✓[/]"
+        out.print(
+            f"{mark} [bold]{escape(step):<9}[/] {escape(detail)} [dim]({now - self.last:.2f}s)[/]"
+        )
+        self.last = now
+        if self.spinner is not None:
+            self.spinner.update(NEXT_ACTIVITY.get(step, "working") + "…")
+
+    def __enter__(self) -> Progress:
+        if out.is_terminal:
+            self.spinner = out.status("starting…")
+            self.spinner.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.spinner is not None:
+            self.spinner.__exit__(*exc)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
 
 
 @app.command()
@@ -214,7 +254,8 @@ def up(
         return
     from bgdeploy.control.router_ctl import up as do_up
 
-    result = do_up(_app(), wait=wait, progress=_progress)
+    with Progress() as progress:
+        result = do_up(_app(), wait=wait, progress=progress)
     if result.deploy is not None:
         out.print(result.deploy.message)
     out.print("Serving." if result.started or result.deploy else "Already up: nothing to do.")
@@ -225,7 +266,8 @@ def down(wait: Wait = None) -> None:
     """Drain and stop the router and every boot."""
     from bgdeploy.control.router_ctl import down as do_down
 
-    n = do_down(_app(), wait=wait, progress=_progress)
+    with Progress() as progress:
+        n = do_down(_app(), wait=wait, progress=progress)
     out.print(f"Down: router stopped, {n} boot{'s' if n != 1 else ''} stopped.")
 
 
@@ -248,10 +290,13 @@ def deploy(
     a = _app()
     lock = a.lock()
     lock.acquire(wait=wait, command=f"bgdeploy deploy{' --version ' + version if version else ''}")
+    progress = Progress()
     try:
-        result = Deployer(a).deploy(
-            version, force=force, progress=(lambda s, d: None) if as_json else _progress
-        )
+        if as_json:
+            result = Deployer(a).deploy(version, force=force)
+        else:
+            with progress:
+                result = Deployer(a).deploy(version, force=force, progress=progress)
     except BootError as e:
         if as_json:
             _print_json({"ok": False, "message": e.message})
@@ -261,7 +306,7 @@ def deploy(
     if as_json:
         _print_json(result.as_dict())
     else:
-        out.print(f"[bold green]{escape(result.message)}[/]")
+        out.print(f"[bold green]{escape(result.message)}[/] [dim](in {progress.elapsed:.1f}s)[/]")
 
 
 @app.command()
@@ -287,7 +332,8 @@ def rollback(
             )
             return
         version = previous_version(a)
-        result = d.deploy(version, force=True, progress=_progress)
+        with Progress() as progress:
+            result = d.deploy(version, force=True, progress=progress)
         out.print(f"[bold green]{escape(result.message)}[/]")
     finally:
         lock.release()

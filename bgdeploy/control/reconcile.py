@@ -8,6 +8,7 @@ someone else is acting: the pass skips quietly.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,9 @@ class Reconciler:
         inflight: Inflight | None = None,
         auto_deploy: bool = True,
         deploy_if_none: bool = False,
+        holder: str = "bgdeploy reconcile",
     ) -> None:
+        self.holder = holder
         self.app = app
         self.deploy_if_none = deploy_if_none
         self.sup = supervisor or Supervisor(app.config, app.registry)
@@ -59,7 +62,7 @@ class Reconciler:
         report = ReconcileReport()
         lock = self.app.lock()
         try:
-            lock.acquire(wait=wait, command="bgdeploy reconcile")
+            lock.acquire(wait=wait, command=self.holder)
         except LockBusy as e:
             report.skipped = e.message
             return report
@@ -211,7 +214,12 @@ def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
     def tick(app_: App, inflight: Inflight) -> None:
         rec = state.get("rec")
         if rec is None:
-            rec = state["rec"] = Reconciler(app_, inflight=inflight, deploy_if_none=deploy_if_none)
+            rec = state["rec"] = Reconciler(
+                app_,
+                inflight=inflight,
+                deploy_if_none=deploy_if_none,
+                holder=f"bgdeploy router control loop (pid {os.getpid()})",
+            )
         rec.run()
 
     RouterProcess(app, control_tick=tick).serve()

@@ -96,9 +96,15 @@ def dashboard_page() -> bytes:
 class Admin:
     """Shared by all admin connections: caches the status object briefly."""
 
-    def __init__(self, table: RouteTable, status: Callable[[dict[str, int]], dict[str, Any]]):
+    def __init__(
+        self,
+        table: RouteTable,
+        status: Callable[[dict[str, int]], dict[str, Any]],
+        history: Callable[[], list[dict[str, Any]]],
+    ):
         self.table = table
         self.status = status
+        self.history = history
         self._cache: tuple[float, bytes] | None = None
 
     async def status_json(self) -> bytes:
@@ -111,6 +117,10 @@ class Admin:
         ).encode()
         self._cache = (now, body)
         return body
+
+    async def history_json(self) -> bytes:
+        events = await asyncio.get_running_loop().run_in_executor(None, self.history)
+        return json.dumps(events).encode()
 
 
 class AdminConnection(asyncio.Protocol):
@@ -148,7 +158,9 @@ class AdminConnection(asyncio.Protocol):
                 extra=b"Allow: GET, HEAD\r\n",
             )
         elif path == "/api/status":
-            asyncio.get_running_loop().create_task(self._status(keep))
+            asyncio.get_running_loop().create_task(self._json(self.admin.status_json, keep))
+        elif path == "/api/history":
+            asyncio.get_running_loop().create_task(self._json(self.admin.history_json, keep))
         elif path == "/api/route":
             route = self.admin.table.active
             body = json.dumps(
@@ -156,6 +168,7 @@ class AdminConnection(asyncio.Protocol):
                     "boot_id": route.boot_id if route else None,
                     "generation": route.generation if route else None,
                     "inflight": dict(self.admin.table.inflight),
+                    "requests_total": sum(self.admin.table.requests.values()),
                 }
             ).encode()
             self._send(200, b"application/json", body, close=not keep)
@@ -171,9 +184,9 @@ class AdminConnection(asyncio.Protocol):
         else:
             self._send(404, b"text/plain", b"not found\n", close=not keep)
 
-    async def _status(self, keep: bool) -> None:
+    async def _json(self, produce: Callable[[], Any], keep: bool) -> None:
         try:
-            body = await self.admin.status_json()
+            body = await produce()
         except Exception as e:  # noqa: BLE001 - the admin page reports, never crashes
             log.warning("status failed: %s", e)
             self._send(

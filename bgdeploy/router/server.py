@@ -86,7 +86,7 @@ class RouterProcess:
         server = await self._listen(
             loop, lambda: ClientConnection(table, limits), cfg.host, cfg.port, "router"
         )
-        admin = Admin(table, self._status)
+        admin = Admin(table, self._status, self._history)
         try:
             admin_server = await self._listen(
                 loop, lambda: AdminConnection(admin), cfg.host, cfg.admin_port, "admin listener"
@@ -167,6 +167,11 @@ class RouterProcess:
         from bgdeploy.control.status import status
 
         return status(self.app, inflight)
+
+    def _history(self) -> list[dict[str, Any]]:
+        from bgdeploy.control.status import history
+
+        return history(self.app, 20)
 
     def _record(self, running: bool) -> None:
         cfg = self.config.router
