@@ -251,6 +251,8 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pgid, signal.SIGKILL)
                 code = self._wait_exit(boot, 5.0)
+                if code is None and not self.is_running(boot):
+                    code = -signal.SIGKILL  # not our child, but we know what ended it
             self._kill_leftovers(pgid, boot.pid_create_time)
         if code is None:
             code = self.exit_code(boot)

@@ -65,8 +65,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--argv-echo", action="store_true", help="print sys.argv as JSON at start (for argv tests)"
     )
+    p.add_argument(
+        "--fault-file",
+        default=None,
+        metavar="PATH",
+        help="JSON object of fault switches read at start, if the file exists "
+        '(e.g. {"crash_on_start": true}); with {version} in the path, faults '
+        "can target one version",
+    )
     p.add_argument("extra", nargs="*", help="ignored; shows up in --argv-echo")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.fault_file and os.path.exists(args.fault_file):
+        with open(args.fault_file) as f:
+            for key, value in json.load(f).items():
+                if not hasattr(args, key):
+                    p.error(f"unknown fault {key!r} in {args.fault_file}")
+                setattr(args, key, value)
+    return args
 
 
 class Daemon:

@@ -141,8 +141,15 @@ class Registry:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        with self._read.begin() as session:
-            yield session
+        try:
+            with self._read.begin() as session:
+                yield session
+        except DatabaseError as e:
+            raise RegistryError(
+                f"The registry at {self.url} could not be read ({e.orig}).",
+                hint="Run `bgdeploy doctor`; a damaged file can be moved aside and "
+                "recreated with `bgdeploy init`.",
+            ) from None
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
@@ -153,6 +160,14 @@ class Registry:
             raise RegistryError(
                 f"The registry could not be written ({e.orig}).",
                 hint="Another process may hold it for longer than the busy timeout; retry.",
+            ) from None
+        except IntegrityError:
+            raise
+        except DatabaseError as e:
+            raise RegistryError(
+                f"The registry at {self.url} could not be written ({e.orig}).",
+                hint="Run `bgdeploy doctor`; a damaged file can be moved aside and "
+                "recreated with `bgdeploy init`.",
             ) from None
 
     # -- deployments ---------------------------------------------------------------
