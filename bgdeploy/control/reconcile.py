@@ -154,6 +154,8 @@ class Reconciler:
         elif installed != active.version:
             if installed in reg.quarantined_versions(self.app.service):
                 return
+            if self._last_attempt_failed(row, installed):
+                return  # it aborted last time: retrying every interval would only churn
             report.did(
                 f"auto-deploy: installed version {installed} differs from active {active.version}"
             )
@@ -167,6 +169,16 @@ class Reconciler:
             self.deployer.deploy(installed, force=dead)
         except BgdeployError as e:
             report.did(f"deploy failed: {e.message}")
+
+    def _last_attempt_failed(self, row, version: str) -> bool:  # noqa: ANN001
+        """The newest generation tried this version and aborted: leave it to a person
+        (`bgdeploy deploy` retries it; a new install is tried again)."""
+        if row.last_error is None or row.generation == 0:
+            return False
+        return any(
+            b.generation == row.generation and b.version == version and b.state == BootState.FAILED
+            for b in self.app.registry.boots(self.app.service)
+        )
 
     def _stop_orphans(self, report: ReconcileReport, dry_run: bool) -> None:
         reg = self.app.registry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -140,7 +141,7 @@ class RouterRun:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.app.config.router.admin_port}"
 
-    def start(self) -> RouterRun:
+    def start(self, env: dict[str, str] | None = None) -> RouterRun:
         from bgdeploy.control.router_ctl import running_router
 
         log = open(self.app.config.path.parent / "router.log", "ab")  # noqa: SIM115
@@ -158,6 +159,7 @@ class RouterRun:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
         log.close()
         poll_until(
@@ -193,8 +195,9 @@ def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
             f"\n[router]\nport = {free_port()}\nadmin_port = {free_port()}\n"
             f"header_timeout = {kw.pop('header_timeout', 10.0)}\n"
         )
+        router_env = kw.pop("router_env", None)
         app = make_app(tmp_path, extra=extra + router, **kw)
-        run = RouterRun(app).start()
+        run = RouterRun(app).start(router_env)
         made.append((app, run))
         return app, run
 
