@@ -1,0 +1,128 @@
+"""Abuse against the router: it keeps serving everyone else and its memory stays bounded."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+
+import httpx
+import psutil
+import pytest
+
+from bgdeploy.control.deploy import Deployer
+from tests.conftest import poll_until
+from tests.integration.test_router import raw
+
+
+@pytest.fixture
+def served(stack):
+    app, router = stack(header_timeout=1.0)
+    lock = app.lock()
+    lock.acquire(wait=30)
+    try:
+        boot_id = Deployer(app).deploy("1.0").boot_id
+    finally:
+        lock.release()
+    return app, router, boot_id, psutil.Process(router.proc.pid)
+
+
+def still_serving(router) -> None:
+    resp = httpx.get(router.url + "/", timeout=10)
+    assert resp.status_code == 200
+
+
+@pytest.mark.slow
+def test_invalid_chunk_sizes_and_garbage_get_400(served):
+    app, router, _, _ = served
+    port = app.config.router.port
+    bad_chunk = raw(
+        port,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"ZZ\r\nabc\r\n0\r\n\r\n",
+    )
+    assert bad_chunk.startswith(b"HTTP/1.1 400 ")
+    huge_chunk = raw(
+        port,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"fffffffffffffffffffff\r\nabc\r\n",
+    )
+    assert huge_chunk.startswith(b"HTTP/1.1 400 ")
+    garbage = raw(port, os.urandom(4096).replace(b"\r\n", b"xx"))
+    assert garbage.startswith(b"HTTP/1.1 400 ") or garbage == b""
+    still_serving(router)
+
+
+@pytest.mark.slow
+def test_five_thousand_idle_connections(served):
+    app, router, _, proc = served
+    before = proc.memory_info().rss
+    socks = []
+    try:
+        for _ in range(5000):
+            s = socket.create_connection(("127.0.0.1", app.config.router.port), timeout=10)
+            socks.append(s)
+        poll_until(
+            lambda: len(proc.net_connections(kind="tcp")) >= 5000,
+            20,
+            what="the router to accept 5000 connections",
+        )
+        still_serving(router)
+        growth = proc.memory_info().rss - before
+        print(f"\n5000 idle connections: router RSS +{growth / 1e6:.1f} MB")
+        assert growth < 100e6
+    finally:
+        for s in socks:
+            s.close()
+    still_serving(router)
+
+
+@pytest.mark.slow
+def test_slowloris_clients_are_cut_and_others_served(served):
+    app, router, _, _ = served
+    socks = []
+    for _ in range(50):
+        s = socket.create_connection(("127.0.0.1", app.config.router.port), timeout=10)
+        s.sendall(b"GET / HTTP/1.1\r\n")
+        socks.append(s)
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # dribble a byte now and then
+            for s in socks:
+                with contextlib.suppress(OSError):
+                    s.sendall(b"X")
+            still_serving(router)
+            time.sleep(0.2)
+        cut = 0
+        for s in socks:
+            try:
+                data = s.recv(4096)
+            except OSError:
+                data = b""
+            if data.startswith(b"HTTP/1.1 408 ") or data == b"":
+                cut += 1
+        assert cut == len(socks)
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.slow
+def test_a_client_that_never_reads_does_not_grow_the_router(served):
+    app, router, _, proc = served
+    before = proc.memory_info().rss
+    s = socket.create_connection(("127.0.0.1", app.config.router.port), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        s.sendall(b"GET /bytes?n=200000000 HTTP/1.1\r\nHost: t\r\n\r\n")  # 200 MB, unread
+        time.sleep(0.1)
+        for _ in range(20):
+            still_serving(router)
+        time.sleep(1.0)
+        growth = proc.memory_info().rss - before
+        print(f"\nunread 200 MB response: router RSS +{growth / 1e6:.1f} MB")
+        assert growth < 20e6
+    finally:
+        s.close()
+    still_serving(router)
