@@ -15,6 +15,7 @@ from sqlalchemy import select
 from bgdeploy.boots import Supervisor, processes_of_boot
 from bgdeploy.control.deploy import Deployer
 from bgdeploy.control.reconcile import Reconciler
+from bgdeploy.control.router_ctl import running_router, up
 from bgdeploy.failpoints import FAILPOINTS
 from bgdeploy.registry.models import Boot, Event
 from tests.conftest import poll_until, run_bgdeploy
@@ -164,19 +165,21 @@ def test_router_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, nam
         stable=4 if finalizing else 1000,
         router_env={"BGDEPLOY_FAILPOINT": name},
     )
-    cfg = str(app.config.path)
     try:
         locked(app, lambda d: d.deploy("1.0"))
         locked(app, lambda d: d.settle())
         router_provoke(app, router, tmp_path, name)
         assert router.proc.wait(timeout=60) == -signal.SIGKILL
         reconcile_until_quiet(app)
-        up = run_bgdeploy("--config", cfg, "up", "--wait", "30", cwd=tmp_path)
-        assert up.returncode == 0, up.stderr
+        result = up(app, wait=30)  # what `bgdeploy up` runs: the router again, same port
+        assert result.started
         check_invariants(app, router)
         ROUTER_RECOVERED.append(name)
     finally:
-        run_bgdeploy("--config", cfg, "down", "--wait", "30", cwd=tmp_path)
+        again = running_router(app)
+        if again is not None:  # the stack fixture stops the boots
+            os.kill(again.pid, signal.SIGTERM)
+            poll_until(lambda: running_router(app) is None, 30, what="the router to stop")
 
 
 def test_router_campaign_summary():

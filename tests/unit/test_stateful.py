@@ -116,7 +116,7 @@ class RegistryMachine(RuleBasedStateMachine):
 TestRegistryMachine = RegistryMachine.TestCase
 TestRegistryMachine.settings = settings(
     max_examples=200,
-    stateful_step_count=25,
+    stateful_step_count=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
