@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test test-quick lint demo bench clean
+.PHONY: install system-deps test test-quick lint demo bench clean
 
 install: $(STAMP)
 
@@ -14,13 +14,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The dashboard's browser test needs Debian's chromium; install it where we can.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-	  || echo "chromium could not be installed: the browser test will skip"
+# The dashboard's browser test needs Debian's chromium, the terminal test tmux;
+# install them where we can (root with apt-get), else those two tests skip and say why.
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1; then \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq \
+	    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tmux >/dev/null; } \
+	  || echo "chromium/tmux could not be installed: the browser and terminal tests will skip"; \
+	fi
 
-test: install browser
+test: install system-deps
 	$(BIN)/python -m pytest -q
 
 test-quick: install

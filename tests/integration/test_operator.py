@@ -195,3 +195,58 @@ def test_status_reports_in_flight_requests(live, cli):
         )
     finally:
         t.join()
+
+
+@pytest.mark.slow
+def test_status_watch_redraws_in_a_terminal(live):
+    """A real terminal (tmux): the table redraws when a deploy changes the registry."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed here (make test installs it where apt-get works)")
+    app, _, first = live
+    session = f"bgdeploy-watch-{os.getpid()}"
+    cmd = f"{sys.executable} -m bgdeploy --config {app.config.path} status --watch"
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50", cmd], check=True
+    )
+
+    def screen() -> str:
+        return subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+        ).stdout
+
+    try:
+        poll_until(
+            lambda: "generation 1" in screen() and first in screen(), 20, what="the first frame"
+        )
+        second = deploy(app, "2.0")
+        poll_until(
+            lambda: "generation 2" in screen() and second.boot_id in screen(),
+            20,
+            what="the table to redraw after the deploy",
+        )
+        assert "standby" in screen()  # the old boot, kept warm
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
+        poll_until(
+            lambda: (
+                subprocess.run(
+                    ["tmux", "has-session", "-t", session], capture_output=True
+                ).returncode
+                != 0
+            ),
+            10,
+            what="status --watch to end on Ctrl-C",
+        )
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_dashboard_command_prints_the_admin_url(tmp_path, cli):
+    from tests.conftest import write_config
+
+    path = write_config(tmp_path)
+    res = cli("--config", path, "dashboard")
+    assert res.code == 0 and res.out.strip() == "http://127.0.0.1:47778/"
