@@ -25,7 +25,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DURATION = os.environ.get("BENCH_DURATION", "5s")
+DURATION = os.environ.get("BENCH_DURATION", "4s")
+# The machine is shared: each pair is measured ROUNDS times, interleaved, and the
+# median run (by req/s) of each side is reported.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 BODY = "x" * 99 + "\n"
 
 
@@ -115,6 +118,22 @@ def wrk(port: int, conns: int, path: str = "/") -> dict[str, float]:
         "errors": int(errors.group(1)) if errors else 0,
         "socket_errors": sock_err.group(1) if sock_err else "",
     }
+
+
+def paired(port_a: int, port_b: int, conns: int) -> tuple[dict, dict]:
+    """ROUNDS interleaved runs of a then b; the median run of each."""
+    runs_a, runs_b = [], []
+    for _ in range(ROUNDS):
+        runs_a.append(wrk(port_a, conns))
+        runs_b.append(wrk(port_b, conns))
+
+    def median(runs: list[dict]) -> dict:
+        ordered = sorted(runs, key=lambda r: r["rps"])
+        result = dict(ordered[len(ordered) // 2])
+        result["spread"] = f"{ordered[0]['rps']:.0f}-{ordered[-1]['rps']:.0f}"
+        return result
+
+    return median(runs_a), median(runs_b)
 
 
 def _latency(out: str, pct: str) -> float:
@@ -240,8 +259,7 @@ def main() -> int:
 
             rows = []
             for c in (1, 16, 64):
-                ng = wrk(proxy, c)
-                ro = wrk(router.port, c)
+                ng, ro = paired(proxy, router.port, c)
                 rows.append((c, ng, ro))
 
             demo_port = free_port()
@@ -261,8 +279,7 @@ def main() -> int:
             wait_port(demo_port)
             router.point_at(demo_port)
             time.sleep(0.2)
-            direct = wrk(demo_port, 16)
-            via = wrk(router.port, 16)
+            direct, via = paired(demo_port, router.port, 16)
 
             samples = switch_propagation(router, (b1, b2))
         finally:
@@ -274,7 +291,7 @@ def main() -> int:
 
     print(
         "\nrouter vs nginx reverse proxy (1 worker, upstream keepalive), nginx backend, "
-        f"100-byte GET, wrk -d{DURATION}"
+        f"100-byte GET, wrk -d{DURATION}, median of {ROUNDS} interleaved runs each"
     )
     print(
         f"{'c':>3}  {'nginx req/s':>11} {'p50 ms':>7} {'p99 ms':>7}   {'router req/s':>12} "
@@ -285,6 +302,7 @@ def main() -> int:
             f"{c:>3}  {ng['rps']:>11.0f} {ng['p50']:>7.3f} {ng['p99']:>7.3f}   "
             f"{ro['rps']:>12.0f} {ro['p50']:>7.3f} {ro['p99']:>7.3f}   "
             f"{ro['rps'] / ng['rps']:>11.2f} {ro['p99'] / ng['p99']:>9.2f}"
+            f"   (runs: nginx {ng['spread']}, router {ro['spread']})"
         )
     print(
         f"\nin front of the demo daemon, c=16: direct {direct['rps']:.0f} req/s "
