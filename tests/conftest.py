@@ -21,6 +21,27 @@ DEMO_DAEMON = REPO / "tools" / "demo_daemon.py"
 sys.path.insert(0, str(REPO / "tools"))  # loadgen and friends
 
 
+# The `status --json` object's keys (DESIGN section 6), and a boot's.
+STATUS_KEYS = {
+    "service",
+    "generation",
+    "state",
+    "active",
+    "candidate",
+    "old",
+    "switch_ts",
+    "health_fail_streak",
+    "health_ok_streak",
+    "rollback_reason",
+    "rollback_ts",
+    "last_error",
+    "quarantined_versions",
+    "router",
+    "lock",
+}
+BOOT_KEYS = {"boot_id", "version", "port", "pid", "state", "started_ts", "inflight"}
+
+
 def poll_until(
     predicate: Callable[[], object],
     timeout: float = 10.0,

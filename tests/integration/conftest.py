@@ -211,3 +211,23 @@ def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
             if sup.is_running(boot):
                 sup.stop(boot, timeout=2)
         app.close()
+
+
+def locked(app: App, fn: Callable[..., object]) -> object:
+    """Run fn(Deployer(app)) holding the lifecycle lock, as a CLI command does."""
+    from bgdeploy.control.deploy import Deployer
+
+    lock = app.lock()
+    lock.acquire(wait=60)
+    try:
+        return fn(Deployer(app))
+    finally:
+        lock.release()
+
+
+def deploy(app: App, version: str, **kw: object):  # noqa: ANN201 - DeployResult
+    return locked(app, lambda d: d.deploy(version, **kw))
+
+
+def settle(app: App):  # noqa: ANN201 - DeploymentFields
+    return locked(app, lambda d: d.settle())

@@ -11,20 +11,15 @@ import httpx
 import psutil
 import pytest
 
-from bgdeploy.control.deploy import Deployer
 from tests.conftest import poll_until
+from tests.integration.conftest import deploy
 from tests.integration.test_router import raw
 
 
 @pytest.fixture
 def served(stack):
     app, router = stack(header_timeout=1.0)
-    lock = app.lock()
-    lock.acquire(wait=30)
-    try:
-        boot_id = Deployer(app).deploy("1.0").boot_id
-    finally:
-        lock.release()
+    boot_id = deploy(app, "1.0").boot_id
     return app, router, boot_id, psutil.Process(router.proc.pid)
 
 

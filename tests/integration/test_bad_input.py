@@ -11,18 +11,9 @@ import psutil
 import pytest
 from sqlalchemy import select
 
-from bgdeploy.control.deploy import Deployer
 from bgdeploy.registry.models import Workspace
 from tests.conftest import poll_until, run_bgdeploy, write_config
-
-
-def deploy(app, version):
-    lock = app.lock()
-    lock.acquire(wait=30)
-    try:
-        return Deployer(app).deploy(version)
-    finally:
-        lock.release()
+from tests.integration.conftest import deploy, settle
 
 
 def assert_clean_error(proc, code: int, needle: str) -> None:
@@ -39,12 +30,7 @@ def live(stack, tmp_path):
         flags=["--fault-file", str(tmp_path / "faults-{version}.json")], startup=2, stop=1
     )
     first = deploy(app, "1.0")
-    lock = app.lock()
-    lock.acquire(wait=30)
-    try:
-        Deployer(app).settle()
-    finally:
-        lock.release()
+    settle(app)
     return app, router, first.boot_id
 
 

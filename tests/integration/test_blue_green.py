@@ -15,15 +15,7 @@ from bgdeploy.control.deploy import Deployer
 from bgdeploy.control.reconcile import Reconciler
 from bgdeploy.errors import BootError, OperationFailed
 from tests.conftest import REPO, poll_until, run_bgdeploy
-
-
-def deploy(app, version: str, **kw):
-    lock = app.lock()
-    lock.acquire(wait=60)
-    try:
-        return Deployer(app).deploy(version, **kw)
-    finally:
-        lock.release()
+from tests.integration.conftest import deploy
 
 
 @pytest.mark.slow

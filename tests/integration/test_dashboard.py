@@ -8,18 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bgdeploy.control.deploy import Deployer
+from tests.integration.conftest import deploy, settle
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def deploy(app, version):
-    lock = app.lock()
-    lock.acquire(wait=30)
-    try:
-        return Deployer(app).deploy(version)
-    finally:
-        lock.release()
 
 
 @pytest.mark.slow
@@ -29,12 +20,7 @@ def test_dashboard_shows_the_state_and_the_active_boot_change(stack, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     app, router = stack(flags=["--start-delay", "1.5"])
     first = deploy(app, "1.0")
-    lock = app.lock()
-    lock.acquire(wait=30)
-    try:
-        Deployer(app).settle()  # idle, 1.0 active
-    finally:
-        lock.release()
+    settle(app)  # idle, 1.0 active
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]

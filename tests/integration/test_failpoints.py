@@ -13,24 +13,15 @@ import pytest
 from sqlalchemy import select
 
 from bgdeploy.boots import Supervisor, processes_of_boot
-from bgdeploy.control.deploy import Deployer
 from bgdeploy.control.reconcile import Reconciler
 from bgdeploy.control.router_ctl import running_router, up
 from bgdeploy.failpoints import FAILPOINTS
 from bgdeploy.registry.models import Boot, Event
 from tests.conftest import poll_until, run_bgdeploy
+from tests.integration.conftest import locked
 
 DEPLOY_PATH = FAILPOINTS[:6]
 RECOVERED: list[str] = []
-
-
-def locked(app, fn):
-    lock = app.lock()
-    lock.acquire(wait=60)
-    try:
-        return fn(Deployer(app))
-    finally:
-        lock.release()
 
 
 def provoke(app, tmp_path, name: str) -> tuple[str, ...]:

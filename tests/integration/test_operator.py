@@ -12,37 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
-from bgdeploy.control.deploy import Deployer
 from bgdeploy.registry import migrate
-from tests.conftest import poll_until, run_bgdeploy
-
-STATUS_KEYS = {
-    "service",
-    "generation",
-    "state",
-    "active",
-    "candidate",
-    "old",
-    "switch_ts",
-    "health_fail_streak",
-    "health_ok_streak",
-    "rollback_reason",
-    "rollback_ts",
-    "last_error",
-    "quarantined_versions",
-    "router",
-    "lock",
-}
-BOOT_KEYS = {"boot_id", "version", "port", "pid", "state", "started_ts", "inflight"}
-
-
-def deploy(app, version):
-    lock = app.lock()
-    lock.acquire(wait=30)
-    try:
-        return Deployer(app).deploy(version)
-    finally:
-        lock.release()
+from tests.conftest import BOOT_KEYS, STATUS_KEYS, poll_until, run_bgdeploy
+from tests.integration.conftest import deploy
 
 
 def doctor(app) -> tuple[int, dict]:

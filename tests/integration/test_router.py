@@ -10,8 +10,8 @@ import httpx
 import psutil
 import pytest
 
-from bgdeploy.control.deploy import Deployer
 from tests.conftest import poll_until
+from tests.integration.conftest import deploy
 
 
 def raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
@@ -32,12 +32,7 @@ def raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
 @pytest.fixture
 def served(stack):
     app, router = stack(header_timeout=1.0)
-    lock = app.lock()
-    lock.acquire(wait=30)
-    try:
-        result = Deployer(app).deploy("1.0")
-    finally:
-        lock.release()
+    result = deploy(app, "1.0")
     return app, router, result.boot_id
 
 

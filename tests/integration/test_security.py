@@ -10,19 +10,14 @@ import httpx
 import psutil
 import pytest
 
-from bgdeploy.control.deploy import Deployer
 from tests.conftest import run_bgdeploy, write_config
+from tests.integration.conftest import deploy
 
 
 @pytest.fixture
 def served(stack):
     app, router = stack()
-    lock = app.lock()
-    lock.acquire(wait=30)
-    try:
-        Deployer(app).deploy("1.0")
-    finally:
-        lock.release()
+    deploy(app, "1.0")
     return app, router
 
 

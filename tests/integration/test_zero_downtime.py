@@ -10,18 +10,9 @@ import pytest
 import websockets
 from loadgen import LoadGen
 
-from bgdeploy.control.deploy import Deployer
+from tests.integration.conftest import deploy
 
 SWITCHES = 10
-
-
-def deploy(app, version: str):
-    lock = app.lock()
-    lock.acquire(wait=60)
-    try:
-        return Deployer(app).deploy(version)
-    finally:
-        lock.release()
 
 
 def read_sse_events(lines, n: int) -> list[dict]:

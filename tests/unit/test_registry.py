@@ -15,7 +15,7 @@ from bgdeploy.errors import RegistryError
 from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Base
 from bgdeploy.registry.store import Registry
-from tests.conftest import run_bgdeploy, write_config
+from tests.conftest import STATUS_KEYS, run_bgdeploy, write_config
 
 
 def test_empty_database_upgrades_to_head_and_models_agree(tmp_path):
@@ -75,23 +75,7 @@ def test_init_in_empty_folder_then_status_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     st = json.loads(proc.stdout)
     assert st["generation"] == 0 and st["state"] == "idle"
-    assert set(st) == {
-        "service",
-        "generation",
-        "state",
-        "active",
-        "candidate",
-        "old",
-        "switch_ts",
-        "health_fail_streak",
-        "health_ok_streak",
-        "rollback_reason",
-        "rollback_ts",
-        "last_error",
-        "quarantined_versions",
-        "router",
-        "lock",
-    }
+    assert set(st) == STATUS_KEYS
     assert st["active"] is None and st["router"] is None and st["lock"] is None
     assert st["quarantined_versions"] == []
     again = run_bgdeploy("init", cwd=tmp_path)
