@@ -145,11 +145,7 @@ class Registry:
             with self._read.begin() as session:
                 yield session
         except DatabaseError as e:
-            raise RegistryError(
-                f"The registry at {self.url} could not be read ({e.orig}).",
-                hint="Run `bgdeploy doctor`; a damaged file can be moved aside and "
-                "recreated with `bgdeploy init`.",
-            ) from None
+            raise self._unusable("read", e) from None
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
@@ -162,13 +158,16 @@ class Registry:
                 hint="Another process may hold it for longer than the busy timeout; retry.",
             ) from None
         except IntegrityError:
-            raise
+            raise  # a fenced transition turns this into a no-op
         except DatabaseError as e:
-            raise RegistryError(
-                f"The registry at {self.url} could not be written ({e.orig}).",
-                hint="Run `bgdeploy doctor`; a damaged file can be moved aside and "
-                "recreated with `bgdeploy init`.",
-            ) from None
+            raise self._unusable("written", e) from None
+
+    def _unusable(self, verb: str, e: DatabaseError) -> RegistryError:
+        return RegistryError(
+            f"The registry at {self.url} could not be {verb} ({e.orig}).",
+            hint="Run `bgdeploy doctor`; a damaged file can be moved aside and "
+            "recreated with `bgdeploy init`.",
+        )
 
     # -- deployments ---------------------------------------------------------------
 
