@@ -21,6 +21,17 @@ DEMO_DAEMON = REPO / "tools" / "demo_daemon.py"
 sys.path.insert(0, str(REPO / "tools"))  # loadgen and friends
 
 
+# Figures tests want shown at the end of every run (pytest captures their prints).
+REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
+    if REPORT:
+        terminalreporter.section("bgdeploy figures")
+        for line in REPORT:
+            terminalreporter.write_line(line)
+
+
 # The `status --json` object's keys (DESIGN section 6), and a boot's.
 STATUS_KEYS = {
     "service",

@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import poll_until
+from tests.conftest import REPORT, poll_until
 from tests.integration.conftest import deploy
 from tests.integration.test_router import raw
 
@@ -75,7 +75,7 @@ def test_five_thousand_idle_connections(served):
             )
         still_serving(router)
         growth = proc.memory_info().rss - before
-        print(f"\n5000 idle connections: router RSS +{growth / 1e6:.1f} MB")
+        REPORT.append(f"abuse: 5000 idle connections, router RSS +{growth / 1e6:.1f} MB")
         assert growth < 100e6
     finally:
         for s in socks:
@@ -126,7 +126,7 @@ def test_a_client_that_never_reads_does_not_grow_the_router(served):
             still_serving(router)
         time.sleep(1.0)
         growth = proc.memory_info().rss - before
-        print(f"\nunread 200 MB response: router RSS +{growth / 1e6:.1f} MB")
+        REPORT.append(f"abuse: an unread 200 MB response, router RSS +{growth / 1e6:.1f} MB")
         assert growth < 20e6
     finally:
         s.close()

@@ -17,7 +17,7 @@ from bgdeploy.control.reconcile import Reconciler
 from bgdeploy.control.router_ctl import running_router, up
 from bgdeploy.failpoints import FAILPOINTS
 from bgdeploy.registry.models import Boot, Event
-from tests.conftest import poll_until, run_bgdeploy
+from tests.conftest import REPORT, poll_until, run_bgdeploy
 from tests.integration.conftest import locked
 
 DEPLOY_PATH = FAILPOINTS[:6]
@@ -115,12 +115,19 @@ def test_cli_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, name):
     RECOVERED.append(name)
 
 
+def report_campaign(who: str, recovered: list[str]) -> None:
+    """Print N/N at the end of the run. Each campaign test asserts its own recovery; a
+    failpoint missing here failed (shown above) or was deselected."""
+    if not recovered:
+        pytest.skip(f"the {who} campaign did not run in this session (deselected)")
+    REPORT.append(
+        f"{who} killed at each failpoint: {len(recovered)}/{len(FAILPOINTS)} failpoints recovered"
+    )
+
+
 def test_campaign_summary():
-    """Runs after the campaign (file order) and prints N/N."""
-    if not RECOVERED:
-        pytest.skip("the campaign did not run in this session (deselected)")
-    print(f"\n{len(RECOVERED)}/{len(FAILPOINTS)} failpoints recovered")
-    assert sorted(RECOVERED) == sorted(FAILPOINTS)
+    """Runs after the CLI campaign (file order)."""
+    report_campaign("CLI", RECOVERED)
 
 
 ROUTER_RECOVERED: list[str] = []
@@ -174,7 +181,4 @@ def test_router_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, nam
 
 
 def test_router_campaign_summary():
-    if not ROUTER_RECOVERED:
-        pytest.skip("the router campaign did not run in this session (deselected)")
-    print(f"\nrouter: {len(ROUTER_RECOVERED)}/{len(FAILPOINTS)} failpoints recovered")
-    assert sorted(ROUTER_RECOVERED) == sorted(FAILPOINTS)
+    report_campaign("router", ROUTER_RECOVERED)

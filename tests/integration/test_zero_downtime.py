@@ -10,6 +10,7 @@ import pytest
 import websockets
 from loadgen import LoadGen
 
+from tests.conftest import REPORT
 from tests.integration.conftest import deploy
 
 SWITCHES = 10
@@ -74,9 +75,9 @@ def test_ten_switches_under_load_fail_no_request(stack):
             boots.append(result.boot_id)
     finally:
         stats = load.stop()
-    print(
-        f"\nzero-downtime: {stats.requests} requests over {SWITCHES} switches: "
-        f"{stats.failures} failed, {stats.mismatches} mismatched; by boot {dict(stats.boots)}"
+    REPORT.append(
+        f"zero-downtime: {stats.requests} requests over {SWITCHES} switches: "
+        f"{stats.failures} failed, {stats.mismatches} mismatched"
     )
     assert stats.failures == 0, stats.errors
     assert stats.mismatches == 0, stats.errors
