@@ -548,7 +548,8 @@ class ClientConnection(asyncio.Protocol):
         if self._closing:
             return
         if self.head_started is not None:  # still reading a head: bound what we buffer
-            self._head_bytes += len(data)
+            end = data.find(b"\r\n\r\n")  # the body that may follow the head is not head
+            self._head_bytes += len(data) if end < 0 else end
             if self._head_bytes > self.limits.max_head + 4096:
                 self._reject(431, "Request head too large.")
                 return

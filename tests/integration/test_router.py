@@ -132,3 +132,18 @@ def test_dead_upstream_is_502(served):
     )
     resp = httpx.get(router.url + "/")
     assert resp.status_code == 502 and "unreachable" in resp.text
+
+
+@pytest.mark.slow
+def test_a_big_body_in_the_same_read_as_its_head_is_not_a_big_head(served):
+    """Head and 1 MB of body sent in one write: the body must not count as head (no 431)."""
+    app, _, _ = served
+    body = os.urandom(1024 * 1024)
+    reply = raw(
+        app.config.router.port,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+        % len(body)
+        + body,
+        timeout=30,
+    )
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(body)
