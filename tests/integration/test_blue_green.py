@@ -196,3 +196,42 @@ def test_two_deploys_and_the_control_loop_at_once(stack, tmp_path):
 
         active = list(s.scalars(select(Boot).where(Boot.state == "active")))
     assert len(active) == 1
+
+
+def test_reconcile_skips_quietly_when_the_lock_is_busy(tmp_path):
+    from bgdeploy.control.lock import LifecycleLock
+    from tests.conftest import write_config
+
+    write_config(tmp_path)
+    lock = LifecycleLock(tmp_path / ".bgdeploy", "default")
+    lock.acquire(command="bgdeploy deploy --version 7")
+    try:
+        proc = run_bgdeploy("reconcile", cwd=tmp_path)
+    finally:
+        lock.release()
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Skipped: ")
+    assert "bgdeploy deploy --version 7" in lines[0]
+
+
+def test_reconcile_dry_run_prints_the_plan_and_changes_nothing(tmp_path):
+    from bgdeploy.registry.store import Registry
+    from tests.conftest import write_config
+
+    write_config(tmp_path)
+    reg = Registry(f"sqlite:///{tmp_path / '.bgdeploy' / 'registry.db'}")
+    reg.transition("default", "begin", generation=0, version="1.0")  # its deployer "died"
+    before = reg.deployment("default")
+    reg.close()
+    dry = run_bgdeploy("reconcile", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0 and "would abort generation 1" in dry.stdout
+    reg = Registry(f"sqlite:///{tmp_path / '.bgdeploy' / 'registry.db'}")
+    assert reg.deployment("default") == before
+    reg.close()
+    real = run_bgdeploy("reconcile", cwd=tmp_path)
+    assert real.returncode == 0 and "abort generation 1" in real.stdout
+    reg = Registry(f"sqlite:///{tmp_path / '.bgdeploy' / 'registry.db'}")
+    row = reg.deployment("default")
+    assert row.state == "idle" and row.candidate_boot_id is None
+    reg.close()
