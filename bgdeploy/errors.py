@@ -6,7 +6,6 @@ The CLI catches ``BgdeployError`` in one place and prints
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCK_BUSY = 3
@@ -27,10 +26,6 @@ class BgdeployError(Exception):
 class ConfigError(BgdeployError):
     exit_code = EXIT_USAGE
     default_hint = "Fix bgdeploy.toml (see `bgdeploy init` for a commented starter file)."
-
-
-class UsageError(BgdeployError):
-    exit_code = EXIT_USAGE
 
 
 class OperationFailed(BgdeployError):
