@@ -17,11 +17,12 @@ from sqlalchemy import select
 from bgdeploy import health
 from bgdeploy.boots import Supervisor, log_tail
 from bgdeploy.control.app import App
+from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError, BootError, OperationFailed
 from bgdeploy.failpoints import failpoint
 from bgdeploy.installed import installed_version
 from bgdeploy.machine import DeploymentFields
-from bgdeploy.registry.models import Boot, Quarantine, Router, Workspace
+from bgdeploy.registry.models import Boot, Quarantine, Workspace
 from bgdeploy.states import BootState
 from bgdeploy.states import DeploymentEvent as Ev
 from bgdeploy.states import DeploymentState as St
@@ -87,13 +88,8 @@ def router_inflight(app: App) -> Inflight:
 
 
 def _router_admin_url(app: App) -> str | None:
-    from bgdeploy.boots import process_matches
-
-    with app.registry.reading() as s:
-        row = s.get(Router, app.service)
-        if row is None or not process_matches(row.pid, row.pid_create_time):
-            return None
-        return row.admin_url
+    router = running_router(app)
+    return router.admin_url if router is not None else None
 
 
 def wait_router_follows(app: App, boot_id: str) -> bool:

@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from sqlalchemy import create_engine
 
-from bgdeploy.boots import Supervisor, port_holder, process_matches, processes_of_state_dir
+from bgdeploy.boots import Supervisor, port_holder, processes_of_state_dir
 from bgdeploy.config import Config, find_config_path, load_config
 from bgdeploy.control.app import App
 from bgdeploy.control.lock import LifecycleLock
+from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError
 from bgdeploy.health import check as health_check
 from bgdeploy.installed import installed_version
 from bgdeploy.registry import migrate
-from bgdeploy.registry.models import Router
 from bgdeploy.registry.store import sqlite_path
 from bgdeploy.states import LIVE_BOOT_STATES, BootState, DeploymentState
 
@@ -121,9 +122,8 @@ def _schema(config: Config) -> Check:
 
 def _router(app: App) -> Check:
     cfg = app.config.router
-    with app.registry.reading() as s:
-        row = s.get(Router, app.service)
-    if row is not None and process_matches(row.pid, row.pid_create_time):
+    row = running_router(app)
+    if row is not None:
         try:
             httpx.get(f"{row.admin_url}/api/route", timeout=2).raise_for_status()
         except httpx.HTTPError as e:
@@ -253,7 +253,7 @@ def _lock(app: App) -> Check:
     holder = LifecycleLock(app.config.state_dir, app.service).holder()
     if holder is None:
         return Check("lifecycle lock", PASS, "free")
-    if holder.pid and not _pid_alive(holder.pid):
+    if holder.pid and not psutil.pid_exists(holder.pid):
         return Check(
             "lifecycle lock",
             FAIL,
@@ -266,16 +266,6 @@ def _lock(app: App) -> Check:
         f"held by {holder.describe()}",
         "Wait for it, or pass --wait to the next command.",
     )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _logs(config: Config) -> Check:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import psutil
 
-from bgdeploy.boots import Supervisor, log_tail, process_matches
+from bgdeploy.boots import Supervisor, log_tail
 from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Deployer, DeployResult, Progress, no_progress
+from bgdeploy.control.status import running_router
 from bgdeploy.errors import OperationFailed
-from bgdeploy.registry.models import Router
 from bgdeploy.states import BootState
 
 log = logging.getLogger("bgdeploy.up")
@@ -30,14 +30,6 @@ class UpResult:
     router_pid: int
     started: bool
     deploy: DeployResult | None
-
-
-def running_router(app: App) -> Router | None:
-    with app.registry.reading() as s:
-        row = s.get(Router, app.service)
-    if row is not None and process_matches(row.pid, row.pid_create_time):
-        return row
-    return None
 
 
 def _answers(host: str, port: int) -> bool:

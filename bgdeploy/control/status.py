@@ -27,8 +27,17 @@ def boot_dict(boot: Boot | None, inflight: dict[str, int] | None = None) -> dict
     }
 
 
+def running_router(app: App) -> Router | None:
+    """The registry's router row, if its process (pid and start time) is alive."""
+    with app.registry.reading() as s:
+        row = s.get(Router, app.service)
+    if row is not None and process_matches(row.pid, row.pid_create_time):
+        return row
+    return None
+
+
 def router_dict(router: Router | None) -> dict[str, Any] | None:
-    if router is None or not process_matches(router.pid, router.pid_create_time):
+    if router is None:
         return None
     return {"pid": router.pid, "url": router.url, "admin_url": router.admin_url}
 
@@ -40,7 +49,6 @@ def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:
         active = s.get(Boot, row.active_boot_id) if row.active_boot_id else None
         candidate = s.get(Boot, row.candidate_boot_id) if row.candidate_boot_id else None
         old = s.get(Boot, row.old_boot_id) if row.old_boot_id else None
-        router = s.get(Router, app.service)
     holder = app.lock().holder()
     return {
         "service": row.service,
@@ -56,7 +64,7 @@ def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:
         "rollback_ts": iso(row.rollback_ts),
         "last_error": row.last_error,
         "quarantined_versions": reg.quarantined_versions(app.service),
-        "router": router_dict(router),
+        "router": router_dict(running_router(app)),
         "lock": holder.as_dict() if holder else None,
     }
 
