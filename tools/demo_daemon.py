@@ -141,6 +141,27 @@ class Daemon:
         await resp.write_eof()
         return resp
 
+    async def headers(self, request: web.Request) -> web.Response:
+        """The request head as it arrived (to check what a proxy adds and strips).
+
+        Each ``set=Name:value`` query parameter becomes a response header.
+        """
+        resp = web.json_response(
+            {
+                "method": request.method,
+                "path_qs": request.path_qs,
+                "version": f"{request.version.major}.{request.version.minor}",
+                "headers": [
+                    [name.decode("latin-1"), value.decode("latin-1")]
+                    for name, value in request.raw_headers
+                ],
+            }
+        )
+        for pair in request.query.getall("set", []):
+            name, _, value = pair.partition(":")
+            resp.headers.add(name, value)
+        return resp
+
     async def bytes_(self, request: web.Request) -> web.StreamResponse:
         n = int(request.query.get("n", "1024"))
         resp = web.StreamResponse()
@@ -218,6 +239,7 @@ def build_app(d: Daemon) -> web.Application:
     app.router.add_get("/slow", d.slow)
     app.router.add_post("/echo", d.echo)
     app.router.add_get("/bytes", d.bytes_)
+    app.router.add_get("/headers", d.headers)
     app.router.add_get("/sse", d.sse)
     app.router.add_get("/ws", d.ws)
     app.router.add_post("/workspaces", d.attach)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import re
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -36,10 +36,82 @@ HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
     }
 )
-# Our own framing and forwarding headers replace whatever the client sent.
-REQUEST_DROP = HOP_BY_HOP | {b"content-length", b"x-forwarded-proto", b"x-forwarded-host"}
-RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-bgdeploy-boot"}
-BODYLESS_STATUS = frozenset({204, 304})
+# What to do with a header, by lower-case name; a name absent here is passed on as it is.
+# Our own framing and forwarding headers replace whatever the other side sent.
+_DROP, _HOST, _XFF, _TE, _LENGTH, _UPGRADE = range(6)
+REQUEST_HEADERS = {name: _DROP for name in HOP_BY_HOP} | {
+    b"x-forwarded-proto": _DROP,
+    b"x-forwarded-host": _DROP,
+    b"host": _HOST,
+    b"x-forwarded-for": _XFF,
+    b"transfer-encoding": _TE,
+    b"content-length": _LENGTH,
+    b"upgrade": _UPGRADE,
+}
+RESPONSE_HEADERS = {name: _DROP for name in HOP_BY_HOP} | {
+    b"x-bgdeploy-boot": _DROP,
+    b"transfer-encoding": _TE,
+    b"content-length": _LENGTH,
+    b"upgrade": _UPGRADE,
+    b"connection": _UPGRADE,  # kept on a 101 answer only
+}
+STATUS_LINES: dict[tuple[int, bytes], bytes] = {}  # "HTTP/1.1 200 OK\r\n", made once
+# The fast path. Most heads are small, strict and plain: one read holds the whole head,
+# no hop-by-hop header but (on answers) "Connection: keep-alive", and a Content-Length
+# body or none. Such a head is checked whole by one compiled pattern that accepts only a
+# strict subset of what httptools accepts (RFC 9112 tokens, CRLF line ends, no folding),
+# and is passed on as the bytes that came, with our headers spliced in at its end; its
+# Content-Length body is relayed as bytes, counted down. Anything else (chunked bodies,
+# HEAD, 1xx/204/304, Upgrade, Expect, HTTP/1.0, pipelined requests, heads split across
+# reads, a header we must strip or rewrite other than those) goes through httptools.
+_FIELDS = rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
+FAST_REQUEST = re.compile(
+    rb"(GET|POST|PUT|PATCH|DELETE|OPTIONS) /[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]* HTTP/1\.1\r\n"
+    + _FIELDS
+)
+FAST_RESPONSE = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*\r\n" + _FIELDS)
+# Headers that send a head down the slow path, as they appear in a lower-cased head.
+FAST_REQUEST_SLOW = re.compile(
+    rb"\n(?:transfer-encoding|te|trailer|upgrade|proxy-[a-z-]*|x-forwarded-[a-z-]*|expect|keep-alive):"
+)
+FAST_RESPONSE_SLOW = re.compile(
+    rb"\n(?:transfer-encoding|te|trailer|upgrade|proxy-[a-z-]*|x-bgdeploy-boot|keep-alive):"
+)
+
+
+def plain_head(
+    data: bytes, end: int, slow: re.Pattern[bytes]
+) -> tuple[bytes, int, bytes, int] | None:
+    """Read a head that matched FAST_REQUEST or FAST_RESPONSE (``end``: its CRLFCRLF).
+
+    Returns the head without its last CRLFCRLF and without a "Connection:
+    keep-alive" line, its Content-Length (-1 when absent), the lower-cased
+    header lines and where they start in ``data``; or None when it needs the
+    slow path: a header matching ``slow``, a repeated Content-Length or
+    Connection, another Connection value, a bad length.
+    """
+    first = data.find(b"\r\n")
+    h = data[first : end + 2].lower()
+    if slow.search(h) is not None:
+        return None
+    length = -1
+    i = h.find(b"\r\ncontent-length:")
+    if i >= 0:
+        if h.find(b"\r\ncontent-length:", i + 17) >= 0:
+            return None
+        value = h[i + 17 : h.find(b"\r", i + 17)].strip(b" \t")
+        if not value.isdigit() or len(value) > 15:
+            return None
+        length = int(value)
+    i = h.find(b"\r\nconnection:")
+    if i < 0:
+        return data[:end], length, h, first
+    j = h.find(b"\r", i + 13)
+    if h[i + 13 : j].strip(b" \t") != b"keep-alive" or h.find(b"\r\nconnection:", j) >= 0:
+        return None
+    return data[: first + i] + data[first + j : end], length, h, first
+
+
 RETRY_BUFFER_LIMIT = 64 * 1024  # requests up to this size can be resent on a fresh connection
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -116,6 +188,7 @@ class Upstream(asyncio.Protocol):
 
     def __init__(self, boot_id: str, table: RouteTable) -> None:
         self.boot_id = boot_id
+        self.boot_line = b"X-Bgdeploy-Boot: " + boot_id.encode() + b"\r\n\r\n"
         self.table = table
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
@@ -127,6 +200,8 @@ class Upstream(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._head_done = False
+        self._partial = False  # httptools holds part of an answer
+        self._body_left = 0  # bytes still due of a fast answer's body
 
     # asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -141,9 +216,24 @@ class Upstream(asyncio.Protocol):
         if self.tunnel:
             ex.client.write(data)
             return
+        left = self._body_left
+        if left:  # the rest of a fast response's Content-Length body
+            if len(data) > left:
+                self._body_left = 0
+                ex.upstream_failed(self, "more bytes than its Content-Length")
+                return
+            ex.client.write(data)
+            self._body_left = left - len(data)
+            if not self._body_left:
+                ex.response_complete(self)
+            return
         ex.got_response_bytes = True
+        if not self._partial and self._fast_response(ex, data):
+            return
         client = ex.client
-        held = client.hold()  # one write to the client for all this data yields
+        held = client._batch is None  # one write to the client for all this data yields
+        if held:
+            client._batch = []
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -159,6 +249,7 @@ class Upstream(asyncio.Protocol):
                 client.flush()
         if self._head_done:  # HEAD: the parser would wait for a body that never comes
             self._head_done = False
+            self._partial = False
             self.parser = httptools.HttpResponseParser(self)
             ex.response_complete(self)
 
@@ -177,10 +268,42 @@ class Upstream(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.client.resume_reading()
 
+    def _fast_response(self, ex: Exchange, data: bytes) -> bool:
+        """Relay a plain answer (see FAST_RESPONSE) without httptools; False if not one."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or ex.bodyless or not ex.client.http11:
+            return False
+        m = FAST_RESPONSE.fullmatch(data, 0, end + 4)
+        if m is None:
+            return False
+        status = int(m.group(1))
+        if status == 204 or status == 304:
+            return False
+        plain = plain_head(data, end, FAST_RESPONSE_SLOW)
+        if plain is None:
+            return False
+        head, length, _, _ = plain
+        body = len(data) - end - 4
+        if length < 0 or body > length:
+            return False
+        if ex.close_after:
+            head += b"\r\nConnection: close"
+        ex.interim = False
+        ex.response_started = True
+        self.keep_alive = True
+        requests = self.table.requests
+        key = (self.boot_id, status)
+        requests[key] = requests.get(key, 0) + 1
+        ex.client.write(head + b"\r\n" + self.boot_line + data[end + 4 :])
+        if body < length:
+            self._body_left = length - body
+        else:
+            ex.response_complete(self)
+        return True
+
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self._headers = []
-        self._reason = b""
+        self._partial = True
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -189,21 +312,29 @@ class Upstream(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        headers, reason = self._headers, self._reason
+        self._headers, self._reason = [], b""
         ex = self.exchange
         if ex is None:
             return
-        status = self.parser.get_status_code()
+        p = self.parser
+        status = p.get_status_code()
         if status == 101:
             self.tunnel = True
-        ex.response_head(self, status, self._reason, self._headers, self.parser.should_keep_alive())
-        if ex.method == b"HEAD" and status >= 200:
+        ex.response_head(self, status, reason, headers, p.should_keep_alive())
+        if status >= 200 and ex.method == b"HEAD":
             self._head_done = True
 
     def on_body(self, body: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.response_body(body)
+        ex = self.exchange
+        if ex is not None:
+            if ex.chunk_response:
+                ex.client.write(b"%x\r\n%b\r\n" % (len(body), body))
+            else:
+                ex.client.write(body)
 
     def on_message_complete(self) -> None:
+        self._partial = False
         if self._head_done or self.tunnel:
             return
         ex = self.exchange
@@ -255,7 +386,6 @@ class Exchange:
         client: ClientConnection,
         method: bytes,
         head: bytes,
-        *,
         chunked_request: bool,
         keep_alive: bool,
         upgrade: bool,
@@ -268,11 +398,11 @@ class Exchange:
         self.upgrade = upgrade
         self.route: Route | None = None
         self.upstream: Upstream | None = None
-        self.pending: list[bytes] = [head]  # bytes waiting for the upstream connection
-        self.pending_size = len(head)
+        self.pending: list[bytes] | None = None  # bytes after the head waiting for a connection
+        self.pending_size = 0
         self.request_complete = False
-        self.retry_buffer: list[bytes] | None = [head]
-        self.retry_size = len(head)
+        self.retry_buffer: list[bytes] | None = None  # body bytes sent so far, for a resend
+        self.retry_size = 0
         self.attempts = 0
         self.got_response_bytes = False
         self.response_started = False
@@ -292,15 +422,20 @@ class Exchange:
             self.fail(503, "No active boot: bgdeploy has not deployed a daemon yet.")
             return
         self.route = route
+        boot_id = route.boot_id
         if not self.counted:
             self.counted = True
-            table.request_started(route.boot_id)
+            inflight = table.inflight
+            inflight[boot_id] = inflight.get(boot_id, 0) + 1
         self.attempts += 1
-        up = None if self.upgrade else table.pools.take(route.boot_id)
-        if up is not None:
-            self.attach(up)
-        else:
-            table.loop.create_task(self._connect(route))
+        if not self.upgrade:
+            idle = table.pools.idle.get(boot_id)
+            while idle:
+                up = idle.pop()
+                if not up.closed:
+                    self.attach(up)
+                    return
+        table.loop.create_task(self._connect(route))
 
     async def _connect(self, route: Route) -> None:
         table = self.client.table
@@ -334,10 +469,14 @@ class Exchange:
         self.upstream = up
         up.exchange = self
         up.uses += 1
-        up.write(b"".join(self.pending))
-        self.pending = []
-        self.pending_size = 0
-        self.client.resume_reading()
+        pending = self.pending
+        if pending:
+            self.pending = None
+            self.pending_size = 0
+            up.write(b"".join([self.head, *pending]))
+            self.client.resume_reading()
+        else:
+            up.write(self.head)
 
     def request_body(self, data: bytes) -> None:
         if self.chunked_request:
@@ -350,14 +489,18 @@ class Exchange:
             self._send(b"0\r\n\r\n")
 
     def _send(self, data: bytes) -> None:
-        if self.retry_buffer is not None:
+        if self.retry_size <= RETRY_BUFFER_LIMIT:
+            if self.retry_buffer is None:
+                self.retry_buffer = []
             self.retry_buffer.append(data)
             self.retry_size += len(data)
             if self.retry_size > RETRY_BUFFER_LIMIT:
-                self.retry_buffer = None
+                self.retry_buffer = None  # too big to resend: a failure now is a 502
         if self.upstream is not None:
             self.upstream.write(data)
         else:
+            if self.pending is None:
+                self.pending = []
             self.pending.append(data)
             self.pending_size += len(data)
             if self.pending_size > HIGH_WATER:
@@ -373,70 +516,86 @@ class Exchange:
         headers: list[tuple[bytes, bytes]],
         upstream_keep_alive: bool,
     ) -> None:
+        client = self.client
         if 100 <= status < 200 and status != 101:
             self.interim = True  # e.g. 100 Continue: relay it, the real answer follows
-            self.client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
+            client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
             return
         self.interim = False
         self.response_started = True
         up.keep_alive = upstream_keep_alive
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        line = STATUS_LINES.get((status, reason))
+        if line is None:
+            line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+            if len(STATUS_LINES) < 256:
+                STATUS_LINES[(status, reason)] = line
+        lines = [line]
+        append = lines.append
         content_length = None
         te_chunked = False
+        get = RESPONSE_HEADERS.get
         for name, value in headers:
-            lname = name.lower()
-            if lname == b"content-length":
+            kind = get(name.lower())
+            if kind is None:
+                append(name + b": " + value + b"\r\n")
+            elif kind == _LENGTH:
                 content_length = value
-            elif lname == b"transfer-encoding":
+            elif kind == _TE:
                 te_chunked = b"chunked" in value.lower()
-            if lname in RESPONSE_DROP and not (
-                status == 101 and lname in (b"upgrade", b"connection")
-            ):
-                continue
-            lines.append(name + b": " + value + b"\r\n")
-        self.bodyless = self.bodyless or status in BODYLESS_STATUS or status == 101
+            elif kind == _UPGRADE and status == 101:
+                append(name + b": " + value + b"\r\n")
+        if status == 101 or status == 204 or status == 304:
+            self.bodyless = True
         if status == 101:
             pass
         elif content_length is not None and not te_chunked:
-            lines.append(b"Content-Length: " + content_length + b"\r\n")
+            append(b"Content-Length: " + content_length + b"\r\n")
         elif not self.bodyless:
-            if self.client.http11:
+            if client.http11:
                 self.chunk_response = True
-                lines.append(b"Transfer-Encoding: chunked\r\n")
+                append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.close_after = True
-        if self.close_after and status != 101:
-            lines.append(b"Connection: close\r\n")
-        elif not self.client.http11 and status != 101:
-            lines.append(b"Connection: keep-alive\r\n")
-        lines.append(b"X-Bgdeploy-Boot: " + up.boot_id.encode() + b"\r\n\r\n")
-        self.client.write(b"".join(lines))
-        self.client.table.count_status(up.boot_id, status)
+        if status != 101:
+            if self.close_after:
+                append(b"Connection: close\r\n")
+            elif not client.http11:
+                append(b"Connection: keep-alive\r\n")
+        append(up.boot_line)
+        client.write(b"".join(lines))
+        requests = client.table.requests
+        key = (up.boot_id, status)
+        requests[key] = requests.get(key, 0) + 1
         if status == 101:
-            self.client.become_tunnel(up)
-
-    def response_body(self, data: bytes) -> None:
-        if self.chunk_response:
-            self.client.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self.client.write(data)
+            client.become_tunnel(up)
 
     def response_complete(self, up: Upstream) -> None:
         if self.interim:
             self.interim = False
             return
+        client = self.client
         if self.chunk_response:
-            self.client.write(b"0\r\n\r\n")
+            client.write(b"0\r\n\r\n")
         self.done = True
-        self._release_count()
-        reusable = self.request_complete and up.keep_alive
         up.exchange = None
-        if reusable and self.route is not None and self.client.table.is_active(up.boot_id):
-            self.client.table.pools.give_back(up)
+        self.upstream = None
+        table = client.table
+        route = self.route
+        if self.counted and route is not None:
+            self.counted = False
+            table.request_finished(route.boot_id)
+        active = table.active
+        if (
+            self.request_complete
+            and up.keep_alive
+            and not up.closed
+            and active is not None
+            and active.boot_id == up.boot_id
+        ):
+            table.pools.give_back(up)
         else:
             up.close()
-        self.upstream = None
-        self.client.exchange_finished(self)
+        client.exchange_finished(self)
 
     # -- failures --------------------------------------------------------------------------
 
@@ -454,13 +613,13 @@ class Exchange:
         if (
             not self.got_response_bytes
             and up.uses > 1
-            and self.retry_buffer is not None
+            and self.retry_size <= RETRY_BUFFER_LIMIT
             and self.attempts < 3
         ):
             table.upstream_error(up.boot_id, "reused_connection_closed")
             self.upstream = None
-            self.pending = list(self.retry_buffer)
-            self.pending_size = sum(map(len, self.pending))
+            self.pending = list(self.retry_buffer or ())
+            self.pending_size = self.retry_size
             self._move_count()
             self.start()
             return
@@ -518,14 +677,16 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_to: Upstream | None = None
         self.http11 = True
         self.peer = b"127.0.0.1"
+        self._forwarded = b""  # the X-Forwarded-* lines after the client's own X-Forwarded-For
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0
         self._head_bytes = 0
+        self._partial = False  # httptools holds part of a request
+        self._body_left = 0  # bytes still due of a fast request's body
         self._batch: list[bytes] | None = None
         self._paused = False
         self._closing = False
-        self.last_activity = time.monotonic()
+        self.last_activity = table.clock
         self.head_started: float | None = None
 
     # asyncio
@@ -534,25 +695,49 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
+        self._forwarded = self.peer + b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "
         self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        self.head_started = time.monotonic()  # the first head is due within header_timeout
+        self.head_started = self.table.clock  # the first head is due within header_timeout
         if not self.table.connection_opened(self):
             self.transport.write(simple_response(503, "Too many open connections."))
             self.close_after_write()
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = self.table.clock
         if self.tunnel_to is not None:
             self.tunnel_to.write(data)
             return
         if self._closing:
             return
-        if self.head_started is not None:  # still reading a head: bound what we buffer
-            end = data.find(b"\r\n\r\n")  # the body that may follow the head is not head
-            self._head_bytes += len(data) if end < 0 else end
-            if self._head_bytes > self.limits.max_head + 4096:
-                self._reject(431, "Request head too large.")
+        left = self._body_left
+        if left:  # the rest of a fast request's Content-Length body
+            ex = self.current
+            if len(data) <= left:
+                self._body_left = left - len(data)
+                if ex is not None:
+                    ex._send(data)
+                    if not self._body_left:
+                        self.current = None
+                        ex.request_complete = True
                 return
+            self._body_left = 0
+            if ex is not None:
+                ex._send(data[:left])
+                self.current = None
+                ex.request_complete = True
+            data = data[left:]  # a pipelined request follows: the slow path queues it
+        elif self.active is None and not self._partial and self._fast_request(data):
+            return
+        if self.head_started is not None:  # still reading a head: bound what we buffer
+            size = self._head_bytes + len(data)
+            if size > self.limits.max_head:
+                end = data.find(b"\r\n\r\n")  # the body that may follow the head is not head
+                if end >= 0:
+                    size -= len(data) - end
+                if size > self.limits.max_head:
+                    self._reject(431, "Request head too large.")
+                    return
+            self._head_bytes = size
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -561,10 +746,7 @@ class ClientConnection(asyncio.Protocol):
                 self.active._send(rest)  # early frames go right after the upgrade request
             self.pause_reading()  # until the upstream answers 101 (or not)
         except HttpParserError as e:
-            if isinstance(e.__context__, HeadTooLarge):
-                self._reject(431, "Request head too large.")
-            else:
-                self._reject(400, f"Malformed request: {e}.")
+            self._reject(400, f"Malformed request: {e}.")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -587,28 +769,59 @@ class ClientConnection(asyncio.Protocol):
         if up is not None and up.transport is not None and not up.closed:
             up.transport.resume_reading()
 
+    def _fast_request(self, data: bytes) -> bool:
+        """Forward a plain request (see FAST_REQUEST) without httptools; False if not one."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end > self.limits.max_head:
+            return False
+        if FAST_REQUEST.fullmatch(data, 0, end + 4) is None:
+            return False
+        plain = plain_head(data, end, FAST_REQUEST_SLOW)
+        if plain is None:
+            return False
+        head, length, h, first = plain
+        i = h.find(b"\r\nhost:")
+        if i < 0 or h.find(b"\r\nhost:", i + 7) >= 0:
+            return False
+        host = data[first + i + 7 : first + h.find(b"\r", i + 7)].strip(b" \t")
+        body = len(data) - end - 4
+        if length < 0:
+            length = 0
+        if body > length:
+            return False  # a pipelined request: the slow path queues it
+        head += b"\r\nX-Forwarded-For: " + self._forwarded + host + b"\r\n\r\n"
+        if body:
+            head += data[end + 4 :]
+        self.head_started = None
+        self._head_bytes = 0
+        self.http11 = True
+        ex = Exchange(self, data[: data.find(b" ")], head, False, True, False)
+        self.active = ex
+        if body < length:
+            self._body_left = length - body
+            self.current = ex
+        else:
+            ex.request_complete = True
+        ex.start()
+        return True
+
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._head_size = 0
-        self.head_started = time.monotonic()
+        self._partial = True
+        if self.head_started is None:
+            self.head_started = self.table.clock
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._head_size += len(url)
-        if self._head_size > self.limits.max_head:
-            raise HeadTooLarge()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.limits.max_head:
-            raise HeadTooLarge()
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.head_started = None
         self._head_bytes = 0
+        headers, url = self._headers, self._url
+        self._headers, self._url = [], b""
         p = self.parser
         method = p.get_method()
         self.http11 = p.get_http_version() == "1.1"
@@ -617,44 +830,34 @@ class ClientConnection(asyncio.Protocol):
         forwarded_for = b""
         chunked = False
         has_length = False
-        lines = [method + b" " + self._url + b" HTTP/1.1\r\n"]
         upgrade_value = b""
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname == b"host":
+        lines = [method, b" ", url, b" HTTP/1.1\r\n"]
+        append = lines.append
+        get = REQUEST_HEADERS.get
+        for name, value in headers:
+            kind = get(name.lower())
+            if kind is None:
+                append(name + b": " + value + b"\r\n")
+            elif kind == _HOST:
                 host = value
-            elif lname == b"x-forwarded-for":
-                forwarded_for = value + b", "
-                continue
-            elif lname == b"transfer-encoding":
-                chunked = True
-            elif lname == b"content-length":
+                append(name + b": " + value + b"\r\n")
+            elif kind == _LENGTH:
                 if has_length:
                     raise HttpParserError("duplicate Content-Length")
                 has_length = True
-                lines.append(b"Content-Length: " + value + b"\r\n")
-                continue
-            elif lname == b"upgrade":
+                append(name + b": " + value + b"\r\n")
+            elif kind == _XFF:
+                forwarded_for = value + b", "
+            elif kind == _TE:
+                chunked = True
+            elif kind == _UPGRADE:
                 upgrade_value = value
-            if lname in REQUEST_DROP:
-                continue
-            lines.append(name + b": " + value + b"\r\n")
         if chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
+            append(b"Transfer-Encoding: chunked\r\n")
         if upgrade:
-            lines.append(b"Connection: Upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
-        lines.append(
-            b"X-Forwarded-For: " + forwarded_for + self.peer + b"\r\n"
-            b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: " + host + b"\r\n\r\n"
-        )
-        ex = Exchange(
-            self,
-            method,
-            b"".join(lines),
-            chunked_request=chunked,
-            keep_alive=p.should_keep_alive(),
-            upgrade=upgrade,
-        )
+            append(b"Connection: Upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
+        append(b"X-Forwarded-For: " + forwarded_for + self._forwarded + host + b"\r\n\r\n")
+        ex = Exchange(self, method, b"".join(lines), chunked, p.should_keep_alive(), upgrade)
         self.current = ex
         if self.active is None:
             self.active = ex
@@ -668,9 +871,13 @@ class ClientConnection(asyncio.Protocol):
             self.current.request_body(body)
 
     def on_message_complete(self) -> None:
-        if self.current is not None:
-            self.current.request_done()
+        self._partial = False
+        ex = self.current
+        if ex is not None:
             self.current = None
+            ex.request_complete = True
+            if ex.chunked_request:
+                ex._send(b"0\r\n\r\n")
 
     # ours
     def write(self, data: bytes) -> None:
@@ -679,14 +886,8 @@ class ClientConnection(asyncio.Protocol):
         elif not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def hold(self) -> bool:
-        """Collect writes until flush(): a response head and body go out in one syscall."""
-        if self._batch is not None:
-            return False
-        self._batch = []
-        return True
-
     def flush(self) -> None:
+        """Send what was collected in ``_batch`` (a response head and body: one syscall)."""
         batch, self._batch = self._batch, None
         if batch and not self.closed and self.transport is not None:
             self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
@@ -695,14 +896,15 @@ class ClientConnection(asyncio.Protocol):
         if ex is not self.active:
             return
         self.active = None
-        self.last_activity = time.monotonic()
+        self.last_activity = self.table.clock
         if ex.close_after or not ex.request_complete:
             self.close_after_write()
             return
         if self.queue:
             self.active = self.queue.popleft()
             self.active.start()
-        self.resume_reading()
+        if self._paused:
+            self.resume_reading()
 
     def become_tunnel(self, up: Upstream) -> None:
         """After 101: bytes flow both ways untouched until either side closes."""
@@ -754,7 +956,3 @@ class ClientConnection(asyncio.Protocol):
             self._reject(408, "Request head not received in time.")
         elif self.is_idle() and now - self.last_activity > self.limits.idle_timeout:
             self.close()
-
-
-class HeadTooLarge(Exception):
-    pass

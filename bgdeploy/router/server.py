@@ -31,7 +31,8 @@ from bgdeploy.router.routes import RegistryWatcher, RouteTable
 
 log = logging.getLogger("bgdeploy.router")
 
-SWEEP_S = 0.5
+TICK_S = 0.1  # the route table's coarse clock
+SWEEP_TICKS = 5  # cut slow and idle clients every 0.5 s
 
 ControlTick = Callable[[App, Callable[[], dict[str, int]]], Any]
 
@@ -149,9 +150,14 @@ class RouterProcess:
             ) from None
 
     async def _sweep(self, table: RouteTable) -> None:
+        ticks = 0
         while True:
-            await asyncio.sleep(SWEEP_S)
-            table.sweep()
+            await asyncio.sleep(TICK_S)
+            ticks += 1
+            if ticks % SWEEP_TICKS:
+                table.tick()
+            else:
+                table.sweep()
 
     async def _drain(self, table: RouteTable) -> None:
         deadline = time.monotonic() + self.config.daemon.drain_timeout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import socket
@@ -147,3 +149,101 @@ def test_a_big_body_in_the_same_read_as_its_head_is_not_a_big_head(served):
         timeout=30,
     )
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(body)
+
+
+def request_on(conn: http.client.HTTPConnection, path: str, headers: list[tuple[str, str]]):
+    """One request on a kept-alive connection, with exactly these headers (and Host)."""
+    conn.putrequest("GET", path, skip_accept_encoding=True)
+    for name, value in headers:
+        conn.putheader(name, value)
+    conn.endheaders()
+    resp = conn.getresponse()
+    return resp, json.loads(resp.read())
+
+
+def names(seen: dict) -> list[str]:
+    return [name.lower() for name, _ in seen["headers"]]
+
+
+def header(seen: dict, name: str) -> list[str]:
+    return [v for n, v in seen["headers"] if n.lower() == name]
+
+
+@pytest.mark.slow
+def test_forwarding_headers_added_and_hop_by_hop_stripped(served):
+    """Plain heads (the fast path) and heads that need rewriting (the slow path) alike."""
+    app, router, boot_id = served
+    conn = http.client.HTTPConnection("127.0.0.1", app.config.router.port, timeout=10)
+    plain, seen = request_on(conn, "/headers?a=1", [])
+    assert plain.status == 200 and seen["path_qs"] == "/headers?a=1"
+    host = f"127.0.0.1:{app.config.router.port}"
+    assert header(seen, "x-forwarded-for") == ["127.0.0.1"]
+    assert header(seen, "x-forwarded-proto") == ["http"]
+    assert header(seen, "x-forwarded-host") == [host]
+    assert header(seen, "host") == [host]
+    assert plain.getheader("X-Bgdeploy-Boot") == boot_id
+
+    # The client's own forwarding and hop-by-hop headers, on the same connection.
+    hop = [
+        ("Connection", "keep-alive"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Authorization", "Basic eDp5"),
+        ("TE", "trailers"),
+        ("X-Forwarded-For", "10.1.2.3"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "spoofed.example"),
+        ("X-Kept", "yes"),
+    ]
+    resp, seen = request_on(conn, "/headers", hop)
+    assert resp.status == 200
+    for gone in ("keep-alive", "proxy-authorization", "te", "connection"):
+        assert gone not in names(seen), f"{gone} reached the daemon"
+    assert header(seen, "x-forwarded-for") == ["10.1.2.3, 127.0.0.1"]
+    assert header(seen, "x-forwarded-proto") == ["http"]
+    assert header(seen, "x-forwarded-host") == [host]
+    assert header(seen, "x-kept") == ["yes"]
+
+    # Only "Connection: keep-alive" besides plain headers: still cut.
+    resp, seen = request_on(conn, "/headers", [("Connection", "keep-alive")])
+    assert "connection" not in names(seen) and header(seen, "x-forwarded-for") == ["127.0.0.1"]
+
+    # Hop-by-hop headers of the answer are stripped; our boot header replaces a fake one.
+    query = "set=Keep-Alive:timeout%3D5&set=Proxy-Authenticate:Basic&set=X-Bgdeploy-Boot:fake"
+    resp, _ = request_on(conn, "/headers?" + query + "&set=X-Kept:1", [])
+    assert resp.getheader("Keep-Alive") is None and resp.getheader("Proxy-Authenticate") is None
+    assert resp.headers.get_all("X-Bgdeploy-Boot") == [boot_id]
+    assert resp.getheader("X-Kept") == "1"
+    conn.close()
+
+
+@pytest.mark.slow
+def test_pipelined_requests_and_bodies_in_pieces(served):
+    app, _, boot_id = served
+    port = app.config.router.port
+    body = os.urandom(3000)
+    # Three requests in one write: answered in order, on one connection.
+    reply = raw(
+        port,
+        b"GET /headers?n=1 HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n"
+        % len(body)
+        + body
+        + b"GET /headers?n=3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    assert reply.count(b"HTTP/1.1 200 ") == 3
+    first, second, third = reply.find(b"?n=1"), reply.find(body), reply.find(b"?n=3")
+    assert 0 < first < second < third
+    assert reply.count(b"X-Bgdeploy-Boot: " + boot_id.encode()) == 3
+
+    # A head, then its Content-Length body in pieces, then a second request.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for i in range(0, len(body), 1000):
+            s.sendall(body[i : i + 1000])
+        s.sendall(b"GET /headers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    reply = b"".join(chunks)
+    assert reply.count(b"HTTP/1.1 200 ") == 2 and body in reply
