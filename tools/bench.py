@@ -2,7 +2,10 @@
 """`make bench`: the router against references measured in the same run.
 
 1. router vs an nginx reverse proxy (1 worker, upstream keepalive), both in front
-   of the same nginx backend (1 worker, 100-byte answer): wrk at c=1, 16, 64.
+   of the same nginx backend (1 worker, 100-byte answer): wrk at c=1, 16, 64; with
+   the CPU time each proxy process spends per request (user + system). A third
+   column, a byte relay with no HTTP handling (tools/relay_reference.py), shows
+   the ceiling of the router's design (asyncio Protocols on uvloop, one process).
 2. router vs direct, in front of the demo daemon, c=16.
 3. switch propagation: registry commit -> first response from the new boot,
    p50/p99 over 50 switches.
@@ -23,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 DURATION = os.environ.get("BENCH_DURATION", "4s")
@@ -92,8 +97,11 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise SystemExit(f"bench: nothing answered on port {port}")
 
 
-def wrk(port: int, conns: int, path: str = "/") -> dict[str, float]:
+def wrk(port: int, conns: int, pid: int | None = None, path: str = "/") -> dict[str, float]:
+    """One wrk run; with pid, also that process's CPU time per request (us)."""
     threads = 1 if conns == 1 else 2
+    proc = psutil.Process(pid) if pid else None
+    before = proc.cpu_times() if proc else None
     out = subprocess.run(
         [
             "wrk",
@@ -109,31 +117,39 @@ def wrk(port: int, conns: int, path: str = "/") -> dict[str, float]:
         timeout=120,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    count = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock_err = re.search(r"Socket errors: (.*)", out)
-    return {
+    result = {
         "rps": rps,
         "p50": _latency(out, "50%"),
         "p99": _latency(out, "99%"),
         "errors": int(errors.group(1)) if errors else 0,
         "socket_errors": sock_err.group(1) if sock_err else "",
+        "user_us": float("nan"),
+        "sys_us": float("nan"),
     }
+    if proc is not None and before is not None and count:
+        after = proc.cpu_times()
+        result["user_us"] = (after.user - before.user) / count * 1e6
+        result["sys_us"] = (after.system - before.system) / count * 1e6
+    return result
 
 
-def paired(port_a: int, port_b: int, conns: int) -> tuple[dict, dict]:
-    """ROUNDS interleaved runs of a then b; the median run of each."""
-    runs_a, runs_b = [], []
+def interleaved(targets: list[tuple[int, int | None]], conns: int) -> list[dict]:
+    """ROUNDS interleaved runs of each (port, pid) target; the median run of each."""
+    runs: list[list[dict]] = [[] for _ in targets]
     for _ in range(ROUNDS):
-        runs_a.append(wrk(port_a, conns))
-        runs_b.append(wrk(port_b, conns))
+        for i, (port, pid) in enumerate(targets):
+            runs[i].append(wrk(port, conns, pid))
 
-    def median(runs: list[dict]) -> dict:
-        ordered = sorted(runs, key=lambda r: r["rps"])
+    def median(rs: list[dict]) -> dict:
+        ordered = sorted(rs, key=lambda r: r["rps"])
         result = dict(ordered[len(ordered) // 2])
         result["spread"] = f"{ordered[0]['rps']:.0f}-{ordered[-1]['rps']:.0f}"
         return result
 
-    return median(runs_a), median(runs_b)
+    return [median(rs) for rs in runs]
 
 
 def _latency(out: str, pct: str) -> float:
@@ -256,11 +272,23 @@ def main() -> int:
             router = RouterUnderTest(work)
             router.point_at(b1)
             router.start()
+            relay_port = free_port()
+            relay_script = str(REPO / "tools" / "relay_reference.py")
+            relay = subprocess.Popen([sys.executable, relay_script, str(b1), str(relay_port)])
+            procs.append(relay)
+            wait_port(relay_port)
+            nginx_worker = psutil.Process(procs[1].pid).children()[0].pid
+            assert router.proc is not None
 
             rows = []
             for c in (1, 16, 64):
-                ng, ro = paired(proxy, router.port, c)
-                rows.append((c, ng, ro))
+                targets = [
+                    (proxy, nginx_worker),
+                    (router.port, router.proc.pid),
+                    (relay_port, relay.pid),
+                ]
+                ng, ro, rl = interleaved(targets, c)
+                rows.append((c, ng, ro, rl))
 
             demo_port = free_port()
             demo = subprocess.Popen(
@@ -279,7 +307,7 @@ def main() -> int:
             wait_port(demo_port)
             router.point_at(demo_port)
             time.sleep(0.2)
-            direct, via = paired(demo_port, router.port, 16)
+            direct, via = interleaved([(demo_port, None), (router.port, None)], 16)
 
             samples = switch_propagation(router, (b1, b2))
         finally:
@@ -297,12 +325,30 @@ def main() -> int:
         f"{'c':>3}  {'nginx req/s':>11} {'p50 ms':>7} {'p99 ms':>7}   {'router req/s':>12} "
         f"{'p50 ms':>7} {'p99 ms':>7}   {'req/s ratio':>11} {'p99 ratio':>9}"
     )
-    for c, ng, ro in rows:
+    for c, ng, ro, _ in rows:
         print(
             f"{c:>3}  {ng['rps']:>11.0f} {ng['p50']:>7.3f} {ng['p99']:>7.3f}   "
             f"{ro['rps']:>12.0f} {ro['p50']:>7.3f} {ro['p99']:>7.3f}   "
             f"{ro['rps'] / ng['rps']:>11.2f} {ro['p99'] / ng['p99']:>9.2f}"
             f"   (runs: nginx {ng['spread']}, router {ro['spread']})"
+        )
+    print(
+        "\nCPU time per request of each proxy process (user + system, us), and the "
+        "ceiling of the router's design:\na byte relay on the same asyncio + uvloop "
+        "(tools/relay_reference.py: no HTTP handling, no routing)"
+    )
+    print(
+        f"{'c':>3}  {'nginx cpu/req':>14}  {'router cpu/req':>15}  {'relay cpu/req':>14}"
+        f"  {'relay req/s':>11} {'p99 ms':>7}  {'relay/nginx':>11}"
+    )
+
+    def cpu(r: dict) -> str:
+        return f"{r['user_us']:.0f}+{r['sys_us']:.0f}"
+
+    for c, ng, ro, rl in rows:
+        print(
+            f"{c:>3}  {cpu(ng):>14}  {cpu(ro):>15}  {cpu(rl):>14}"
+            f"  {rl['rps']:>11.0f} {rl['p99']:>7.3f}  {rl['rps'] / ng['rps']:>11.2f}"
         )
     print(
         f"\nin front of the demo daemon, c=16: direct {direct['rps']:.0f} req/s "
@@ -314,7 +360,7 @@ def main() -> int:
         f"{len(samples)} switches: p50 {statistics.median(samples):.1f} ms, "
         f"p99 {pct(samples, 99):.1f} ms, max {max(samples):.1f} ms"
     )
-    errs = [r for _, ng, ro in rows for r in (ng, ro) if r["errors"]] + [
+    errs = [r for _, *runs in rows for r in runs if r["errors"]] + [
         r for r in (direct, via) if r["errors"]
     ]
     if errs:
