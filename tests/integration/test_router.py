@@ -86,6 +86,15 @@ def test_smuggling_shapes_and_big_heads_are_rejected(served):
         b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
     )
     assert dup.startswith(b"HTTP/1.1 400 ")
+    # Heads the fast path must leave to httptools, which refuses them.
+    for bad in (
+        b"GET / HTTP/1.1\nHost: t\n\n",  # bare LF
+        b"GET / HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n",  # space in a name
+        b"GET / HTTP/1.1\r\nHost : t\r\n\r\n",  # space before the colon
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\r\n folded\r\n\r\n",  # obs-fold
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n",  # NUL in a value
+    ):
+        assert raw(port, bad).startswith(b"HTTP/1.1 400 "), bad
     huge = raw(port, b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
     assert huge.startswith(b"HTTP/1.1 431 ")
     assert httpx.get(router.url + "/").status_code == 200  # everyone else still served
