@@ -30,10 +30,10 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-DURATION = os.environ.get("BENCH_DURATION", "4s")
+DURATION = os.environ.get("BENCH_DURATION", "3s")
 # The machine is shared: each pair is measured ROUNDS times, interleaved, and the
 # median run (by req/s) of each side is reported.
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 BODY = "x" * 99 + "\n"
 
 
