@@ -1,0 +1,171 @@
+"""The router's fast path may only take heads that httptools takes, framed the same way.
+
+Heads are built from pieces that are valid, nearly valid and hostile (bare LF, folding,
+NUL, spaces in names, CL+TE, HTTP/1.0, ...). Whenever the fast path would forward a
+head with a Content-Length of L, httptools must parse that head plus L body bytes as
+exactly one complete message; when httptools refuses a head, the fast path must too.
+"""
+
+from __future__ import annotations
+
+import httptools
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bgdeploy.router.proxy import (
+    FAST_REQUEST,
+    FAST_REQUEST_SLOW,
+    FAST_RESPONSE,
+    FAST_RESPONSE_SLOW,
+    plain_head,
+)
+
+NAMES = [
+    b"Host",
+    b"host",
+    b"Content-Length",
+    b"content-length",
+    b"Transfer-Encoding",
+    b"Connection",
+    b"Keep-Alive",
+    b"TE",
+    b"Te",
+    b"Expect",
+    b"Upgrade",
+    b"X-Forwarded-For",
+    b"X-Bgdeploy-Boot",
+    b"Accept",
+    b"X-A",
+    b"Bad Name",
+    b"X-A ",
+    b"",
+    b"X\x00",
+]
+VALUES = [
+    b"t",
+    b" t ",
+    b"0",
+    b"5",
+    b"05",
+    b"-1",
+    b"1 2",
+    b"12x",
+    b"99999999999999999999",
+    b"chunked",
+    b"keep-alive",
+    b"Keep-Alive",
+    b"close",
+    b"keep-alive, x",
+    b"",
+    b"a\tb",
+    b"a\x00b",
+    b"a\x7fb",
+    b"\xff\xfe",
+    b"100-continue",
+]
+SEPARATORS = [b"\r\n"] * 6 + [b"\n", b"\r\n ", b"\r"]
+REQUEST_LINES = [
+    b"GET / HTTP/1.1",
+    b"POST /echo?a=1 HTTP/1.1",
+    b"DELETE /x HTTP/1.1",
+    b"GET / HTTP/1.0",
+    b"HEAD / HTTP/1.1",
+    b"GET http://h/ HTTP/1.1",
+    b"GET /a b HTTP/1.1",
+    b"GET /\x00 HTTP/1.1",
+    b"get / HTTP/1.1",
+]
+STATUS_LINES = [
+    b"HTTP/1.1 200 OK",
+    b"HTTP/1.1 404 Not Found",
+    b"HTTP/1.1 204 No Content",
+    b"HTTP/1.1 101 Switching Protocols",
+    b"HTTP/1.1 100 Continue",
+    b"HTTP/1.0 200 OK",
+    b"HTTP/1.1 200",
+    b"HTTP/1.1 2000 OK",
+]
+
+
+def heads(first_lines: list[bytes]) -> st.SearchStrategy[bytes]:
+    field = st.tuples(
+        st.sampled_from(NAMES), st.sampled_from([b": ", b":", b" : "]), st.sampled_from(VALUES)
+    )
+    return st.builds(
+        lambda first, fields, seps: first
+        + b"".join(sep + n + colon + v for (n, colon, v), sep in zip(fields, seps, strict=False))
+        + b"\r\n\r\n",
+        st.sampled_from(first_lines),
+        st.lists(field, max_size=6),
+        st.lists(st.sampled_from(SEPARATORS), min_size=6, max_size=6),
+    )
+
+
+class Messages:
+    def __init__(self) -> None:
+        self.complete = 0
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+
+def fast_length(data: bytes, pattern, slow) -> int | None:  # noqa: ANN001
+    """The body length the fast path would frame this head with, or None if it passes.
+
+    A request without Content-Length has none; an answer without one is not plain.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or pattern.fullmatch(data, 0, end + 4) is None:
+        return None
+    plain = plain_head(data, end, slow)
+    if plain is None:
+        return None
+    if pattern is FAST_RESPONSE and plain[1] < 0:
+        return None
+    return max(plain[1], 0)
+
+
+@settings(max_examples=600, deadline=None)
+@given(heads(REQUEST_LINES))
+def test_fast_requests_are_requests_httptools_frames_the_same(head):
+    length = fast_length(head, FAST_REQUEST, FAST_REQUEST_SLOW)
+    messages = Messages()
+    try:
+        httptools.HttpRequestParser(messages).feed_data(head + b"x" * (length or 0))
+        refused = False
+    except httptools.HttpParserError:
+        refused = True
+    if length is not None:
+        assert not refused, head
+        assert messages.complete == 1, head
+    if refused:
+        assert length is None, head
+
+
+@settings(max_examples=600, deadline=None)
+@given(heads(STATUS_LINES))
+def test_fast_responses_are_responses_httptools_frames_the_same(head):
+    length = fast_length(head, FAST_RESPONSE, FAST_RESPONSE_SLOW)
+    messages = Messages()
+    try:
+        httptools.HttpResponseParser(messages).feed_data(head + b"x" * (length or 0))
+        refused = False
+    except httptools.HttpParserError:
+        refused = True
+    if length is not None and FAST_RESPONSE.fullmatch(head).group(1) not in (b"204", b"304"):
+        assert not refused, head
+        assert messages.complete == 1, head
+    if refused:
+        assert length is None, head
+
+
+def test_the_strategies_reach_both_paths():
+    """Guard against a test that passes because everything took one path."""
+    plain = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\n"
+    assert fast_length(plain, FAST_REQUEST, FAST_REQUEST_SLOW) == 5
+    chunked = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert fast_length(chunked, FAST_REQUEST, FAST_REQUEST_SLOW) is None
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
+    assert fast_length(answer, FAST_RESPONSE, FAST_RESPONSE_SLOW) == 2
+    closing = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
+    assert fast_length(closing, FAST_RESPONSE, FAST_RESPONSE_SLOW) is None
