@@ -92,9 +92,13 @@ def heads(first_lines: list[bytes]) -> st.SearchStrategy[bytes]:
         st.sampled_from(NAMES), st.sampled_from([b": ", b":", b" : "]), st.sampled_from(VALUES)
     )
     return st.builds(
-        lambda first, fields, seps: first
-        + b"".join(sep + n + colon + v for (n, colon, v), sep in zip(fields, seps, strict=False))
-        + b"\r\n\r\n",
+        lambda first, fields, seps: (
+            first
+            + b"".join(
+                sep + n + colon + v for (n, colon, v), sep in zip(fields, seps, strict=False)
+            )
+            + b"\r\n\r\n"
+        ),
         st.sampled_from(first_lines),
         st.lists(field, max_size=6),
         st.lists(st.sampled_from(SEPARATORS), min_size=6, max_size=6),
