@@ -231,9 +231,7 @@ class Upstream(asyncio.Protocol):
         if not self._partial and self._fast_response(ex, data):
             return
         client = ex.client
-        held = client._batch is None  # one write to the client for all this data yields
-        if held:
-            client._batch = []
+        held = client.hold()  # one write to the client for all this data yields
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -291,9 +289,7 @@ class Upstream(asyncio.Protocol):
         ex.interim = False
         ex.response_started = True
         self.keep_alive = True
-        requests = self.table.requests
-        key = (self.boot_id, status)
-        requests[key] = requests.get(key, 0) + 1
+        self.table.count_status(self.boot_id, status)
         ex.client.write(head + b"\r\n" + self.boot_line + data[end + 4 :])
         if body < length:
             self._body_left = length - body
@@ -422,20 +418,15 @@ class Exchange:
             self.fail(503, "No active boot: bgdeploy has not deployed a daemon yet.")
             return
         self.route = route
-        boot_id = route.boot_id
         if not self.counted:
             self.counted = True
-            inflight = table.inflight
-            inflight[boot_id] = inflight.get(boot_id, 0) + 1
+            table.request_started(route.boot_id)
         self.attempts += 1
-        if not self.upgrade:
-            idle = table.pools.idle.get(boot_id)
-            while idle:
-                up = idle.pop()
-                if not up.closed:
-                    self.attach(up)
-                    return
-        table.loop.create_task(self._connect(route))
+        up = None if self.upgrade else table.pools.take(route.boot_id)
+        if up is not None:
+            self.attach(up)
+        else:
+            table.loop.create_task(self._connect(route))
 
     async def _connect(self, route: Route) -> None:
         table = self.client.table
@@ -563,9 +554,7 @@ class Exchange:
                 append(b"Connection: keep-alive\r\n")
         append(up.boot_line)
         client.write(b"".join(lines))
-        requests = client.table.requests
-        key = (up.boot_id, status)
-        requests[key] = requests.get(key, 0) + 1
+        client.table.count_status(up.boot_id, status)
         if status == 101:
             client.become_tunnel(up)
 
@@ -579,19 +568,9 @@ class Exchange:
         self.done = True
         up.exchange = None
         self.upstream = None
+        self._release_count()
         table = client.table
-        route = self.route
-        if self.counted and route is not None:
-            self.counted = False
-            table.request_finished(route.boot_id)
-        active = table.active
-        if (
-            self.request_complete
-            and up.keep_alive
-            and not up.closed
-            and active is not None
-            and active.boot_id == up.boot_id
-        ):
+        if self.request_complete and up.keep_alive and table.is_active(up.boot_id):
             table.pools.give_back(up)
         else:
             up.close()
@@ -718,13 +697,13 @@ class ClientConnection(asyncio.Protocol):
                     ex._send(data)
                     if not self._body_left:
                         self.current = None
-                        ex.request_complete = True
+                        ex.request_done()
                 return
             self._body_left = 0
             if ex is not None:
                 ex._send(data[:left])
                 self.current = None
-                ex.request_complete = True
+                ex.request_done()
             data = data[left:]  # a pipelined request follows: the slow path queues it
         elif self.active is None and not self._partial and self._fast_request(data):
             return
@@ -801,7 +780,7 @@ class ClientConnection(asyncio.Protocol):
             self._body_left = length - body
             self.current = ex
         else:
-            ex.request_complete = True
+            ex.request_done()
         ex.start()
         return True
 
@@ -875,9 +854,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.current
         if ex is not None:
             self.current = None
-            ex.request_complete = True
-            if ex.chunked_request:
-                ex._send(b"0\r\n\r\n")
+            ex.request_done()
 
     # ours
     def write(self, data: bytes) -> None:
@@ -886,8 +863,14 @@ class ClientConnection(asyncio.Protocol):
         elif not self.closed and self.transport is not None:
             self.transport.write(data)
 
+    def hold(self) -> bool:
+        """Collect writes until flush(): a response head and body go out in one syscall."""
+        if self._batch is not None:
+            return False
+        self._batch = []
+        return True
+
     def flush(self) -> None:
-        """Send what was collected in ``_batch`` (a response head and body: one syscall)."""
         batch, self._batch = self._batch, None
         if batch and not self.closed and self.transport is not None:
             self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))

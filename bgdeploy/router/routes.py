@@ -145,11 +145,12 @@ class RegistryWatcher:
 
     def refresh(self) -> Route | None:
         """Read the route now (blocking) and apply it; for start-up."""
-        route = read_route(self.registry, self.service)
+        route = read_route(self.registry, self.service) if self._open() is None else self._read()
         self.table.set_active(route)
         return route
 
-    def _data_version(self) -> int | None:
+    def _open(self) -> sqlite3.Connection | None:
+        """The watcher's own connection; None when the registry is not a SQLite file."""
         if self._conn is None:
             path = sqlite_path(self.registry.url)
             if path is None:
@@ -158,9 +159,13 @@ class RegistryWatcher:
             self._conn = sqlite3.connect(
                 str(path), timeout=0, isolation_level=None, check_same_thread=False
             )
-        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+        return self._conn
 
-    def _read_route(self) -> Route | None:
+    def _data_version(self) -> int | None:
+        conn = self._open()
+        return None if conn is None else conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def _read(self) -> Route | None:
         assert self._conn is not None
         row = self._conn.execute(ROUTE_SQL, (self.service,)).fetchone()
         if row is None or row[0] is None or row[1] is None:
@@ -179,7 +184,7 @@ class RegistryWatcher:
                     now = time.monotonic()
                     if version != last_version or now - last_read > SLOW_POLL_S:
                         if self._conn is not None:
-                            route = self._read_route()
+                            route = self._read()
                         else:
                             route = await loop.run_in_executor(
                                 None, read_route, self.registry, self.service
