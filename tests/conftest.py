@@ -125,3 +125,25 @@ def run_bgdeploy(
         text=True,
         timeout=timeout,
     )
+
+
+def run_together(worker: Path, argvs: list[list[str]], go: Path, timeout: float) -> list[str]:
+    """Start one worker script per argv, let them all go at once (by creating ``go``),
+    and return what each printed; any worker that fails fails the test with its stderr."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        for argv in argvs
+    ]
+    go.touch()
+    outputs = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err
+        outputs.append(out)
+    return outputs

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from bgdeploy.boots import Supervisor
-from tests.conftest import poll_until
+from tests.conftest import poll_until, run_together
 from tests.integration.conftest import make_app
 
 WORKERS = 4
@@ -24,23 +22,9 @@ def test_simultaneous_boots_get_distinct_ports_and_all_serve(tmp_path):
     app.registry.deployment("default")  # migrate before the race
     go = tmp_path / "go"
     worker = Path(__file__).with_name("port_worker.py")
-    repo = Path(__file__).resolve().parents[2]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(worker), str(app.config.path), str(PER_WORKER), str(go)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=repo,
-        )
-        for _ in range(WORKERS)
-    ]
-    go.touch()
-    started = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        started.extend(json.loads(out))
+    argv = [str(app.config.path), str(PER_WORKER), str(go)]
+    outputs = run_together(worker, [argv] * WORKERS, go, timeout=120)
+    started = [boot for out in outputs for boot in json.loads(out)]
     sup = Supervisor(app.config, app.registry)
     try:
         ports = [b["port"] for b in started]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from sqlalchemy import select
 
 from bgdeploy.registry.models import Boot, Event
 from bgdeploy.registry.store import Registry
+from tests.conftest import run_together
 
 WORKERS = 8
 ROUNDS = 50
@@ -24,22 +23,9 @@ def test_racing_processes_never_double_switch_or_lose_updates(tmp_path):
     Registry(url).close()  # migrated before the race; the race is about transitions
     go = tmp_path / "go"
     worker = Path(__file__).with_name("race_worker.py")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(worker), url, str(ROUNDS), str(seed), str(go)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        for seed in range(WORKERS)
-    ]
-    go.touch()
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    argvs = [[url, str(ROUNDS), str(seed), str(go)] for seed in range(WORKERS)]
+    outputs = run_together(worker, argvs, go, timeout=300)
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
 
     errors = [e for r in results for e in r["errors"]]
     assert errors == [], errors[:5]  # no "database is locked", no illegal transition
