@@ -195,12 +195,17 @@ def test_status_watch_redraws_in_a_terminal(live):
             lambda: "generation 1" in screen() and first in screen(), 20, what="the first frame"
         )
         second = deploy(app, "2.0")
-        poll_until(
-            lambda: "generation 2" in screen() and second.boot_id in screen(),
-            20,
-            what="the table to redraw after the deploy",
-        )
-        assert "standby" in screen()  # the old boot, kept warm
+
+        def redrawn() -> bool:
+            # One capture per look: the watch may have drawn a frame from the middle of
+            # the deploy (generation 2, state starting); wait for the one after it, where
+            # the new boot is active and the old one is kept warm as standby.
+            frame = screen()
+            return "generation 2" in frame and second.boot_id in frame and "standby" in frame
+
+        poll_until(redrawn, 20, what="the table to redraw after the deploy")
+        frame = screen()
+        assert first in frame and second.boot_id in frame
         subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
         poll_until(
             lambda: (
