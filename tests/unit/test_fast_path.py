@@ -63,7 +63,7 @@ VALUES = [
     b"\xff\xfe",
     b"100-continue",
 ]
-SEPARATORS = [b"\r\n"] * 6 + [b"\n", b"\r\n ", b"\r"]
+SEPARATORS = [b"\r\n"] * 24 + [b"\n", b"\r\n ", b"\r"]
 REQUEST_LINES = [
     b"GET / HTTP/1.1",
     b"POST /echo?a=1 HTTP/1.1",
@@ -87,21 +87,66 @@ STATUS_LINES = [
 ]
 
 
-def heads(first_lines: list[bytes]) -> st.SearchStrategy[bytes]:
-    field = st.tuples(
+# The fields of a plain head: one of the first list, some of the second, in any order,
+# and up to three of the pieces above put in among them. So a fair share of the heads
+# is plain enough for the fast path (and checked against httptools there), and the
+# rest is nearly so.
+PLAIN_REQUEST = (
+    [(b"Host", b": ", b"t"), (b"host", b":", b"t:8080"), (b"Host", b":  ", b"t \t")],
+    [
+        (b"Content-Length", b": ", b"5"),
+        (b"Accept", b": ", b"*/*"),
+        (b"Connection", b": ", b"keep-alive"),
+        (b"User-Agent", b": ", b"a/1.0 (b; c)"),
+    ],
+)
+PLAIN_RESPONSE = (
+    [
+        (b"Content-Length", b": ", b"5"),
+        (b"content-length", b":", b"0"),
+        (b"Content-Length", b": ", b"05 "),
+    ],
+    [
+        (b"Content-Type", b": ", b"text/plain; charset=utf-8"),
+        (b"Connection", b": ", b"keep-alive"),
+        (b"Date", b": ", b"Sat, 28 Nov 2026 21:00:00 GMT"),
+    ],
+)
+Field = tuple[bytes, bytes, bytes]
+
+
+def heads(
+    first_lines: list[bytes], plain: tuple[list[Field], list[Field]]
+) -> st.SearchStrategy[bytes]:
+    one_of, some_of = plain
+    piece = st.tuples(
         st.sampled_from(NAMES), st.sampled_from([b": ", b":", b" : "]), st.sampled_from(VALUES)
     )
-    return st.builds(
-        lambda first, fields, seps: (
+    plain_fields = st.builds(
+        lambda one, some: [one, *some],
+        st.sampled_from(one_of),
+        st.lists(st.sampled_from(some_of), unique=True),
+    ).flatmap(st.permutations)
+
+    def build(first: bytes, fields: list[Field], inserted: list[tuple[int, Field]], seps) -> bytes:  # noqa: ANN001
+        fields = list(fields)
+        for at, field in inserted:
+            fields.insert(at % (len(fields) + 1), field)
+        return (
             first
             + b"".join(
                 sep + n + colon + v for (n, colon, v), sep in zip(fields, seps, strict=False)
             )
             + b"\r\n\r\n"
-        ),
-        st.sampled_from(first_lines),
-        st.lists(field, max_size=6),
-        st.lists(st.sampled_from(SEPARATORS), min_size=6, max_size=6),
+        )
+
+    return st.builds(
+        build,
+        # Half the time one of the first two lines, which are plain; else any.
+        st.one_of(st.sampled_from(first_lines[:2]), st.sampled_from(first_lines)),
+        plain_fields,
+        st.lists(st.tuples(st.integers(0, 8), piece), max_size=3),
+        st.lists(st.sampled_from(SEPARATORS), min_size=8, max_size=8),
     )
 
 
@@ -145,14 +190,14 @@ def check_against_httptools(head: bytes, pattern, slow, parser) -> None:  # noqa
         assert length is None, head
 
 
-@settings(max_examples=600, deadline=None)
-@given(heads(REQUEST_LINES))
+@settings(max_examples=1500, deadline=None)
+@given(heads(REQUEST_LINES, PLAIN_REQUEST))
 def test_fast_requests_are_requests_httptools_frames_the_same(head):
     check_against_httptools(head, FAST_REQUEST, FAST_REQUEST_SLOW, httptools.HttpRequestParser)
 
 
-@settings(max_examples=600, deadline=None)
-@given(heads(STATUS_LINES))
+@settings(max_examples=1500, deadline=None)
+@given(heads(STATUS_LINES, PLAIN_RESPONSE))
 def test_fast_responses_are_responses_httptools_frames_the_same(head):
     check_against_httptools(head, FAST_RESPONSE, FAST_RESPONSE_SLOW, httptools.HttpResponseParser)
 
@@ -167,3 +212,26 @@ def test_the_strategies_reach_both_paths():
     assert fast_length(answer, FAST_RESPONSE, FAST_RESPONSE_SLOW) == 2
     closing = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
     assert fast_length(closing, FAST_RESPONSE, FAST_RESPONSE_SLOW) is None
+
+
+def share_taking_the_fast_path(strategy: st.SearchStrategy[bytes], length) -> float:  # noqa: ANN001
+    taken: list[bool] = []
+
+    @settings(max_examples=300, derandomize=True, database=None, deadline=None)
+    @given(strategy)
+    def draw(head: bytes) -> None:
+        taken.append(length(head) is not None)
+
+    draw()
+    return sum(taken) / len(taken)
+
+
+def test_the_generated_heads_reach_both_paths():
+    """The properties above only check what the fast path takes: a fair share of the
+    generated heads must take it (and a fair share must not)."""
+    for strategy, pattern, slow in (
+        (heads(REQUEST_LINES, PLAIN_REQUEST), FAST_REQUEST, FAST_REQUEST_SLOW),
+        (heads(STATUS_LINES, PLAIN_RESPONSE), FAST_RESPONSE, FAST_RESPONSE_SLOW),
+    ):
+        share = share_taking_the_fast_path(strategy, lambda h: fast_length(h, pattern, slow))  # noqa: B023
+        assert 0.1 <= share <= 0.9, share
