@@ -112,6 +112,49 @@ def plain_head(
     return data[: first + i] + data[first + j : end], length, h, first
 
 
+def plain_request(data: bytes, max_head: int) -> tuple[bytes, int, bytes, int] | None:
+    """The fast path's decision for the request head at the start of ``data``.
+
+    Returns the head to forward (without its last CRLFCRLF and any "Connection:
+    keep-alive" line), its body length (0 without Content-Length), its one Host
+    value and where its CRLFCRLF starts; or None: it goes through httptools.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > max_head or FAST_REQUEST.fullmatch(data, 0, end + 4) is None:
+        return None
+    plain = plain_head(data, end, FAST_REQUEST_SLOW)
+    if plain is None:
+        return None
+    head, length, h, first = plain
+    i = h.find(b"\r\nhost:")
+    if i < 0 or h.find(b"\r\nhost:", i + 7) >= 0:
+        return None
+    host = data[first + i + 7 : first + h.find(b"\r", i + 7)].strip(b" \t")
+    return head, max(length, 0), host, end
+
+
+def plain_response(data: bytes) -> tuple[bytes, int, int, int] | None:
+    """The fast path's decision for the answer head at the start of ``data``.
+
+    Returns the head to forward (as for plain_request), its Content-Length, its
+    status and where its CRLFCRLF starts; or None: no Content-Length, a 204 or 304
+    answer, or anything else that goes through httptools.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    m = FAST_RESPONSE.fullmatch(data, 0, end + 4)
+    if m is None:
+        return None
+    status = int(m.group(1))
+    if status == 204 or status == 304:
+        return None
+    plain = plain_head(data, end, FAST_RESPONSE_SLOW)
+    if plain is None or plain[1] < 0:
+        return None
+    return plain[0], plain[1], status, end
+
+
 RETRY_BUFFER_LIMIT = 64 * 1024  # requests up to this size can be resent on a fresh connection
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -268,21 +311,14 @@ class Upstream(asyncio.Protocol):
 
     def _fast_response(self, ex: Exchange, data: bytes) -> bool:
         """Relay a plain answer (see FAST_RESPONSE) without httptools; False if not one."""
-        end = data.find(b"\r\n\r\n")
-        if end < 0 or ex.bodyless or not ex.client.http11:
+        if ex.bodyless or not ex.client.http11:
             return False
-        m = FAST_RESPONSE.fullmatch(data, 0, end + 4)
-        if m is None:
-            return False
-        status = int(m.group(1))
-        if status == 204 or status == 304:
-            return False
-        plain = plain_head(data, end, FAST_RESPONSE_SLOW)
+        plain = plain_response(data)
         if plain is None:
             return False
-        head, length, _, _ = plain
+        head, length, status, end = plain
         body = len(data) - end - 4
-        if length < 0 or body > length:
+        if body > length:
             return False
         if ex.close_after:
             head += b"\r\nConnection: close"
@@ -750,22 +786,11 @@ class ClientConnection(asyncio.Protocol):
 
     def _fast_request(self, data: bytes) -> bool:
         """Forward a plain request (see FAST_REQUEST) without httptools; False if not one."""
-        end = data.find(b"\r\n\r\n")
-        if end < 0 or end > self.limits.max_head:
-            return False
-        if FAST_REQUEST.fullmatch(data, 0, end + 4) is None:
-            return False
-        plain = plain_head(data, end, FAST_REQUEST_SLOW)
+        plain = plain_request(data, self.limits.max_head)
         if plain is None:
             return False
-        head, length, h, first = plain
-        i = h.find(b"\r\nhost:")
-        if i < 0 or h.find(b"\r\nhost:", i + 7) >= 0:
-            return False
-        host = data[first + i + 7 : first + h.find(b"\r", i + 7)].strip(b" \t")
+        head, length, host, end = plain
         body = len(data) - end - 4
-        if length < 0:
-            length = 0
         if body > length:
             return False  # a pipelined request: the slow path queues it
         head += b"\r\nX-Forwarded-For: " + self._forwarded + host + b"\r\n\r\n"
