@@ -726,21 +726,17 @@ class ClientConnection(asyncio.Protocol):
             return
         left = self._body_left
         if left:  # the rest of a fast request's Content-Length body
+            body, data = data[:left], data[left:]
+            self._body_left = left - len(body)
             ex = self.current
-            if len(data) <= left:
-                self._body_left = left - len(data)
-                if ex is not None:
-                    ex._send(data)
-                    if not self._body_left:
-                        self.current = None
-                        ex.request_done()
-                return
-            self._body_left = 0
             if ex is not None:
-                ex._send(data[:left])
-                self.current = None
-                ex.request_done()
-            data = data[left:]  # a pipelined request follows: the slow path queues it
+                ex.request_body(body)
+                if not self._body_left:
+                    self.current = None
+                    ex.request_done()
+            if not data:
+                return
+            # a pipelined request follows: the slow path queues it
         elif self.active is None and not self._partial and self._fast_request(data):
             return
         if self.head_started is not None:  # still reading a head: bound what we buffer
