@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -76,31 +77,27 @@ def log_tail(path: str | Path | None, lines: int = 15) -> str:
     return "\n".join(tail)
 
 
-def processes_of_state_dir(state_dir: Path) -> list[psutil.Process]:
-    """Processes we started for this state dir, found by the env we gave them."""
-    found = []
+def _started_for(state_dir: Path) -> Iterator[tuple[psutil.Process, dict[str, str]]]:
+    """Processes we started for this state dir, with their env (which is how we know)."""
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
         except (psutil.Error, OSError):
             continue
         if env.get("BGDEPLOY_STATE_DIR") == str(state_dir):
-            found.append(proc)
-    return found
+            yield proc, env
+
+
+def processes_of_state_dir(state_dir: Path) -> list[psutil.Process]:
+    """Processes we started for this state dir, found by the env we gave them."""
+    return [proc for proc, _ in _started_for(state_dir)]
 
 
 def processes_of_boot(boot_id: str, state_dir: Path) -> list[psutil.Process]:
     """The processes of one boot, by env: used when a boot's pid never reached the
     registry (its starter died between spawn and the write), so that such a daemon
     cannot live on unseen."""
-    found = []
-    for proc in processes_of_state_dir(state_dir):
-        try:
-            if proc.environ().get("BGDEPLOY_BOOT_ID") == boot_id:
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
+    return [proc for proc, env in _started_for(state_dir) if env.get("BGDEPLOY_BOOT_ID") == boot_id]
 
 
 def port_holder(host: str, port: int) -> str | None:
