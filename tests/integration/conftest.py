@@ -231,3 +231,15 @@ def deploy(app: App, version: str, **kw: object):  # noqa: ANN201 - DeployResult
 
 def settle(app: App):  # noqa: ANN201 - DeploymentFields
     return locked(app, lambda d: d.settle())
+
+
+def serve(stack: Callable[..., tuple[App, RouterRun]], **kw: object) -> tuple[App, RouterRun, str]:
+    """A router in front of an active boot of version 1.0: (app, router, boot id)."""
+    app, router = stack(**kw)
+    return app, router, deploy(app, "1.0").boot_id
+
+
+@pytest.fixture
+def served(stack) -> tuple[App, RouterRun, str]:
+    """serve() with a 1 s header timeout, so that a test of slow clients is quick."""
+    return serve(stack, header_timeout=1.0)

@@ -12,15 +12,8 @@ import psutil
 import pytest
 
 from tests.conftest import REPORT, poll_until
-from tests.integration.conftest import deploy
+from tests.integration.conftest import serve
 from tests.integration.test_router import raw
-
-
-@pytest.fixture
-def served(stack):
-    app, router = stack(header_timeout=1.0)
-    boot_id = deploy(app, "1.0").boot_id
-    return app, router, boot_id, psutil.Process(router.proc.pid)
 
 
 def open_connections(router) -> float:
@@ -37,7 +30,7 @@ def still_serving(router) -> None:
 
 @pytest.mark.slow
 def test_invalid_chunk_sizes_and_garbage_get_400(served):
-    app, router, _, _ = served
+    app, router, _ = served
     port = app.config.router.port
     bad_chunk = raw(
         port,
@@ -60,8 +53,7 @@ def test_invalid_chunk_sizes_and_garbage_get_400(served):
 def test_five_thousand_idle_connections(stack):
     # A header timeout longer than the test: with the 1 s of `served`, the first connections
     # were cut with 408 before a loaded machine had opened the last ones.
-    app, router = stack(header_timeout=600.0)
-    deploy(app, "1.0")
+    app, router, _ = serve(stack, header_timeout=600.0)
     proc = psutil.Process(router.proc.pid)
     before = proc.memory_info().rss
     socks = []
@@ -90,7 +82,7 @@ def test_five_thousand_idle_connections(stack):
 
 @pytest.mark.slow
 def test_slowloris_clients_are_cut_and_others_served(served):
-    app, router, _, _ = served
+    app, router, _ = served
     socks = []
     for _ in range(50):
         s = socket.create_connection(("127.0.0.1", app.config.router.port), timeout=10)
@@ -120,7 +112,8 @@ def test_slowloris_clients_are_cut_and_others_served(served):
 
 @pytest.mark.slow
 def test_a_client_that_never_reads_does_not_grow_the_router(served):
-    app, router, _, proc = served
+    app, router, _ = served
+    proc = psutil.Process(router.proc.pid)
     before = proc.memory_info().rss
     s = socket.create_connection(("127.0.0.1", app.config.router.port), timeout=10)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -13,7 +13,6 @@ import psutil
 import pytest
 
 from tests.conftest import poll_until
-from tests.integration.conftest import deploy
 
 
 def raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
@@ -29,13 +28,6 @@ def raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
                 break
             chunks.append(chunk)
         return b"".join(chunks)
-
-
-@pytest.fixture
-def served(stack):
-    app, router = stack(header_timeout=1.0)
-    result = deploy(app, "1.0")
-    return app, router, result.boot_id
 
 
 @pytest.mark.slow

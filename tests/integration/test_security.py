@@ -11,13 +11,12 @@ import psutil
 import pytest
 
 from tests.conftest import run_bgdeploy, write_config
-from tests.integration.conftest import deploy
+from tests.integration.conftest import serve
 
 
 @pytest.fixture
 def served(stack):
-    app, router = stack()
-    deploy(app, "1.0")
+    app, router, _ = serve(stack)
     return app, router
 
 
