@@ -1,7 +1,8 @@
 """Alembic, driven from code: the registry migrates itself to head on first use.
 
-The migrations live in the top-level ``migrations/`` folder (the one
-``alembic.ini`` names too), so `alembic` by hand and bgdeploy agree.
+The migrations ship inside the package (``bgdeploy/registry/migrations/``, the
+folder ``alembic.ini`` names too), so an installed bgdeploy finds them, and
+`alembic` by hand in a checkout and bgdeploy agree.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import Engine
 
 from bgdeploy.errors import RegistryError
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config() -> AlembicConfig:
