@@ -20,9 +20,9 @@ from bgdeploy.registry.models import Boot, Deployment
 from bgdeploy.registry.store import Registry, sqlite_path
 
 if TYPE_CHECKING:
-    from bgdeploy.router.proxy import ClientConnection
+    from bgdeploy.router.client import ClientConnection
 
-from bgdeploy.router.proxy import Pools
+from bgdeploy.router.upstream import Pools
 
 log = logging.getLogger("bgdeploy.router")
 

@@ -27,7 +27,7 @@ from bgdeploy.control.app import App
 from bgdeploy.errors import OperationFailed
 from bgdeploy.registry.models import Router, utcnow
 from bgdeploy.router.admin import Admin, AdminConnection
-from bgdeploy.router.proxy import ClientConnection, Limits
+from bgdeploy.router.client import ClientConnection, Limits
 from bgdeploy.router.routes import RegistryWatcher, RouteTable
 
 log = logging.getLogger("bgdeploy.router")

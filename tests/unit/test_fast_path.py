@@ -12,7 +12,8 @@ import httptools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgdeploy.router.proxy import Limits, plain_request, plain_response
+from bgdeploy.router.client import Limits
+from bgdeploy.router.fastpath import plain_request, plain_response
 
 NAMES = [
     b"Host",

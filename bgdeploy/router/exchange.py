@@ -1,0 +1,305 @@
+"""One request and its answer (``Exchange``), pinned to the boot it was routed to.
+
+The request is routed to the active boot *as of its arrival* and runs on one
+upstream connection taken from that boot's keep-alive pool, or a new one. Bodies
+are never held whole: chunks go on as they arrive. A request refused before any
+answer byte (a reused connection closed while idle, a refused connect) is sent
+again when it is small enough to have been kept.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bgdeploy.router.flow import HIGH_WATER
+from bgdeploy.router.http11 import response_fields, simple_response
+from bgdeploy.router.upstream import Upstream
+
+if TYPE_CHECKING:
+    from bgdeploy.router.client import ClientConnection
+    from bgdeploy.router.routes import Route
+
+RETRY_BUFFER_LIMIT = 64 * 1024  # requests up to this size can be resent on a fresh connection
+
+
+class Exchange:
+    """One request and its response, pinned to the boot it was routed to."""
+
+    __slots__ = (
+        "client",
+        "method",
+        "head",
+        "chunked_request",
+        "keep_alive",
+        "upgrade",
+        "route",
+        "upstream",
+        "pending",
+        "pending_size",
+        "request_complete",
+        "retry_buffer",
+        "retry_size",
+        "attempts",
+        "got_response_bytes",
+        "response_started",
+        "chunk_response",
+        "close_after",
+        "bodyless",
+        "done",
+        "interim",
+        "counted",
+    )
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        method: bytes,
+        head: bytes,
+        chunked_request: bool,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        self.client = client
+        self.method = method
+        self.head = head
+        self.chunked_request = chunked_request
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.route: Route | None = None
+        self.upstream: Upstream | None = None
+        self.pending: list[bytes] | None = None  # bytes after the head waiting for a connection
+        self.pending_size = 0
+        self.request_complete = False
+        self.retry_buffer: list[bytes] | None = None  # body bytes sent so far, for a resend
+        self.retry_size = 0
+        self.attempts = 0
+        self.got_response_bytes = False
+        self.response_started = False
+        self.chunk_response = False
+        self.close_after = not keep_alive
+        self.bodyless = method == b"HEAD"
+        self.done = False
+        self.interim = False
+        self.counted = False
+
+    # -- request side ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        table = self.client.table
+        route = table.active
+        if route is None:
+            self.fail(503, "No active boot: bgdeploy has not deployed a daemon yet.")
+            return
+        self.route = route
+        if not self.counted:
+            self.counted = True
+            table.request_started(route.boot_id)
+        self.attempts += 1
+        up = None if self.upgrade else table.pools.take(route.boot_id)
+        if up is not None:
+            self.attach(up)
+        else:
+            table.loop.create_task(self._connect(route))
+
+    async def _connect(self, route: Route) -> None:
+        table = self.client.table
+        try:
+            _, up = await table.loop.create_connection(
+                lambda: Upstream(route.boot_id, table), "127.0.0.1", route.port
+            )
+        except OSError as e:
+            table.upstream_error(route.boot_id, "connect")
+            if self.done or self.client.closed:
+                return
+            if self.attempts < 2:
+                # Refused before any byte was sent: try once more on the route of *now*.
+                self._move_count()
+                self.start()
+                return
+            self.fail(502, f"Upstream boot {route.boot_id} is unreachable ({e.strerror or e}).")
+            return
+        if self.done or self.client.closed:
+            up.close()
+            return
+        self.attach(up)
+
+    def _move_count(self) -> None:
+        """Before a retry: the request may go to another boot now."""
+        if self.counted and self.route is not None:
+            self.client.table.request_finished(self.route.boot_id)
+            self.counted = False
+
+    def attach(self, up: Upstream) -> None:
+        self.upstream = up
+        up.exchange = self
+        up.uses += 1
+        pending = self.pending
+        if pending:
+            self.pending = None
+            self.pending_size = 0
+            up.write(b"".join([self.head, *pending]))
+            self.client.resume_reading()
+        else:
+            up.write(self.head)
+
+    def request_body(self, data: bytes) -> None:
+        if self.chunked_request:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self._send(data)
+
+    def request_done(self) -> None:
+        self.request_complete = True
+        if self.chunked_request:
+            self._send(b"0\r\n\r\n")
+
+    def _send(self, data: bytes) -> None:
+        if self.retry_size <= RETRY_BUFFER_LIMIT:
+            if self.retry_buffer is None:
+                self.retry_buffer = []
+            self.retry_buffer.append(data)
+            self.retry_size += len(data)
+            if self.retry_size > RETRY_BUFFER_LIMIT:
+                self.retry_buffer = None  # too big to resend: a failure now is a 502
+        if self.upstream is not None:
+            self.upstream.write(data)
+        else:
+            if self.pending is None:
+                self.pending = []
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > HIGH_WATER:
+                self.client.pause_reading()
+
+    # -- response side ----------------------------------------------------------------------
+
+    def response_head(
+        self,
+        up: Upstream,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        upstream_keep_alive: bool,
+    ) -> None:
+        """An answer head that httptools parsed: choose our framing, then send_head."""
+        if 100 <= status < 200 and status != 101:
+            self.interim = True  # e.g. 100 Continue: relay it, the real answer follows
+            self.client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
+            return
+        lines, content_length, te_chunked = response_fields(status, reason, headers)
+        if status == 101 or status == 204 or status == 304:
+            self.bodyless = True
+        if status == 101:
+            pass
+        elif content_length is not None and not te_chunked:
+            lines.append(b"Content-Length: " + content_length + b"\r\n")
+        elif not self.bodyless:
+            if self.client.http11:
+                self.chunk_response = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.close_after = True
+        self.send_head(up, status, upstream_keep_alive, b"".join(lines))
+        if status == 101:
+            self.client.become_tunnel(up)
+
+    def send_head(
+        self, up: Upstream, status: int, upstream_keep_alive: bool, head: bytes, body: bytes = b""
+    ) -> None:
+        """Send the answer's head, both paths': status line and fields, each ending in CRLF.
+
+        Adds our Connection line and X-Bgdeploy-Boot, and ``body``, the answer's
+        bytes that came in the same read, in the same write.
+        """
+        self.interim = False
+        self.response_started = True
+        up.keep_alive = upstream_keep_alive
+        client = self.client
+        if status != 101:
+            if self.close_after:
+                head += b"Connection: close\r\n"
+            elif not client.http11:
+                head += b"Connection: keep-alive\r\n"
+        client.write(head + up.boot_line + body)
+        client.table.count_status(up.boot_id, status)
+
+    def response_complete(self, up: Upstream) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        client = self.client
+        if self.chunk_response:
+            client.write(b"0\r\n\r\n")
+        self.done = True
+        up.exchange = None
+        self.upstream = None
+        self._release_count()
+        table = client.table
+        if self.request_complete and up.keep_alive and table.is_active(up.boot_id):
+            table.pools.give_back(up)
+        else:
+            up.close()
+        client.exchange_finished(self)
+
+    # -- failures --------------------------------------------------------------------------
+
+    def upstream_lost(self, up: Upstream) -> None:
+        if self.done:
+            return
+        table = self.client.table
+        if up.tunnel:
+            self.done = True
+            self._release_count()
+            self.client.close()
+            return
+        # A reused keep-alive connection closed before any answer: the boot closed it
+        # while idle (typically while draining). Resend on a fresh connection if we can.
+        if (
+            not self.got_response_bytes
+            and up.uses > 1
+            and self.retry_size <= RETRY_BUFFER_LIMIT
+            and self.attempts < 3
+        ):
+            table.upstream_error(up.boot_id, "reused_connection_closed")
+            self.upstream = None
+            self.pending = list(self.retry_buffer or ())
+            self.pending_size = self.retry_size
+            self._move_count()
+            self.start()
+            return
+        table.upstream_error(up.boot_id, "connection_lost")
+        self.upstream_failed(up, "a closed connection")
+
+    def upstream_failed(self, up: Upstream, what: str) -> None:
+        if self.done:
+            return
+        up.close()
+        if self.response_started:
+            self.done = True
+            self._release_count()
+            self.client.close()  # mid-response: the only honest signal left is to close
+        else:
+            self.fail(502, f"Upstream boot {up.boot_id} answered with {what}.")
+
+    def fail(self, status: int, text: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._release_count()
+        self.client.table.count_status(self.route.boot_id if self.route else "-", status)
+        self.client.write(simple_response(status, text))
+        self.client.close_after_write()
+
+    def _release_count(self) -> None:
+        if self.counted and self.route is not None:
+            self.counted = False
+            self.client.table.request_finished(self.route.boot_id)
+
+    def abandon(self) -> None:
+        """The client went away: stop the exchange and do not reuse its connection."""
+        if self.done:
+            return
+        self.done = True
+        self._release_count()
+        if self.upstream is not None:
+            self.upstream.exchange = None
+            self.upstream.close()

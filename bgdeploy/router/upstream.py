@@ -1,0 +1,196 @@
+"""The upstream side: one connection to a boot (``Upstream``) and the keep-alive pools.
+
+An upstream connection carries one exchange at a time, or, after a 101, a
+tunnel. Its answer is read by the fast path when it is plain, else by httptools;
+either way the head goes out through ``Exchange.send_head``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httptools
+from httptools import HttpParserError, HttpParserUpgrade
+
+from bgdeploy.router.fastpath import plain_response
+from bgdeploy.router.flow import FlowControl
+
+if TYPE_CHECKING:
+    from bgdeploy.router.client import ClientConnection
+    from bgdeploy.router.exchange import Exchange
+    from bgdeploy.router.routes import RouteTable
+
+
+class Pools:
+    """Idle keep-alive upstream connections, per boot."""
+
+    def __init__(self) -> None:
+        self.idle: dict[str, list[Upstream]] = {}
+
+    def take(self, boot_id: str) -> Upstream | None:
+        conns = self.idle.get(boot_id)
+        while conns:
+            up = conns.pop()
+            if not up.closed:
+                return up
+        return None
+
+    def give_back(self, up: Upstream) -> None:
+        if up.closed:
+            return
+        up.exchange = None
+        self.idle.setdefault(up.boot_id, []).append(up)
+
+    def discard(self, up: Upstream) -> None:
+        conns = self.idle.get(up.boot_id)
+        if conns and up in conns:
+            conns.remove(up)
+
+    def close_all_but(self, boot_id: str | None) -> None:
+        """Drop idle connections of boots that lost the route, so they can drain."""
+        for bid in [b for b in self.idle if b != boot_id]:
+            for up in self.idle.pop(bid):
+                up.close()
+
+
+class Upstream(FlowControl):
+    """One connection to a boot. Carries one exchange at a time, or a tunnel."""
+
+    def __init__(self, boot_id: str, table: RouteTable) -> None:
+        super().__init__()
+        self.boot_id = boot_id
+        self.boot_line = b"X-Bgdeploy-Boot: " + boot_id.encode() + b"\r\n\r\n"
+        self.table = table
+        self.exchange: Exchange | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.uses = 0
+        self.tunnel = False
+        self.keep_alive = True  # of the last response
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._head_done = False
+        self._partial = False  # httptools holds part of an answer
+        self._body_left = 0  # bytes still due of a fast answer's body
+
+    def feeder(self) -> ClientConnection | None:
+        return self.exchange.client if self.exchange is not None else None
+
+    # asyncio
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            self.close()  # bytes on an idle connection: the connection is not trustworthy
+            return
+        if self.tunnel:
+            ex.client.write(data)
+            return
+        left = self._body_left
+        if left:  # the rest of a fast response's Content-Length body
+            if len(data) > left:
+                self._body_left = 0
+                ex.upstream_failed(self, "more bytes than its Content-Length")
+                return
+            ex.client.write(data)
+            self._body_left = left - len(data)
+            if not self._body_left:
+                ex.response_complete(self)
+            return
+        ex.got_response_bytes = True
+        if not self._partial and self._fast_response(ex, data):
+            return
+        client = ex.client
+        held = client.hold()  # one write to the client for all this data yields
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            rest = data[e.args[0] :]
+            if self.exchange is not None and self.tunnel and rest:
+                self.exchange.client.write(rest)
+            return
+        except HttpParserError:
+            ex.upstream_failed(self, "a malformed response")
+            return
+        finally:
+            if held:
+                client.flush()
+        if self._head_done:  # HEAD: the parser would wait for a body that never comes
+            self._head_done = False
+            self._partial = False
+            self.parser = httptools.HttpResponseParser(self)
+            ex.response_complete(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.table.pools.discard(self)
+        ex, self.exchange = self.exchange, None
+        if ex is not None:
+            ex.upstream_lost(self)
+
+    def _fast_response(self, ex: Exchange, data: bytes) -> bool:
+        """Relay a plain answer (see fastpath) without httptools; False if not one."""
+        if ex.bodyless or not ex.client.http11:
+            return False
+        plain = plain_response(data)
+        if plain is None:
+            return False
+        head, length, status, end = plain
+        body = len(data) - end - 4
+        if body > length:
+            return False
+        ex.send_head(self, status, True, head + b"\r\n", data[end + 4 :])
+        if body < length:
+            self._body_left = length - body
+        else:
+            ex.response_complete(self)
+        return True
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._partial = True
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        headers, reason = self._headers, self._reason
+        self._headers, self._reason = [], b""
+        ex = self.exchange
+        if ex is None:
+            return
+        p = self.parser
+        status = p.get_status_code()
+        if status == 101:
+            self.tunnel = True
+        ex.response_head(self, status, reason, headers, p.should_keep_alive())
+        if status >= 200 and ex.method == b"HEAD":
+            self._head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            if ex.chunk_response:
+                ex.client.write(b"%x\r\n%b\r\n" % (len(body), body))
+            else:
+                ex.client.write(body)
+
+    def on_message_complete(self) -> None:
+        self._partial = False
+        if self._head_done or self.tunnel:
+            return
+        ex = self.exchange
+        if ex is not None:
+            ex.response_complete(self)
+
+    # ours
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
