@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import httptools
 from httptools import HttpParserError, HttpParserUpgrade
 
+from bgdeploy.config import default
+
 if TYPE_CHECKING:
     from bgdeploy.router.routes import Route, RouteTable
 
@@ -186,8 +188,8 @@ class Limits:
         self,
         *,
         max_head: int = 64 * 1024,
-        header_timeout: float = 10.0,
-        idle_timeout: float = 60.0,
+        header_timeout: float = default("router", "header_timeout"),
+        idle_timeout: float = default("router", "idle_timeout"),
     ) -> None:
         self.max_head = max_head
         self.header_timeout = header_timeout
