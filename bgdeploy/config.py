@@ -3,12 +3,26 @@
 Lookup order: ``--config PATH``, else ``$BGDEPLOY_CONFIG``, else
 ``./bgdeploy.toml``. Relative paths resolve against the config file's folder.
 Unknown keys and wrong types are ``ConfigError`` naming the key (exit 2).
+
+Every key is written once, in ``SCHEMA``: its kind, default and one line of help.
+The section dataclasses take their defaults from it, ``bgdeploy init`` writes
+``starter_config()`` from it, the router's limits use those defaults, and the
+README's configuration table is ``readme_table()`` (a unit test compares them).
+
+To add a key: add a ``Key`` to its section in ``SCHEMA`` and a field of the same
+name to the section's dataclass, then run ``python tools/config_table.py --write``.
+To add a section: a ``SCHEMA`` entry, a dataclass decorated ``@_section("name")``,
+and a field on ``Config``.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
+import textwrap
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,79 +32,243 @@ from bgdeploy.errors import ConfigError
 CONFIG_ENV = "BGDEPLOY_CONFIG"
 CONFIG_NAME = "bgdeploy.toml"
 
-# key -> (kind, default). kind is one of: str, int, number, argv, opt_str, opt_argv, port_range.
-_SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
-    "router": {
-        "host": ("str", "127.0.0.1"),
-        "port": ("port", 47777),
-        "admin_port": ("port", 47778),
-        "header_timeout": ("number", 10.0),
-        "idle_timeout": ("number", 60.0),
-        "max_connections": ("count", 10000),
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _same(value: Any, base: Path) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a key accepts (``what`` finishes "must be ...") and how its value is stored."""
+
+    what: str
+    accepts: Callable[[Any], bool]
+    convert: Callable[[Any, Path], Any] = _same
+
+
+def one_of(*kinds: Kind) -> Kind:
+    """Any of kinds, converted by the first that accepts the value (e.g. "auto" or a count)."""
+
+    def convert(value: Any, base: Path) -> Any:
+        kind = next(k for k in kinds if k.accepts(value))
+        return kind.convert(value, base)
+
+    return Kind(
+        " or ".join(k.what for k in kinds), lambda v: any(k.accepts(v) for k in kinds), convert
+    )
+
+
+def literal(word: str) -> Kind:
+    return Kind(json.dumps(word), lambda v: v == word)
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+STR = Kind("a string", lambda v: isinstance(v, str) and v != "")
+FILE = Kind("a string (a file path)", STR.accepts, lambda v, base: _resolve(base, v))
+URL_PATH = Kind("a string starting with '/'", lambda v: isinstance(v, str) and v.startswith("/"))
+PORT = Kind("a port number (1-65535)", lambda v: _is_int(v) and 1 <= v <= 65535)
+NUMBER = Kind(
+    "a positive number",
+    lambda v: (_is_int(v) or isinstance(v, float)) and v > 0,
+    lambda v, base: float(v),
+)
+COUNT = Kind("a whole number of at least 1", lambda v: _is_int(v) and v >= 1)
+ARGV = Kind(
+    "a non-empty list of strings",
+    lambda v: isinstance(v, list) and v != [] and all(isinstance(s, str) for s in v),
+)
+STR_LIST = Kind(
+    "a list of strings", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v)
+)
+STR_TABLE = Kind(
+    "a table of strings",
+    lambda v: isinstance(v, dict) and all(isinstance(s, str) for s in v.values()),
+)
+PORT_RANGE = Kind(
+    "a list of two port numbers [low, high] with low <= high",
+    lambda v: (
+        isinstance(v, list)
+        and len(v) == 2
+        and all(_is_int(p) for p in v)
+        and 1 <= v[0] <= v[1] <= 65535
+    ),
+    lambda v, base: tuple(v),
+)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key. A default of None means unset (TOML has no null): the key is optional.
+
+    ``starter`` is what ``bgdeploy init`` writes when it differs from the default; an unset
+    key with an ``example`` is written commented out. ``shown`` is the README's default cell
+    when the default is worked out at load time.
+    """
+
+    kind: Kind
+    default: Any
+    help: str
+    required: bool = False
+    starter: Any = None
+    example: Any = None
+    shown: str | None = None
+
+
+# "" holds the top-level keys (TOML wants them before the first table).
+SCHEMA: dict[str, dict[str, Key]] = {
+    "": {
+        "state_dir": Key(FILE, ".bgdeploy", "where the registry, logs, lock and router log live"),
     },
-    "registry": {"url": ("opt_str", None)},
+    "router": {
+        "host": Key(STR, "127.0.0.1", "the fixed address users and tools talk to, forever"),
+        "port": Key(PORT, 47777, "the router's port"),
+        "admin_port": Key(
+            PORT, 47778, "read-only admin listener: /api/status, /metrics, the dashboard"
+        ),
+        "header_timeout": Key(
+            NUMBER, 10.0, "seconds a client has to send a whole request head (then 408)"
+        ),
+        "idle_timeout": Key(
+            NUMBER, 60.0, "idle keep-alive client connections are closed after this many seconds"
+        ),
+        "max_connections": Key(COUNT, 10000, "open client connections at most (then 503)"),
+    },
+    "registry": {
+        "url": Key(
+            STR,
+            None,
+            "SQLAlchemy URL of the registry (default: sqlite:///<state_dir>/registry.db)",
+            example="sqlite:///.bgdeploy/registry.db",
+            shown="`sqlite:///<state_dir>/registry.db`",
+        ),
+    },
     "daemon": {
-        "command": ("argv", None),
-        "health_path": ("path", "/healthz"),
-        "attach_path": ("opt_path", None),
-        "version_command": ("opt_argv", None),
-        "version_file": ("opt_str", None),
-        "port_range": ("port_range", [47800, 47999]),
-        "startup_timeout": ("number", 30.0),
-        "stop_timeout": ("number", 10.0),
-        "drain_timeout": ("number", 30.0),
+        "command": Key(
+            ARGV,
+            None,
+            "argv of your daemon, never run through a shell; {port}, {boot_id} and {version} "
+            "are filled in, and BGDEPLOY_PORT, BGDEPLOY_BOOT_ID, BGDEPLOY_VERSION are set",
+            required=True,
+            starter=[
+                "python3",
+                "tools/demo_daemon.py",
+                "--port",
+                "{port}",
+                "--version",
+                "{version}",
+            ],
+            example=["./mydaemon", "--port", "{port}"],
+        ),
+        "health_path": Key(
+            URL_PATH,
+            "/healthz",
+            'GET this path answers 2xx when healthy (a JSON "version" in the body is checked)',
+        ),
+        "attach_path": Key(
+            URL_PATH,
+            None,
+            'POST {"workspace": "<id>"} here attaches a workspace; unset if not used',
+            example="/workspaces",
+        ),
+        "version_command": Key(
+            ARGV,
+            None,
+            "the installed version is the stripped stdout of this argv (run without a shell)",
+            example=["./mydaemon", "--version"],
+        ),
+        "version_file": Key(
+            FILE,
+            None,
+            "else the stripped content of this file is the installed version",
+            starter="VERSION",
+            example="VERSION",
+        ),
+        "port_range": Key(PORT_RANGE, [47800, 47999], "internal ports for boots"),
+        "startup_timeout": Key(NUMBER, 30.0, "seconds for a new boot to become healthy"),
+        "stop_timeout": Key(
+            NUMBER, 10.0, "seconds after SIGTERM before the boot's process group gets SIGKILL"
+        ),
+        "drain_timeout": Key(
+            NUMBER, 30.0, "seconds to wait for the in-flight requests of an old boot at most"
+        ),
     },
     "health": {
-        "interval": ("number", 1.0),
-        "timeout": ("number", 2.0),
-        "failure_threshold": ("count", 3),
-        "stable_checks": ("count", 5),
+        "interval": Key(NUMBER, 1.0, "seconds between health checks of the active boot"),
+        "timeout": Key(NUMBER, 2.0, "seconds for one health check"),
+        "failure_threshold": Key(
+            COUNT, 3, "consecutive failed checks after a switch that roll back at once"
+        ),
+        "stable_checks": Key(COUNT, 5, "consecutive good checks after a switch that finalize"),
     },
 }
-_TOP_LEVEL = {"state_dir": ("opt_str", None)}
-_KIND_NAMES = {
-    "str": "a string",
-    "opt_str": "a string",
-    "path": "a string starting with '/'",
-    "opt_path": "a string starting with '/'",
-    "port": "a port number (1-65535)",
-    "number": "a positive number",
-    "count": "a whole number of at least 1",
-    "argv": "a non-empty list of strings",
-    "opt_argv": "a non-empty list of strings",
-    "port_range": "a list of two port numbers [low, high] with low <= high",
-}
+
+
+def default(section: str, key: str) -> Any:
+    """The stored form of a key's default (e.g. a float, a tuple)."""
+    k = SCHEMA[section][key]
+    return None if k.default is None else k.kind.convert(copy.deepcopy(k.default), Path())
+
+
+def _section(name: str) -> Callable[[type], type]:
+    """Give a section dataclass its defaults from SCHEMA; its fields must be the section's keys."""
+
+    def apply(cls: type) -> type:
+        keys = SCHEMA[name]
+        if list(cls.__annotations__) != list(keys):
+            raise TypeError(f"{cls.__name__} fields must be the keys of [{name}], in order")
+        for key, spec in keys.items():
+            if spec.required:
+                continue
+            value = default(name, key)
+            if isinstance(value, list | dict):
+                setattr(cls, key, field(default_factory=lambda v=value: copy.deepcopy(v)))
+            else:
+                setattr(cls, key, value)
+        return cls
+
+    return apply
 
 
 @dataclass(frozen=True)
+@_section("router")
 class RouterConfig:
-    host: str = "127.0.0.1"
-    port: int = 47777
-    admin_port: int = 47778
-    header_timeout: float = 10.0  # a client must send a whole request head within this
-    idle_timeout: float = 60.0  # idle keep-alive client connections are closed after this
-    max_connections: int = 10_000
+    host: str
+    port: int
+    admin_port: int
+    header_timeout: float
+    idle_timeout: float
+    max_connections: int
 
 
 @dataclass(frozen=True)
+@_section("daemon")
 class DaemonConfig:
     command: list[str]
-    health_path: str = "/healthz"
-    attach_path: str | None = None
-    version_command: list[str] | None = None
-    version_file: Path | None = None
-    port_range: tuple[int, int] = (47800, 47999)
-    startup_timeout: float = 30.0
-    stop_timeout: float = 10.0
-    drain_timeout: float = 30.0
+    health_path: str
+    attach_path: str | None
+    version_command: list[str] | None
+    version_file: Path | None
+    port_range: tuple[int, int]
+    startup_timeout: float
+    stop_timeout: float
+    drain_timeout: float
 
 
 @dataclass(frozen=True)
+@_section("health")
 class HealthConfig:
-    interval: float = 1.0
-    timeout: float = 2.0
-    failure_threshold: int = 3
-    stable_checks: int = 5
+    interval: float
+    timeout: float
+    failure_threshold: int
+    stable_checks: int
 
 
 @dataclass(frozen=True)
@@ -139,62 +317,58 @@ def load_config(path: Path) -> Config:
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
-    base = path.parent
-    values: dict[str, dict[str, Any]] = {}
+    top = SCHEMA[""]
+    sections = [s for s in SCHEMA if s]
     for key in raw:
-        if key not in _SCHEMA and key not in _TOP_LEVEL:
-            known = ", ".join([*_TOP_LEVEL, *(f"[{s}]" for s in _SCHEMA)])
+        if key not in top and key not in sections:
+            known = ", ".join([*top, *(f"[{s}]" for s in sections)])
             raise ConfigError(
                 f"Unknown key `{key}` in {path}.", hint=f"Known top-level keys: {known}."
             )
-    for section, keys in _SCHEMA.items():
+    values = {"": _parse_table("", {k: v for k, v in raw.items() if k in top}, path)}
+    for section in sections:
         table = raw.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"`{section}` in {path} must be a table ([{section}]).")
-        for key in table:
-            if key not in keys:
-                raise ConfigError(
-                    f"Unknown key `{section}.{key}` in {path}.",
-                    hint=f"Known keys in [{section}]: {', '.join(keys)}.",
-                )
-        values[section] = {
-            key: _check(f"{section}.{key}", kind, table.get(key, default), path)
-            for key, (kind, default) in keys.items()
-        }
-    state_dir_raw = _check("state_dir", "opt_str", raw.get("state_dir"), path)
+        values[section] = _parse_table(section, table, path)
 
-    daemon = values["daemon"]
-    if daemon["command"] is None:
-        raise ConfigError(
-            f"`daemon.command` is missing in {path}.",
-            hint='Set it to the argv that starts your daemon, e.g. command = ["./mydaemon", '
-            '"--port", "{port}"].',
-        )
-    state_dir = _resolve(base, state_dir_raw or ".bgdeploy")
+    state_dir = values[""]["state_dir"]
     url = values["registry"]["url"] or f"sqlite:///{state_dir / 'registry.db'}"
     return Config(
         path=path,
         state_dir=state_dir,
-        registry_url=_resolve_sqlite_url(url, base),
+        registry_url=_resolve_sqlite_url(url, path.parent),
         router=RouterConfig(**values["router"]),
-        daemon=DaemonConfig(
-            command=daemon["command"],
-            health_path=daemon["health_path"],
-            attach_path=daemon["attach_path"],
-            version_command=daemon["version_command"],
-            version_file=_resolve(base, daemon["version_file"]) if daemon["version_file"] else None,
-            port_range=tuple(daemon["port_range"]),
-            startup_timeout=daemon["startup_timeout"],
-            stop_timeout=daemon["stop_timeout"],
-            drain_timeout=daemon["drain_timeout"],
-        ),
+        daemon=DaemonConfig(**values["daemon"]),
         health=HealthConfig(**values["health"]),
     )
 
 
-def _resolve(base: Path, value: str) -> Path:
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else (base / p)
+def _parse_table(section: str, table: dict[str, Any], path: Path) -> dict[str, Any]:
+    keys = SCHEMA[section]
+    for key in table:
+        if key not in keys:
+            raise ConfigError(
+                f"Unknown key `{section}.{key}` in {path}.",
+                hint=f"Known keys in [{section}]: {', '.join(keys)}.",
+            )
+    values = {}
+    for key, spec in keys.items():
+        name = f"{section}.{key}" if section else key
+        if key in table:
+            value = table[key]
+            if not spec.kind.accepts(value):
+                raise ConfigError(f"`{name}` in {path} must be {spec.kind.what}, not {value!r}.")
+        elif spec.required:
+            example = f"{key} = {toml_value(spec.example)}"
+            raise ConfigError(
+                f"`{name}` is missing in {path}.",
+                hint=f"Set it in [{section}]: {spec.help}; e.g. {example}.",
+            )
+        else:
+            value = copy.deepcopy(spec.default)
+        values[key] = None if value is None else spec.kind.convert(value, path.parent)
+    return values
 
 
 def _resolve_sqlite_url(url: str, base: Path) -> str:
@@ -204,84 +378,56 @@ def _resolve_sqlite_url(url: str, base: Path) -> str:
     return url
 
 
-def _check(name: str, kind: str, value: Any, path: Path) -> Any:  # noqa: C901 - one table of kinds
-    if value is None and kind.startswith("opt_"):
-        return None
-    if value is None and kind == "argv":
-        return None
-    ok = False
-    if kind in ("str", "opt_str"):
-        ok = isinstance(value, str) and value != ""
-    elif kind in ("path", "opt_path"):
-        ok = isinstance(value, str) and value.startswith("/")
-    elif kind == "port":
-        ok = _is_int(value) and 1 <= value <= 65535
-    elif kind == "number":
-        ok = (_is_int(value) or isinstance(value, float)) and value > 0
-        value = float(value) if ok else value
-    elif kind == "count":
-        ok = _is_int(value) and value >= 1
-    elif kind in ("argv", "opt_argv"):
-        ok = isinstance(value, list) and value != [] and all(isinstance(v, str) for v in value)
-    elif kind == "port_range":
-        ok = (
-            isinstance(value, list)
-            and len(value) == 2
-            and all(_is_int(v) for v in value)
-            and 1 <= value[0] <= value[1] <= 65535
-        )
-    if not ok:
-        raise ConfigError(
-            f"`{name}` in {path} must be {_KIND_NAMES[kind]}, not {value!r}.",
-        )
-    return value
+def toml_value(value: Any) -> str:
+    """A value as TOML text (strings as JSON strings, which TOML reads the same)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {value!r}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def starter_config() -> str:
+    """The commented bgdeploy.toml that `bgdeploy init` writes: every key, with its help."""
+    lines = [
+        "# bgdeploy.toml - written by `bgdeploy init`. Every key is shown: set ones with",
+        "# their default (or a working example), unset ones commented out.",
+        "# Relative paths resolve against this file's folder.",
+    ]
+    for section, keys in SCHEMA.items():
+        lines.append("")
+        if section:
+            lines.append(f"[{section}]")
+        for key, spec in keys.items():
+            lines += textwrap.wrap(spec.help, 88, initial_indent="# ", subsequent_indent="# ")
+            value = spec.starter if spec.starter is not None else spec.default
+            if value is not None:
+                lines.append(f"{key} = {toml_value(value)}")
+            else:
+                lines.append(f"# {key} = {toml_value(spec.example)}")
+    return "\n".join(lines) + "\n"
 
 
-STARTER_CONFIG = """\
-# bgdeploy.toml - written by `bgdeploy init`. Every key is shown with its default.
-# Relative paths resolve against this file's folder.
+def readme_table() -> str:
+    """The README's configuration table, one row per key."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for section, keys in SCHEMA.items():
+        for key, spec in keys.items():
+            name = f"{section}.{key}" if section else key
+            if spec.shown:
+                shown = spec.shown
+            elif spec.required:
+                shown = "(required)"
+            elif spec.default is None:
+                shown = "unset"
+            else:
+                shown = f"`{toml_value(spec.default)}`"
+            rows.append(f"| `{name}` | {shown} | {spec.help} |")
+    return "\n".join(rows) + "\n"
 
-# Where the registry, logs and lock live.
-# state_dir = ".bgdeploy"
 
-[router]
-# The fixed address users and tools talk to, forever.
-host = "127.0.0.1"
-port = 47777
-# Read-only admin listener: /api/status, /metrics and the dashboard (loopback only).
-admin_port = 47778
-header_timeout = 10.0    # seconds a client has to send a whole request head
-idle_timeout = 60.0      # idle keep-alive client connections are closed after this
-max_connections = 10000  # open client connections at most
-
-[registry]
-# SQLAlchemy URL of the registry; default sqlite:///<state_dir>/registry.db
-# url = "sqlite:///.bgdeploy/registry.db"
-
-[daemon]
-# argv of your daemon (never run through a shell). {port}, {boot_id} and {version}
-# are filled in; BGDEPLOY_PORT, BGDEPLOY_BOOT_ID and BGDEPLOY_VERSION are set too.
-command = ["python3", "tools/demo_daemon.py", "--port", "{port}", "--version", "{version}"]
-# GET this path answers 2xx when healthy (JSON body with "version" is checked).
-health_path = "/healthz"
-# POST {"workspace": "<id>"} here attaches a workspace; leave unset if not used.
-# attach_path = "/workspaces"
-# The installed version: the stripped stdout of version_command, or version_file.
-# version_command = ["./mydaemon", "--version"]
-version_file = "VERSION"
-# Internal ports for boots.
-port_range = [47800, 47999]
-startup_timeout = 30.0   # seconds for a new boot to become healthy
-stop_timeout = 10.0      # SIGTERM, then SIGKILL to the process group after this
-drain_timeout = 30.0     # wait for in-flight requests of an old boot at most this long
-
-[health]
-interval = 1.0           # seconds between health checks of the active boot
-timeout = 2.0            # seconds for one health check
-failure_threshold = 3    # consecutive failures after a switch -> automatic rollback
-stable_checks = 5        # consecutive successes after a switch -> finalize
-"""
+STARTER_CONFIG = starter_config()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import httptools
 from httptools import HttpParserError, HttpParserUpgrade
 
+from bgdeploy.config import default
 from bgdeploy.router.exchange import Exchange
 from bgdeploy.router.fastpath import plain_request
 from bgdeploy.router.flow import HIGH_WATER, FlowControl
@@ -31,8 +32,8 @@ class Limits:
         self,
         *,
         max_head: int = 64 * 1024,
-        header_timeout: float = 10.0,
-        idle_timeout: float = 60.0,
+        header_timeout: float = default("router", "header_timeout"),
+        idle_timeout: float = default("router", "idle_timeout"),
     ) -> None:
         self.max_head = max_head
         self.header_timeout = header_timeout

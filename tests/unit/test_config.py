@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import asdict
+
 import pytest
 
-from bgdeploy.config import STARTER_CONFIG, load_config, parse_config
+from bgdeploy.config import (
+    ARGV,
+    COUNT,
+    SCHEMA,
+    STARTER_CONFIG,
+    STR,
+    STR_LIST,
+    STR_TABLE,
+    DaemonConfig,
+    HealthConfig,
+    RouterConfig,
+    default,
+    literal,
+    load_config,
+    one_of,
+    parse_config,
+    readme_table,
+    starter_config,
+)
 from bgdeploy.errors import ConfigError
+from bgdeploy.router.client import Limits
 from tests.conftest import run_bgdeploy, write_config
 
 
@@ -107,3 +129,53 @@ def test_config_env_variable_is_used(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (folder / ".bgdeploy" / "registry.db").exists()
+
+
+def test_readme_table_is_the_schema():
+    from tools.config_table import README, readme_block
+
+    assert readme_block(README.read_text()) == readme_table(), (
+        "README.md's configuration table differs from bgdeploy.config.SCHEMA: "
+        "run `python tools/config_table.py --write`"
+    )
+
+
+def test_starter_config_shows_every_key_and_loads_to_the_defaults(tmp_path):
+    text = starter_config()
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            assert re.search(rf"^(# )?{key} = ", text, re.M), f"{section}.{key} not in starter"
+    path = tmp_path / "bgdeploy.toml"
+    path.write_text(text)
+    cfg = load_config(path)
+    assert cfg.router == RouterConfig() and cfg.health == HealthConfig()
+    assert cfg.state_dir == tmp_path / ".bgdeploy"
+    # init's working example: the demo daemon and a VERSION file; the rest are the defaults
+    assert cfg.daemon == DaemonConfig(
+        command=SCHEMA["daemon"]["command"].starter, version_file=tmp_path / "VERSION"
+    )
+
+
+def test_section_defaults_and_router_limits_come_from_the_schema():
+    for section, cls in (("router", RouterConfig), ("health", HealthConfig)):
+        assert asdict(cls()) == {k: default(section, k) for k in SCHEMA[section]}
+    daemon = DaemonConfig(command=["d"])
+    assert daemon.port_range == (47800, 47999) and daemon.drain_timeout == 30.0
+    limits = Limits()
+    assert limits.header_timeout == RouterConfig().header_timeout
+    assert limits.idle_timeout == RouterConfig().idle_timeout
+
+
+@pytest.mark.parametrize(
+    ("kind", "good", "bad"),
+    [
+        (one_of(literal("auto"), COUNT), ["auto", 1, 4], ["Auto", 0, 2.5, True]),
+        (STR_LIST, [[], ["a", "b"]], ["a", [1]]),
+        (STR_TABLE, [{}, {"X-A": "1"}], [{"X-A": 1}, ["X-A"]]),
+        (one_of(STR, ARGV), ["GET", ["a", "b"]], ["", [], [1]]),
+    ],
+)
+def test_schema_kinds_for_upcoming_keys(kind, good, bad):
+    assert all(kind.accepts(v) for v in good)
+    assert not any(kind.accepts(v) for v in bad)
+    assert " or " in kind.what or kind.what.startswith("a ")
