@@ -1,24 +1,27 @@
 """The `bgdeploy` command line: parses, calls one function of `control`, renders.
 
 Every user-facing error is a ``BgdeployError``; ``run`` catches it in one place
-and prints ``Error: <sentence>`` and a hint on stderr with its exit code. A
-traceback shows only with ``--debug``.
+and prints ``Error: <sentence>`` and a hint on stderr with its exit code. Any other
+exception is a bug: one line ``Error: unexpected <Type>: <message>``, its traceback
+written to a crash log, exit 1. A traceback shows only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bgdeploy.errors import EXIT_USAGE, BgdeployError
+from bgdeploy.errors import EXIT_FAILED, EXIT_USAGE, BgdeployError
 
 app = typer.Typer(
     name="bgdeploy",
@@ -36,6 +39,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 class Options:
     config: str | None = None
     debug: bool = False
+    state_dir: Path | None = None  # known once a command loaded its config: crash logs go there
 
 
 _opts = Options()
@@ -44,7 +48,9 @@ _opts = Options()
 def _app():  # noqa: ANN202 - imported lazily to keep `--help` fast
     from bgdeploy.control.app import App
 
-    return App.load(_opts.config)
+    a = App.load(_opts.config)
+    _opts.state_dir = a.config.state_dir
+    return a
 
 
 def _print_json(data: Any) -> None:
@@ -416,7 +422,32 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("Interrupted.")
         return 130
+    except Exception as e:  # noqa: BLE001 - the one place a bug becomes a sentence, not a trace
+        return _unexpected(e, args)
     return 0
+
+
+def _unexpected(e: Exception, args: list[str]) -> int:
+    from bgdeploy.crash import write_crash_log
+
+    if _opts.debug:
+        traceback.print_exc()
+    log = write_crash_log(e, args, _opts.state_dir or _state_dir_of_config())
+    err.print(f"[bold red]Error:[/] unexpected {type(e).__name__}: {escape(str(e))}")
+    where = f"The full traceback is in {log}" if log else "No crash log could be written"
+    again = shlex.join(["bgdeploy", "--debug", *(a for a in args if a != "--debug")])
+    err.print(f"[dim]Hint:[/] {escape(where)}; `{escape(again)}` shows it here.")
+    return EXIT_FAILED
+
+
+def _state_dir_of_config() -> Path | None:
+    """The state dir of the config in use, if it loads (the crash may predate loading it)."""
+    from bgdeploy.config import find_config_path, load_config
+
+    try:
+        return load_config(find_config_path(_opts.config)).state_dir
+    except Exception:  # noqa: BLE001 - no state dir then: the crash log goes to the temp dir
+        return None
 
 
 def main() -> None:

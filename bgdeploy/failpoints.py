@@ -3,6 +3,8 @@
 ``failpoint("after_switch_commit")`` makes the process SIGKILL itself right
 there when ``BGDEPLOY_FAILPOINT=after_switch_commit`` is set, so tests can
 prove that the next ``reconcile`` recovers from a death at every step.
+``BGDEPLOY_FAILPOINT=after_switch_commit:raise`` raises ``FailpointError`` there
+instead: what a bug at that step looks like to the user.
 """
 
 from __future__ import annotations
@@ -29,8 +31,15 @@ FAILPOINTS = (
 )
 
 
+class FailpointError(RuntimeError):
+    """An injected bug: deliberately not a BgdeployError."""
+
+
 def failpoint(name: str) -> None:
     if name not in FAILPOINTS:  # a typo here would make a test silently pass
         raise ValueError(f"unknown failpoint {name!r}")
-    if os.environ.get(ENV) == name:
+    wanted = os.environ.get(ENV)
+    if wanted == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif wanted == f"{name}:raise":
+        raise FailpointError(f"failpoint {name} raised")
