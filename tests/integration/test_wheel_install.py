@@ -1,0 +1,134 @@
+"""bgdeploy as a user gets it: the wheel, installed into a fresh venv outside the checkout.
+
+Nothing of the checkout is importable there: the Alembic migrations must come out of the
+package. The daemon is the checkout's demo daemon, run by this interpreter (it has aiohttp).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from bgdeploy.boots import processes_of_state_dir
+from tests.conftest import DEMO_DAEMON, REPO, poll_until
+from tests.integration.conftest import free_port, free_port_block
+
+# build, then a pip install that resolves every dependency from the index or pip's cache
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".bgdeploy"
+)
+
+
+def pip(python: Path | str, *args: str, cwd: Path) -> None:
+    proc = subprocess.run(
+        [str(python), "-m", "pip", "--disable-pip-version-check", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The bin folder of a fresh venv with only the built wheel (and its dependencies)."""
+    root = tmp_path_factory.mktemp("wheel")
+    # Build from a copy, so that the build leaves nothing in the checkout.
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=NOT_SOURCE)
+    pip(sys.executable, "wheel", "--no-deps", "-w", str(root / "dist"), str(source), cwd=root)
+    (wheel,) = (root / "dist").glob("bgdeploy-*.whl")
+    venv.create(root / "venv", with_pip=True)
+    bin_dir = root / "venv" / "bin"
+    pip(bin_dir / "python", "install", str(wheel), cwd=root)
+    return bin_dir
+
+
+def test_the_installed_wheel_runs_init_up_deploy_status_down(installed, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BGDEPLOY_CONFIG")}
+
+    def bgdeploy(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(installed / "bgdeploy"), *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+        assert proc.returncode == 0, f"bgdeploy {' '.join(args)}: {proc.stderr}"
+        return proc
+
+    where = subprocess.run(
+        [str(installed / "python"), "-c", "import bgdeploy; print(bgdeploy.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert Path(where).is_relative_to(installed.parent), where  # not the checkout
+
+    assert "at migration head" in bgdeploy("init").stdout
+    config = work / "bgdeploy.toml"
+    # What the starter file asks a user to change: the daemon, and ports that are free here.
+    low, high = free_port_block()
+    port, admin_port = free_port(), free_port()
+    daemon = [sys.executable, str(DEMO_DAEMON), "--port", "{port}", "--version", "{version}"]
+    text = config.read_text()
+    for key, value in (
+        ("command", json.dumps(daemon)),
+        ("port", str(port)),
+        ("admin_port", str(admin_port)),
+        ("port_range", f"[{low}, {high}]"),
+    ):
+        line = f"{key} = {value}"
+        text, n = re.subn(rf"^{key} = .*$", lambda _, line=line: line, text, flags=re.M)
+        assert n == 1, key
+    config.write_text(text)
+    (work / "VERSION").write_text("1.0\n")
+    try:
+        bgdeploy("up")
+        (work / "VERSION").write_text("2.0\n")
+        bgdeploy("deploy")
+        status = json.loads(bgdeploy("status", "--json").stdout)
+        assert status["active"]["version"] == "2.0"
+        assert status["active"]["boot_id"] == f"green-{status['generation']}"
+        assert status["router"] is not None
+        answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()
+        assert answer["version"] == "2.0"
+        pids = [status["router"]["pid"], status["active"]["pid"]]
+        bgdeploy("down")
+        poll_until(
+            lambda: not any(psutil.pid_exists(p) and _alive(p) for p in pids),
+            30,
+            what="the router and the daemon to exit after down",
+        )
+        after = json.loads(bgdeploy("status", "--json").stdout)
+        assert after["router"] is None and after["active"]["state"] == "stopped", after
+    finally:
+        for proc in processes_of_state_dir(work / ".bgdeploy"):
+            proc.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
