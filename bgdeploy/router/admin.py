@@ -10,7 +10,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -23,6 +24,13 @@ from bgdeploy.router.routes import RouteTable
 log = logging.getLogger("bgdeploy.router.admin")
 
 STATUS_CACHE_S = 0.1
+# Answers one connection may owe at once; a client that pipelines more is cut off.
+PIPELINE_LIMIT = 32
+TEXT = b"text/plain"
+JSON = b"application/json"
+METRICS = b"text/plain; version=0.0.4; charset=utf-8"
+HTML = b"text/html; charset=utf-8"
+ALLOW = b"Allow: GET, HEAD\r\n"
 
 
 class MetricsSnapshot:
@@ -124,20 +132,49 @@ class Admin:
 
 
 class AdminConnection(asyncio.Protocol):
+    """One admin client. Answers go out in the order their requests came (HTTP/1.1
+    pipelining) although a status answer is produced in a thread while a later
+    /metrics answer is ready at once; a HEAD answer is the GET answer's head."""
+
     def __init__(self, admin: Admin) -> None:
         self.admin = admin
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
+        self.answers: deque[asyncio.Future[tuple[bytes, bool]]] = deque()  # oldest first
+        self.burst = 0  # requests parsed from the current read
+        self.done = False  # the last request to answer is parsed: read no more
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        for answer in self.answers:
+            answer.cancel()
+        self.answers.clear()
+
+    # A client that does not read its answers stops being read.
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.burst = 0
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # answered as a plain request and closed: see on_message_complete
+        except httptools.HttpParserInvalidMethodError:
+            # llhttp knows the registered methods only; any other is not one we allow.
+            if not self.done:
+                self._answer(405, b"read-only: GET only\n", close=True, extra=ALLOW)
         except httptools.HttpParserError:
-            self._send(400, b"text/plain", b"bad request\n", close=True)
+            if not self.done:
+                self._answer(400, b"bad request\n", close=True)
 
     def on_message_begin(self) -> None:
         self.url = b""
@@ -146,21 +183,24 @@ class AdminConnection(asyncio.Protocol):
         self.url += url
 
     def on_message_complete(self) -> None:
+        if self.done:  # pipelined after a request that closes the connection
+            return
+        self.burst += 1
+        if self.burst + len(self.answers) > PIPELINE_LIMIT:
+            self._answer(503, b"too many pipelined requests\n", close=True)
+            return
         method = self.parser.get_method()
-        path = httptools.parse_url(self.url).path.decode(errors="replace")
-        keep = self.parser.should_keep_alive()
+        head_only = method == b"HEAD"
+        # An Upgrade request gets a plain answer, and whatever follows it is not HTTP.
+        close = not self.parser.should_keep_alive() or self.parser.should_upgrade()
         if method not in (b"GET", b"HEAD"):
-            self._send(
-                405,
-                b"text/plain",
-                b"read-only: GET only\n",
-                close=not keep,
-                extra=b"Allow: GET, HEAD\r\n",
-            )
-        elif path == "/api/status":
-            asyncio.get_running_loop().create_task(self._json(self.admin.status_json, keep))
+            self._answer(405, b"read-only: GET only\n", close=close, extra=ALLOW)
+            return
+        path = httptools.parse_url(self.url).path.decode(errors="replace")
+        if path == "/api/status":
+            self._later(self.admin.status_json, head_only, close)
         elif path == "/api/history":
-            asyncio.get_running_loop().create_task(self._json(self.admin.history_json, keep))
+            self._later(self.admin.history_json, head_only, close)
         elif path == "/api/route":
             route = self.admin.table.active
             body = json.dumps(
@@ -171,45 +211,83 @@ class AdminConnection(asyncio.Protocol):
                     "requests_total": sum(self.admin.table.requests.values()),
                 }
             ).encode()
-            self._send(200, b"application/json", body, close=not keep)
+            self._answer(200, body, JSON, head_only=head_only, close=close)
         elif path == "/metrics":
-            self._send(
-                200,
-                b"text/plain; version=0.0.4; charset=utf-8",
-                metrics_text(self.admin.table),
-                close=not keep,
+            self._answer(
+                200, metrics_text(self.admin.table), METRICS, head_only=head_only, close=close
             )
         elif path in ("/", "/index.html"):
-            self._send(200, b"text/html; charset=utf-8", dashboard_page(), close=not keep)
+            self._answer(200, dashboard_page(), HTML, head_only=head_only, close=close)
         else:
-            self._send(404, b"text/plain", b"not found\n", close=not keep)
+            self._answer(404, b"not found\n", head_only=head_only, close=close)
 
-    async def _json(self, produce: Callable[[], Any], keep: bool) -> None:
-        try:
-            body = await produce()
-        except Exception as e:  # noqa: BLE001 - the admin page reports, never crashes
-            log.warning("status failed: %s", e)
-            self._send(
-                503, b"application/json", json.dumps({"error": str(e)}).encode(), close=not keep
-            )
-            return
-        self._send(200, b"application/json", body, close=not keep)
-
-    def _send(
-        self, status: int, ctype: bytes, body: bytes, *, close: bool, extra: bytes = b""
+    def _answer(
+        self,
+        status: int,
+        body: bytes,
+        ctype: bytes = TEXT,
+        *,
+        head_only: bool = False,
+        close: bool,
+        extra: bytes = b"",
     ) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        head = (
-            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-            b"Cache-Control: no-store\r\n%s"
-            % (status, _REASON.get(status, b"OK"), ctype, len(body), extra)
+        """Queue an answer that is ready now."""
+        answer = asyncio.get_running_loop().create_future()
+        answer.set_result((render(status, ctype, body, head_only, close, extra), close))
+        self._queue(answer, close)
+
+    def _later(self, produce: Callable[[], Awaitable[bytes]], head_only: bool, close: bool) -> None:
+        """Queue a JSON answer that a worker thread produces."""
+
+        async def answer() -> tuple[bytes, bool]:
+            try:
+                body = await produce()
+            except Exception as e:  # noqa: BLE001 - the admin page reports, never crashes
+                log.warning("status failed: %s", e)
+                error = json.dumps({"error": str(e)}).encode()
+                return render(503, JSON, error, head_only, close), close
+            return render(200, JSON, body, head_only, close), close
+
+        self._queue(asyncio.get_running_loop().create_task(answer()), close)
+
+    def _queue(self, answer: asyncio.Future[tuple[bytes, bool]], close: bool) -> None:
+        self.done = close
+        self.answers.append(answer)
+        if answer.done():
+            self._flush()
+        else:
+            answer.add_done_callback(lambda _: self._flush())
+
+    def _flush(self) -> None:
+        """Write every answer that is ready and has no earlier answer still due."""
+        while self.answers and self.answers[0].done():
+            answer = self.answers.popleft()
+            if answer.cancelled() or self.transport.is_closing():
+                return
+            data, close = answer.result()
+            self.transport.write(data)
+            if close:
+                self.transport.close()
+                return
+
+
+def render(
+    status: int, ctype: bytes, body: bytes, head_only: bool, close: bool, extra: bytes = b""
+) -> bytes:
+    """A whole answer; for HEAD the same head, Content-Length included, and no body."""
+    head = (
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+        b"Cache-Control: no-store\r\n%s%s\r\n"
+        % (
+            status,
+            _REASON[status],
+            ctype,
+            len(body),
+            extra,
+            b"Connection: close\r\n" if close else b"",
         )
-        if close:
-            head += b"Connection: close\r\n"
-        self.transport.write(head + b"\r\n" + body)
-        if close:
-            self.transport.close()
+    )
+    return head if head_only else head + body
 
 
 _REASON = {
