@@ -43,7 +43,8 @@ def test_racing_processes_never_double_switch_or_lose_updates(tmp_path):
     # Zero lost updates: every transition a caller saw applied is in the events, and no more.
     assert Counter(e.event for e in events) == applied
     assert sum(applied.values()) > WORKERS * ROUNDS // 10  # the race made real progress
-    # Zero double switches or rollbacks.
+    # Zero double switches or rollbacks (of which there were some, or this checks nothing).
+    assert applied["switch"] > 0 and applied["rollback"] > 0, applied
     per_gen = Counter((e.generation, e.event) for e in events)
     assert all(n == 1 for (g, ev), n in per_gen.items() if ev in ("switch", "rollback"))
     # The events replay into the final row: a chain of states with no gap.
