@@ -198,9 +198,9 @@ class AdminConnection(asyncio.Protocol):
             return
         path = httptools.parse_url(self.url).path.decode(errors="replace")
         if path == "/api/status":
-            self._later(self.admin.status_json, head_only, close)
+            self._later(self.admin.status_json, JSON, head_only, close)
         elif path == "/api/history":
-            self._later(self.admin.history_json, head_only, close)
+            self._later(self.admin.history_json, JSON, head_only, close)
         elif path == "/api/route":
             route = self.admin.table.active
             body = json.dumps(
@@ -236,17 +236,19 @@ class AdminConnection(asyncio.Protocol):
         answer.set_result((render(status, ctype, body, head_only, close, extra), close))
         self._queue(answer, close)
 
-    def _later(self, produce: Callable[[], Awaitable[bytes]], head_only: bool, close: bool) -> None:
-        """Queue a JSON answer that a worker thread produces."""
+    def _later(
+        self, produce: Callable[[], Awaitable[bytes]], ctype: bytes, head_only: bool, close: bool
+    ) -> None:
+        """Queue an answer produced in a worker thread (its place in line is kept)."""
 
         async def answer() -> tuple[bytes, bool]:
             try:
                 body = await produce()
             except Exception as e:  # noqa: BLE001 - the admin page reports, never crashes
-                log.warning("status failed: %s", e)
+                log.warning("admin answer failed: %s", e)
                 error = json.dumps({"error": str(e)}).encode()
                 return render(503, JSON, error, head_only, close), close
-            return render(200, JSON, body, head_only, close), close
+            return render(200, ctype, body, head_only, close), close
 
         self._queue(asyncio.get_running_loop().create_task(answer()), close)
 
