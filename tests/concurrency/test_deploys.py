@@ -21,7 +21,9 @@ RACERS = 4
 
 @pytest.mark.slow
 def test_racing_deploys_one_switches_the_others_meet_the_lock(tmp_path):
-    app = make_app(tmp_path)
+    # The candidate takes 3 s to start, so the winner holds the lock that long: racers
+    # released together overlap with it even on a loaded machine.
+    app = make_app(tmp_path, flags=["--start-delay", "3"])
     reg = app.registry
     sup = Supervisor(app.config, reg)
     first = deploy(app, "1.0")
