@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import textwrap
 import tomllib
 from collections.abc import Callable
@@ -102,6 +103,71 @@ PORT_RANGE = Kind(
     ),
     lambda v, base: tuple(v),
 )
+
+
+BOOL = Kind("true or false", lambda v: isinstance(v, bool))
+METHOD = Kind(
+    "an HTTP method such as GET, HEAD or POST",
+    lambda v: isinstance(v, str) and v.isalpha() and v.isupper(),
+)
+HEADERS = Kind(
+    "a table of header names to string values",
+    lambda v: (
+        isinstance(v, dict)
+        and all(
+            isinstance(k, str)
+            and k != ""
+            and all(c.isalnum() or c in "-_" for c in k)
+            and isinstance(s, str)
+            and "\r" not in s
+            and "\n" not in s
+            for k, s in v.items()
+        )
+    ),
+)
+
+
+def _status_ranges(value: Any) -> tuple[tuple[int, int], ...] | None:
+    """200, "200-299", or a list of either -> inclusive ranges; None if malformed."""
+    items = value if isinstance(value, list) and value else [value]
+    ranges = []
+    for item in items:
+        if _is_int(item):
+            low = high = item
+        elif isinstance(item, str) and item.count("-") == 1:
+            a, b = (part.strip() for part in item.split("-"))
+            if not (a.isdigit() and b.isdigit()):
+                return None
+            low, high = int(a), int(b)
+        else:
+            return None
+        if not 100 <= low <= high <= 599:
+            return None
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+STATUS_SET = Kind(
+    'a status code, a range such as "200-299", or a list of them',
+    lambda v: _status_ranges(v) is not None,
+    lambda v, base: _status_ranges(v),
+)
+BODY_REGEX_PREFIX = "re:"
+
+
+def _body_match_ok(value: Any) -> bool:
+    if not isinstance(value, str) or value == "":
+        return False
+    if not value.startswith(BODY_REGEX_PREFIX):
+        return True
+    try:
+        re.compile(value[len(BODY_REGEX_PREFIX) :])
+    except re.error:
+        return False
+    return True
+
+
+BODY_MATCH = Kind('a substring, or "re:" and a valid regular expression', _body_match_ok)
 
 
 @dataclass(frozen=True)
@@ -207,6 +273,52 @@ SCHEMA: dict[str, dict[str, Key]] = {
             COUNT, 3, "consecutive failed checks after a switch that roll back at once"
         ),
         "stable_checks": Key(COUNT, 5, "consecutive good checks after a switch that finalize"),
+        "startup_interval": Key(NUMBER, 0.1, "seconds between health checks of a starting boot"),
+        "method": Key(METHOD, "GET", "the health request's method"),
+        "headers": Key(
+            HEADERS, {}, "headers sent with each health request", example={"X-Token": "s3cret"}
+        ),
+        "host": Key(
+            STR,
+            None,
+            "Host header of health requests, for daemons that route by Host",
+            example="myapp.local",
+        ),
+        "expect_status": Key(
+            STATUS_SET,
+            "200-299",
+            'healthy statuses: a code, a range or a list, e.g. [200, 204, "300-399"]',
+        ),
+        "expect_body": Key(
+            BODY_MATCH,
+            None,
+            'the body must contain this, or match the regular expression after "re:"',
+            example='re:"status": ?"ok"',
+        ),
+    },
+    "deploy": {
+        "auto_promote": Key(
+            BOOL, True, "false: every deploy, automatic ones too, stops at ready for `promote`"
+        ),
+    },
+    "hooks": {
+        "pre_switch": Key(
+            ARGV,
+            None,
+            "argv run before each switch; a non-zero exit (or timeout) aborts the deploy "
+            "and keeps the active boot",
+            example=["./smoke-test"],
+        ),
+        "post_switch": Key(
+            ARGV, None, "argv run after each switch", example=["./notify", "switched"]
+        ),
+        "post_rollback": Key(
+            ARGV, None, "argv run after each rollback", example=["./notify", "rolled back"]
+        ),
+        "post_finalize": Key(
+            ARGV, None, "argv run after each finalize", example=["./notify", "finalized"]
+        ),
+        "timeout": Key(NUMBER, 30.0, "seconds a hook may run before its process group is killed"),
     },
 }
 
@@ -269,6 +381,28 @@ class HealthConfig:
     timeout: float
     failure_threshold: int
     stable_checks: int
+    startup_interval: float
+    method: str
+    headers: dict[str, str]
+    host: str | None
+    expect_status: tuple[tuple[int, int], ...]  # inclusive ranges: "200-299" -> ((200, 299),)
+    expect_body: str | None
+
+
+@dataclass(frozen=True)
+@_section("deploy")
+class DeployConfig:
+    auto_promote: bool
+
+
+@dataclass(frozen=True)
+@_section("hooks")
+class HooksConfig:
+    pre_switch: list[str] | None
+    post_switch: list[str] | None
+    post_rollback: list[str] | None
+    post_finalize: list[str] | None
+    timeout: float
 
 
 @dataclass(frozen=True)
@@ -279,6 +413,8 @@ class Config:
     daemon: DaemonConfig
     router: RouterConfig = field(default_factory=RouterConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
 
     @property
     def base_dir(self) -> Path:
@@ -341,6 +477,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         router=RouterConfig(**values["router"]),
         daemon=DaemonConfig(**values["daemon"]),
         health=HealthConfig(**values["health"]),
+        deploy=DeployConfig(**values["deploy"]),
+        hooks=HooksConfig(**values["hooks"]),
     )
 
 

@@ -18,7 +18,7 @@ from tests.conftest import REPO, demo_command, poll_until, write_config
 
 FAST = """
 [daemon]
-health_path = "/healthz"
+health_path = "{health_path}"
 attach_path = "/workspaces"
 port_range = [{low}, {high}]
 startup_timeout = {startup}
@@ -30,6 +30,7 @@ interval = {interval}
 timeout = 1.0
 stable_checks = {stable}
 failure_threshold = {threshold}
+{health_extra}
 """
 
 
@@ -62,6 +63,8 @@ def make_app(
     stable: int = 1000,
     threshold: int = 3,
     daemon_extra: str = "",
+    health_extra: str = "",
+    health_path: str = "/healthz",
 ) -> App:
     low, high = free_port_block()
     cmd = command or demo_command("--boot-id", "{boot_id}", *flags)
@@ -75,6 +78,8 @@ def make_app(
             stable=stable,
             threshold=threshold,
             daemon_extra=daemon_extra,
+            health_extra=health_extra,
+            health_path=health_path,
         )
         + extra
     )
