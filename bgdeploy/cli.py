@@ -179,11 +179,16 @@ def logs(
     tail: Annotated[
         int | None, typer.Option("--tail", "-n", min=0, help="Only the last N lines first.")
     ] = None,
+    hooks: Annotated[
+        bool, typer.Option("--hooks", help="The hook log instead (every hook run, its output).")
+    ] = False,
 ) -> None:
-    """A boot's log (stdout and stderr of the daemon)."""
-    from bgdeploy.control.logs import log_path, read_lines
+    """A boot's log (stdout and stderr of the daemon), or with --hooks the hook log."""
+    from bgdeploy.control.logs import hooks_log_path, log_path, read_lines
 
-    path = log_path(_app(), boot)
+    if hooks and boot is not None:
+        raise typer.BadParameter("--hooks shows the hook log; leave out BOOT.")
+    path = hooks_log_path(_app()) if hooks else log_path(_app(), boot)
     try:
         for line in read_lines(path, tail=tail, follow=follow):
             sys.stdout.write(line)
@@ -286,12 +291,19 @@ def deploy(
     force: Annotated[
         bool, typer.Option("--force", help="Deploy even if quarantined or already active.")
     ] = False,
+    hold: Annotated[
+        bool | None,
+        typer.Option(
+            "--hold/--no-hold",
+            help="Stop at ready for `promote` (default: not deploy.auto_promote).",
+            show_default=False,
+        ),
+    ] = None,
     wait: Wait = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """One blue/green deploy: exit 0 switched, 1 aborted (active kept)."""
+    """One blue/green deploy: exit 0 switched (or held), 1 aborted (active kept)."""
     from bgdeploy.control.deploy import Deployer
-    from bgdeploy.errors import BootError
 
     a = _app()
     lock = a.lock()
@@ -299,11 +311,11 @@ def deploy(
     progress = Progress()
     try:
         if as_json:
-            result = Deployer(a).deploy(version, force=force)
+            result = Deployer(a).deploy(version, force=force, hold=hold)
         else:
             with progress:
-                result = Deployer(a).deploy(version, force=force, progress=progress)
-    except BootError as e:
+                result = Deployer(a).deploy(version, force=force, hold=hold, progress=progress)
+    except BgdeployError as e:
         if as_json:
             _print_json({"ok": False, "message": e.message})
         raise
@@ -367,6 +379,122 @@ def reconcile(
         if watch is None:
             return
         time.sleep(watch)
+
+
+Generation = Annotated[
+    int | None,
+    typer.Option(
+        "--generation",
+        min=1,
+        help="Only if the held deploy is still this generation (else a no-op).",
+        show_default=False,
+    ),
+]
+
+
+def _held_result(result: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(result.as_dict())
+    elif result.applied:
+        out.print(f"[bold green]{escape(result.message)}[/]")
+    else:
+        out.print(f"[yellow]{escape(result.message)}[/]")
+
+
+@app.command()
+def promote(
+    generation: Generation = None,
+    wait: Wait = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Switch to the candidate held at ready (by `deploy --hold`)."""
+    from bgdeploy.control.deploy import Deployer
+
+    a = _app()
+    lock = a.lock()
+    lock.acquire(wait=wait, command="bgdeploy promote")
+    try:
+        if as_json:
+            result = Deployer(a).promote(generation)
+        else:
+            with Progress() as progress:
+                result = Deployer(a).promote(generation, progress=progress)
+    finally:
+        lock.release()
+    _held_result(result, as_json)
+
+
+@app.command()
+def abort(
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in history).")] = "manual",
+    generation: Generation = None,
+    wait: Wait = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Stop the candidate held at ready and record why; the active boot is kept."""
+    from bgdeploy.control.deploy import Deployer
+
+    a = _app()
+    lock = a.lock()
+    lock.acquire(wait=wait, command="bgdeploy abort")
+    try:
+        result = Deployer(a).abort(f"aborted by operator: {reason}", generation)
+    finally:
+        lock.release()
+    _held_result(result, as_json)
+
+
+@app.command()
+def pause(
+    max_: Annotated[
+        float,
+        typer.Option(
+            "--max", min=0.1, help="Hold requests at most S seconds, then 503.", metavar="S"
+        ),
+    ] = 30.0,
+) -> None:
+    """Hold new requests in the router (queued, not refused) until `resume`."""
+    from bgdeploy.control.controls import pause as do_pause
+
+    out.print(do_pause(_app(), max_))
+
+
+@app.command()
+def resume() -> None:
+    """Release the requests held by `pause`, in arrival order."""
+    from bgdeploy.control.controls import resume as do_resume
+
+    out.print(do_resume(_app()))
+
+
+maintenance_app = typer.Typer(
+    help="Answer every new request with 503 and a short page (on), or stop (off).",
+    no_args_is_help=True,
+)
+app.add_typer(maintenance_app, name="maintenance")
+
+
+@maintenance_app.command("on")
+def maintenance_on(
+    message: Annotated[
+        str | None, typer.Option("--message", help="Shown on the maintenance page.")
+    ] = None,
+    retry_after: Annotated[
+        int, typer.Option("--retry-after", min=1, help="Retry-After seconds.", metavar="S")
+    ] = 60,
+) -> None:
+    """503 with Retry-After and a short page (HTML, or JSON for Accept: application/json)."""
+    from bgdeploy.control.controls import maintenance_on as do_on
+
+    out.print(do_on(_app(), message, retry_after))
+
+
+@maintenance_app.command("off")
+def maintenance_off() -> None:
+    """Forward requests again."""
+    from bgdeploy.control.controls import maintenance_off as do_off
+
+    out.print(do_off(_app()))
 
 
 @app.command()

@@ -49,6 +49,9 @@ STATUS_KEYS = {
     "quarantined_versions",
     "router",
     "lock",
+    "held",
+    "pause",
+    "maintenance",
 }
 BOOT_KEYS = {"boot_id", "version", "port", "pid", "state", "started_ts", "inflight"}
 

@@ -20,6 +20,7 @@ from bgdeploy.control.app import App
 from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError, BootError, OperationFailed
 from bgdeploy.failpoints import failpoint
+from bgdeploy.hooks import HookResult, run_hook
 from bgdeploy.installed import installed_version
 from bgdeploy.machine import DeploymentFields
 from bgdeploy.registry.models import Boot, Quarantine, Workspace
@@ -44,6 +45,8 @@ class DeployResult:
     boot_id: str | None
     message: str
     steps: list[dict[str, object]] = field(default_factory=list)
+    held: bool = False  # stopped at ready, waiting for `promote`
+    applied: bool = True  # False: a stale or repeated promote/abort changed nothing
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -53,6 +56,8 @@ class DeployResult:
             "boot_id": self.boot_id,
             "message": self.message,
             "steps": self.steps,
+            "held": self.held,
+            "applied": self.applied,
         }
 
 
@@ -120,9 +125,18 @@ class Deployer:
     # -- deploy ------------------------------------------------------------------------------
 
     def deploy(
-        self, version: str | None = None, *, force: bool = False, progress: Progress = no_progress
+        self,
+        version: str | None = None,
+        *,
+        force: bool = False,
+        hold: bool | None = None,
+        progress: Progress = no_progress,
     ) -> DeployResult:
+        """Start, check and switch to a candidate; with ``hold`` (default: not
+        ``deploy.auto_promote``) stop at ready for `promote`."""
         app, reg = self.app, self.reg
+        if hold is None:
+            hold = not app.config.deploy.auto_promote
         version = version or installed_version(app.config)
         steps = Steps(progress)
         row = reg.deployment(app.service)
@@ -196,14 +210,43 @@ class Deployer:
                 hint=f"The active boot is unchanged. {e.hint or ''}".strip(),
                 log_tail=getattr(e, "log_tail", ""),
             ) from None
-        reg.transition(app.service, Ev.CANDIDATE_READY, generation=gen, state=St.STARTING)
+        reg.transition(
+            app.service, Ev.CANDIDATE_READY, generation=gen, state=St.STARTING, hold=hold
+        )
         failpoint("after_candidate_ready_commit")
+        if hold:
+            steps("held", f"{boot_id} waits at ready (preview: X-Bgdeploy-Preview: 1)")
+            return DeployResult(
+                True,
+                gen,
+                version,
+                boot_id,
+                f"Generation {gen}: {version} is held at ready on {boot_id}; "
+                "`bgdeploy promote` switches to it, `bgdeploy abort` drops it.",
+                steps.done,
+                held=True,
+            )
+        return self._switch(gen, boot_id, version, steps)
+
+    def _switch(self, gen: int, boot_id: str, version: str, steps: Steps) -> DeployResult:
+        """ready -> switched, behind the pre_switch gate; post_switch after."""
+        app, reg = self.app, self.reg
+        gate = self.run_hook("pre_switch", reg.deployment(app.service))
+        if gate is not None and not gate.ok:
+            reason = f"{gate.describe()} (see `bgdeploy logs --hooks`)"
+            self._abort(gen, boot_id, reason)
+            steps("aborted", reason)
+            raise OperationFailed(
+                f"Deploy of {version} aborted: {reason}.",
+                hint="The active boot is unchanged.",
+            )
         sw = reg.transition(app.service, Ev.SWITCH, generation=gen, state=St.READY)
         if not sw.applied:
             raise OperationFailed(f"The switch did not apply: {sw.message}")
         failpoint("after_switch_commit")
         followed = wait_router_follows(app, boot_id)
         steps("switched", f"{boot_id} active" + (" (router follows)" if followed else ""))
+        self.run_hook("post_switch", sw.row)
         return DeployResult(
             True,
             gen,
@@ -212,6 +255,78 @@ class Deployer:
             f"Generation {gen}: {version} is active on {boot_id}.",
             steps.done,
         )
+
+    # -- held candidates -------------------------------------------------------------------
+
+    def promote(
+        self, generation: int | None = None, *, progress: Progress = no_progress
+    ) -> DeployResult:
+        """Switch to the candidate held at ready. Fenced like a switch: for another
+        generation, or with nothing held, it is a no-op that says so."""
+        row = self.reg.deployment(self.app.service)
+        candidate = self.reg.boot(row.candidate_boot_id)
+        stale = _not_held(row, generation, "promote")
+        if stale is not None or candidate is None:
+            return self._noop(row, stale or "promote is a no-op: there is no candidate.")
+        steps = Steps(progress)
+        if not self.sup.is_running(candidate):
+            reason = f"held candidate {candidate.boot_id} {self.sup.describe_exit(candidate)}"
+            self._abort(row.generation, candidate.boot_id, reason)
+            steps("aborted", reason)
+            raise OperationFailed(
+                f"Cannot promote: {reason}.", hint="The active boot is unchanged; deploy again."
+            )
+        return self._switch(row.generation, candidate.boot_id, candidate.version, steps)
+
+    def abort(self, reason: str, generation: int | None = None) -> DeployResult:
+        """Stop the held candidate and record why (fenced like promote)."""
+        row = self.reg.deployment(self.app.service)
+        stale = _not_held(row, generation, "abort")
+        if stale is not None or row.candidate_boot_id is None:
+            return self._noop(row, stale or "abort is a no-op: there is no candidate.")
+        boot_id = row.candidate_boot_id
+        self._abort(row.generation, boot_id, reason)
+        version = getattr(self.reg.boot(boot_id), "version", "")
+        return DeployResult(
+            True,
+            row.generation,
+            version,
+            boot_id,
+            f"Generation {row.generation}: aborted; {boot_id} stopped, the active boot kept.",
+        )
+
+    def _noop(self, row: DeploymentFields, message: str) -> DeployResult:
+        return DeployResult(True, row.generation, "", row.candidate_boot_id, message, applied=False)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def run_hook(self, name: str, row: DeploymentFields) -> HookResult | None:
+        """Run a configured hook with the row's fields in its env; record it in history."""
+        if getattr(self.app.config.hooks, name) is None:
+            return None
+        fields: dict[str, object] = {
+            "service": row.service,
+            "generation": row.generation,
+            "state": row.state,
+            "rollback_reason": row.rollback_reason,
+        }
+        for role in ("active", "candidate", "old"):
+            boot = self.reg.boot(getattr(row, f"{role}_boot_id"))
+            if boot is not None:
+                fields.update(
+                    {
+                        f"{role}_boot_id": boot.boot_id,
+                        f"{role}_version": boot.version,
+                        f"{role}_port": boot.port,
+                    }
+                )
+        router = running_router(self.app)
+        if router is not None:
+            fields["router_url"] = router.url
+        result = run_hook(self.app.config, name, fields)
+        assert result is not None
+        self.reg.note(self.app.service, "hook", result.describe())
+        return result
 
     def _wait_healthy(self, boot: Boot) -> None:
         health.wait_healthy(
@@ -257,13 +372,16 @@ class Deployer:
     # -- finishing steps -------------------------------------------------------------------
 
     def settle(self, steps: Progress = no_progress) -> DeploymentFields:
-        """Bring a deployment left mid-way (by a dead process) to idle, safely."""
+        """Bring a deployment left mid-way (by a dead process) to idle, safely; a held
+        candidate is dropped for the new deploy."""
         row = self.reg.deployment(self.app.service)
         if row.state in (St.STARTING, St.READY) and row.candidate_boot_id:
             self._abort(
                 row.generation,
                 row.candidate_boot_id,
-                "the deploying process stopped before the switch",
+                "replaced by a new deploy while held"
+                if row.held_ts is not None
+                else "the deploying process stopped before the switch",
             )
             steps(
                 "aborted", f"stale candidate {row.candidate_boot_id} of generation {row.generation}"
@@ -285,6 +403,8 @@ class Deployer:
         if res.applied and row.old_boot_id:
             self.drain_and_stop(row.old_boot_id, BootState.STOPPED)
             failpoint("after_old_boot_stopped")
+        if res.applied:
+            self.run_hook("post_finalize", res.row)
 
     def rollback(self, row: DeploymentFields, reason: str) -> DeploymentFields:
         """switched -> rolling_back -> idle: the old boot (or a fresh one of its version)
@@ -324,9 +444,11 @@ class Deployer:
         if row.old_boot_id:
             self.drain_and_stop(row.old_boot_id, BootState.STOPPED)
             failpoint("after_failed_boot_stopped")
-        self.reg.transition(
+        res = self.reg.transition(
             self.app.service, Ev.ROLLBACK_DONE, generation=row.generation, state=St.ROLLING_BACK
         )
+        if res.applied:
+            self.run_hook("post_rollback", row)
 
     def drain_and_stop(self, boot_id: str, final_state: BootState) -> None:
         """Wait until the router reports nothing in flight on the boot (up to
@@ -338,6 +460,21 @@ class Deployer:
         while self.inflight().get(boot_id, 0) > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         self.sup.stop(boot, final_state=final_state)
+
+
+def _not_held(row: DeploymentFields, generation: int | None, verb: str) -> str | None:
+    """Why a promote/abort for ``generation`` would be stale, or None if it applies."""
+    if generation is not None and generation != row.generation:
+        return (
+            f"{verb} is a no-op: it was for generation {generation}, but the registry holds "
+            f"generation {row.generation} in state {row.state}."
+        )
+    if row.state != St.READY or row.held_ts is None:
+        return (
+            f"{verb} is a no-op: generation {row.generation} is {row.state}, with no "
+            "candidate held at ready."
+        )
+    return None
 
 
 def previous_version(app: App) -> str:

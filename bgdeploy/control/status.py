@@ -9,7 +9,8 @@ from typing import Any
 
 from bgdeploy.boots import process_matches
 from bgdeploy.control.app import App
-from bgdeploy.registry.models import Boot, Event, Router
+from bgdeploy.control.controls import read_controls
+from bgdeploy.registry.models import Boot, Event, Router, utcnow
 from bgdeploy.timefmt import iso
 
 
@@ -66,6 +67,13 @@ def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:
         "quarantined_versions": reg.quarantined_versions(app.service),
         "router": router_dict(running_router(app)),
         "lock": holder.as_dict() if holder else None,
+        "held": None
+        if row.held_ts is None
+        else {
+            "since": iso(row.held_ts),
+            "seconds": round((utcnow() - row.held_ts).total_seconds(), 1),
+        },
+        **read_controls(app).as_dict(),
     }
 
 

@@ -199,6 +199,7 @@ class Registry:
         reason: str | None = None,
         version: str | None = None,
         restore_boot_id: str | None = None,
+        hold: bool = False,
     ) -> TransitionResult:
         """Apply one event as a compare-and-set on (service, generation, state).
 
@@ -219,6 +220,7 @@ class Registry:
                     "now": now,
                     "reason": reason,
                     "restore_boot_id": restore_boot_id,
+                    "hold": hold,
                 }
                 if ev is DeploymentEvent.BEGIN:
                     if version is None:
@@ -391,6 +393,13 @@ class Registry:
             actor_command=self.actor_command,
             ts=now,
         )
+
+    def note(self, service: str, event_name: str, reason: str) -> None:
+        """Append an event that is not a transition (a hook ran, a pause began) to history,
+        under the current generation and state."""
+        with self.writing() as s:
+            row = DeploymentFields.from_row(self._row(s, service))
+            s.add(self._event(event_name, row, row, reason, utcnow()))
 
     # -- events and quarantine -----------------------------------------------------------
 

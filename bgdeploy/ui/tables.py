@@ -83,6 +83,35 @@ def status_renderable(st: dict[str, Any]) -> Group:
     if st["last_error"]:
         facts.add_row("last error", Text(st["last_error"], "red"))
     facts.add_row("quarantined", ", ".join(st["quarantined_versions"]) or "none")
+    if st["held"]:
+        facts.add_row(
+            "held",
+            Text(
+                f"{st['candidate']['boot_id'] if st['candidate'] else 'candidate'} held at "
+                f"ready for {st['held']['seconds']:.0f}s (preview: X-Bgdeploy-Preview: 1; "
+                "bgdeploy promote / abort)",
+                "cyan",
+            ),
+        )
+    if st["pause"]:
+        facts.add_row(
+            "paused",
+            Text(
+                f"since {st['pause']['since']}, new requests held for at most "
+                f"{st['pause']['max_seconds']:g}s (bgdeploy resume)",
+                "yellow",
+            ),
+        )
+    if st["maintenance"]:
+        m = st["maintenance"]
+        facts.add_row(
+            "maintenance",
+            Text(
+                f"on since {m['since']}: 503, Retry-After {m['retry_after']} "
+                f"({m['message']}) (bgdeploy maintenance off)",
+                "yellow",
+            ),
+        )
     router = st["router"]
     facts.add_row(
         "router",
