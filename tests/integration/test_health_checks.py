@@ -82,7 +82,7 @@ def test_health_expectation_met_passes(cli, tmp_path, case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_health_expectation_not_met_says_which(cli, tmp_path, case):
     flags, _, failing, reason = CASES[case]
-    app = make_app(tmp_path, flags=flags, health_path=PROBE, health_extra=failing, startup=2)
+    app = make_app(tmp_path, flags=flags, health_path=PROBE, health_extra=failing, startup=6)
     try:
         code, result = deploy_json(cli, app)
         assert code == 1 and not result["ok"]
