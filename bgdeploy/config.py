@@ -206,6 +206,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
             NUMBER, 60.0, "idle keep-alive client connections are closed after this many seconds"
         ),
         "max_connections": Key(COUNT, 10000, "open client connections at most (then 503)"),
+        "preview_port": Key(
+            PORT,
+            None,
+            "every request to this port goes to the candidate held at ready (503 if none)",
+            example=47779,
+        ),
+        "upstream_timeout": Key(
+            NUMBER,
+            60.0,
+            "seconds to wait for each byte of a boot's answer: 504 if no head came, "
+            "else the connection is closed (upgrade tunnels are exempt)",
+        ),
+        "stream_idle_timeout": Key(
+            NUMBER, 600.0, "the same wait for server-sent event streams (text/event-stream)"
+        ),
+        "max_body": Key(
+            COUNT, 1024**3, "request bodies larger than this many bytes get 413, not forwarded"
+        ),
     },
     "registry": {
         "url": Key(
@@ -358,6 +376,10 @@ class RouterConfig:
     header_timeout: float
     idle_timeout: float
     max_connections: int
+    preview_port: int | None
+    upstream_timeout: float
+    stream_idle_timeout: float
+    max_body: int
 
 
 @dataclass(frozen=True)

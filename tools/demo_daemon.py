@@ -6,7 +6,8 @@
 Falls back to BGDEPLOY_PORT / BGDEPLOY_VERSION / BGDEPLOY_BOOT_ID. Endpoints:
   GET  /              {"version", "boot_id", "pid"} (what a person looks at)
   GET  /slow?ms=N     answers after N ms
-  GET  /sse           server-sent events, one per 100 ms (?count=N to stop after N)
+  GET  /sse           server-sent events, one per 100 ms (?count=N to stop after N,
+                      ?every=MS for another pace)
   GET  /ws            WebSocket echo
   POST /echo          returns the request body, streamed
   GET  /bytes?n=N     N bytes, streamed in 64 KiB chunks
@@ -186,6 +187,7 @@ class Daemon:
 
     async def sse(self, request: web.Request) -> web.StreamResponse:
         count = int(request.query.get("count", "0"))
+        every = float(request.query.get("every", "100")) / 1000
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -197,7 +199,7 @@ class Daemon:
             )
             await resp.write(f"id: {n}\ndata: {payload}\n\n".encode())
             n += 1
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(every)
         await resp.write_eof()
         return resp
 

@@ -44,6 +44,10 @@ class MetricsSnapshot:
         self.route_age = time.time() - table.route_changed_at
         self.connections = len(table.connections)
         self.active = table.active
+        self.preview = table.preview
+        self.paused = table.pause is not None
+        self.held = len(table.held)
+        self.maintenance = table.maintenance is not None
 
     def collect(self):  # noqa: ANN201 - prometheus-client collector protocol
         req = CounterMetricFamily(
@@ -89,6 +93,25 @@ class MetricsSnapshot:
         if self.active is not None:
             active.add_metric([self.active.boot_id, str(self.active.generation)], 1)
         yield active
+        preview = GaugeMetricFamily(
+            "bgdeploy_preview_boot_info",
+            "The candidate held at ready that preview requests go to.",
+            labels=["boot", "generation"],
+        )
+        if self.preview is not None:
+            preview.add_metric([self.preview.boot_id, str(self.preview.generation)], 1)
+        yield preview
+        yield GaugeMetricFamily(
+            "bgdeploy_paused", "1 while new requests are held (bgdeploy pause).", value=self.paused
+        )
+        yield GaugeMetricFamily(
+            "bgdeploy_held_requests", "Requests waiting for bgdeploy resume.", value=self.held
+        )
+        yield GaugeMetricFamily(
+            "bgdeploy_maintenance",
+            "1 while every new request gets the maintenance answer.",
+            value=self.maintenance,
+        )
 
 
 def metrics_text(table: RouteTable) -> bytes:
@@ -202,13 +225,18 @@ class AdminConnection(asyncio.Protocol):
         elif path == "/api/history":
             self._later(self.admin.history_json, JSON, head_only, close)
         elif path == "/api/route":
-            route = self.admin.table.active
+            table = self.admin.table
+            route = table.active
             body = json.dumps(
                 {
                     "boot_id": route.boot_id if route else None,
                     "generation": route.generation if route else None,
                     "inflight": dict(self.admin.table.inflight),
                     "requests_total": sum(self.admin.table.requests.values()),
+                    "preview_boot_id": table.preview.boot_id if table.preview else None,
+                    "paused": table.pause is not None,
+                    "held_requests": len(table.held),
+                    "maintenance": table.maintenance is not None,
                 }
             ).encode()
             self._answer(200, body, JSON, head_only=head_only, close=close)

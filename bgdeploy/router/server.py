@@ -78,6 +78,9 @@ class RouterProcess:
         limits = Limits(
             header_timeout=cfg.header_timeout,
             idle_timeout=cfg.idle_timeout,
+            upstream_timeout=cfg.upstream_timeout,
+            stream_idle_timeout=cfg.stream_idle_timeout,
+            max_body=cfg.max_body,
         )
         registry = self.app.registry
         watcher = RegistryWatcher(registry, self.app.service, table)
@@ -89,12 +92,25 @@ class RouterProcess:
             loop, lambda: ClientConnection(table, limits), cfg.host, cfg.port, "router"
         )
         admin = Admin(table, self._status, self._history)
+        listeners = [server]
         try:
             admin_server = await self._listen(
                 loop, lambda: AdminConnection(admin), cfg.host, cfg.admin_port, "admin listener"
             )
+            listeners.append(admin_server)
+            if cfg.preview_port is not None:
+                listeners.append(
+                    await self._listen(
+                        loop,
+                        lambda: ClientConnection(table, limits, preview=True),
+                        cfg.host,
+                        cfg.preview_port,
+                        "preview listener",
+                    )
+                )
         except OperationFailed:
-            server.close()
+            for listener in listeners:
+                listener.close()
             raise
         self._record(True)
         # Everything loaded so far (SQLAlchemy, Typer, rich, ... about 90k objects) lives
@@ -123,6 +139,8 @@ class RouterProcess:
             log.info("router stopping: draining in-flight requests")
             self.stopping.set()
             server.close()
+            for listener in listeners[2:]:
+                listener.close()
             for conn in list(table.connections):
                 if conn.is_idle():
                     conn.close()
