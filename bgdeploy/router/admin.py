@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bgdeploy.router.routes import RouteTable
+from bgdeploy.router.series import Series
 
 log = logging.getLogger("bgdeploy.router.admin")
 
@@ -136,6 +137,7 @@ class Admin:
         self.table = table
         self.status = status
         self.history = history
+        self.series = Series()
         self._cache: tuple[float, bytes] | None = None
 
     async def status_json(self) -> bytes:
@@ -239,6 +241,9 @@ class AdminConnection(asyncio.Protocol):
                     "maintenance": table.maintenance is not None,
                 }
             ).encode()
+            self._answer(200, body, JSON, head_only=head_only, close=close)
+        elif path == "/api/series":
+            body = json.dumps(self.admin.series.as_dict()).encode()
             self._answer(200, body, JSON, head_only=head_only, close=close)
         elif path == "/metrics":
             self._answer(

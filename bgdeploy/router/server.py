@@ -34,6 +34,7 @@ log = logging.getLogger("bgdeploy.router")
 
 TICK_S = 0.1  # the route table's coarse clock
 SWEEP_TICKS = 5  # cut slow and idle clients every 0.5 s
+SAMPLE_S = 1.0  # the dashboard chart's resolution
 
 ControlTick = Callable[[App, Callable[[], dict[str, int]]], Any]
 
@@ -123,6 +124,7 @@ class RouterProcess:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
         sweeper = loop.create_task(self._sweep(table))
+        sampler = loop.create_task(self._sample(table, admin))
         control = threading.Thread(target=self._control_loop, name="bgdeploy-control", daemon=True)
         control.start()
         log.info(
@@ -147,6 +149,7 @@ class RouterProcess:
             await self._drain(table)
             admin_server.close()
             sweeper.cancel()
+            sampler.cancel()
             watching.cancel()
             self._record(False)
             log.info("router stopped")
@@ -182,6 +185,12 @@ class RouterProcess:
                 table.tick()
             else:
                 table.sweep()
+
+    async def _sample(self, table: RouteTable, admin: Admin) -> None:
+        """The dashboard chart's data: the response counters once a second."""
+        while True:
+            admin.series.sample(table.requests)
+            await asyncio.sleep(SAMPLE_S)
 
     async def _drain(self, table: RouteTable) -> None:
         deadline = time.monotonic() + self.config.daemon.drain_timeout
