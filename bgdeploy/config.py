@@ -254,7 +254,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "health_path": Key(
             URL_PATH,
             "/healthz",
-            'GET this path answers 2xx when healthy (a JSON "version" in the body is checked)',
+            "this path answers as [health] expects (by default GET, any 2xx) when healthy; "
+            'a JSON "version" in the body is checked',
         ),
         "attach_path": Key(
             URL_PATH,
