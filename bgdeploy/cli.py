@@ -269,7 +269,10 @@ def up(
         result = do_up(_app(), wait=wait, progress=progress)
     if result.deploy is not None:
         out.print(result.deploy.message)
-    out.print("Serving." if result.started or result.deploy else "Already up: nothing to do.")
+    if result.deploy is not None and result.deploy.held:
+        out.print("Router up; nothing is served until `bgdeploy promote` (deploy.auto_promote).")
+    else:
+        out.print("Serving." if result.started or result.deploy else "Already up: nothing to do.")
 
 
 @app.command()
