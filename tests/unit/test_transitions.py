@@ -225,3 +225,19 @@ def test_workspaces_follow_switch_and_rollback(registry):
     fire(registry, "rollback", reason="bad")
     with registry.reading() as s:
         assert s.get(Workspace, (SVC, "/src/app")).boot_id == "blue-1"
+
+
+@pytest.mark.parametrize("then", ["switch", "abort"])
+def test_a_held_candidate_records_since_when_until_switched_or_aborted(registry, then):
+    drive_to(registry, "idle")
+    fire(registry, "begin", version="2.0")
+    assert fire(registry, "candidate_ready", hold=True).applied
+    held = registry.deployment(SVC)
+    assert held.state == "ready" and held.held_ts is not None
+    assert fire(registry, then, reason="operator").applied
+    assert registry.deployment(SVC).held_ts is None
+
+
+def test_an_unheld_candidate_has_no_held_time(registry):
+    drive_to(registry, "ready")
+    assert registry.deployment(SVC).held_ts is None
