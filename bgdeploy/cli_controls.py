@@ -40,6 +40,7 @@ def promote(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Switch to the candidate held at ready (by `deploy --hold`)."""
+    from bgdeploy.control import hold
     from bgdeploy.control.deploy import Deployer
 
     a = _app()
@@ -47,10 +48,10 @@ def promote(
     lock.acquire(wait=wait, command="bgdeploy promote")
     try:
         if as_json:
-            result = Deployer(a).promote(generation)
+            result = hold.promote(Deployer(a), generation)
         else:
             with Progress() as progress:
-                result = Deployer(a).promote(generation, progress=progress)
+                result = hold.promote(Deployer(a), generation, progress=progress)
     finally:
         lock.release()
     _held_result(result, as_json)
@@ -64,13 +65,14 @@ def abort(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Stop the candidate held at ready and record why; the active boot is kept."""
+    from bgdeploy.control import hold
     from bgdeploy.control.deploy import Deployer
 
     a = _app()
     lock = a.lock()
     lock.acquire(wait=wait, command="bgdeploy abort")
     try:
-        result = Deployer(a).abort(f"aborted by operator: {reason}", generation)
+        result = hold.abort(Deployer(a), f"aborted by operator: {reason}", generation)
     finally:
         lock.release()
     _held_result(result, as_json)

@@ -203,7 +203,7 @@ class Deployer:
             failpoint("after_workspaces_attached")
             steps("attached", f"{n} workspace{'s' if n != 1 else ''}")
         except BgdeployError as e:
-            self._abort(gen, boot_id, e.message)
+            self.abort_candidate(gen, boot_id, e.message)
             steps("aborted", e.message)
             raise BootError(
                 f"Deploy of {version} aborted: {e.message}",
@@ -211,7 +211,12 @@ class Deployer:
                 log_tail=getattr(e, "log_tail", ""),
             ) from None
         reg.transition(
-            app.service, Ev.CANDIDATE_READY, generation=gen, state=St.STARTING, hold=hold
+            app.service,
+            Ev.CANDIDATE_READY,
+            generation=gen,
+            state=St.STARTING,
+            hold=hold,
+            reason="held at ready for `bgdeploy promote`" if hold else None,
         )
         failpoint("after_candidate_ready_commit")
         if hold:
@@ -226,21 +231,23 @@ class Deployer:
                 steps.done,
                 held=True,
             )
-        return self._switch(gen, boot_id, version, steps)
+        return self.switch_candidate(gen, boot_id, version, steps)
 
-    def _switch(self, gen: int, boot_id: str, version: str, steps: Steps) -> DeployResult:
+    def switch_candidate(
+        self, gen: int, boot_id: str, version: str, steps: Steps, reason: str | None = None
+    ) -> DeployResult:
         """ready -> switched, behind the pre_switch gate; post_switch after."""
         app, reg = self.app, self.reg
         gate = self.run_hook("pre_switch", reg.deployment(app.service))
         if gate is not None and not gate.ok:
             reason = f"{gate.describe()} (see `bgdeploy logs --hooks`)"
-            self._abort(gen, boot_id, reason)
+            self.abort_candidate(gen, boot_id, reason)
             steps("aborted", reason)
             raise OperationFailed(
                 f"Deploy of {version} aborted: {reason}.",
                 hint="The active boot is unchanged.",
             )
-        sw = reg.transition(app.service, Ev.SWITCH, generation=gen, state=St.READY)
+        sw = reg.transition(app.service, Ev.SWITCH, generation=gen, state=St.READY, reason=reason)
         if not sw.applied:
             raise OperationFailed(f"The switch did not apply: {sw.message}")
         failpoint("after_switch_commit")
@@ -255,48 +262,6 @@ class Deployer:
             f"Generation {gen}: {version} is active on {boot_id}.",
             steps.done,
         )
-
-    # -- held candidates -------------------------------------------------------------------
-
-    def promote(
-        self, generation: int | None = None, *, progress: Progress = no_progress
-    ) -> DeployResult:
-        """Switch to the candidate held at ready. Fenced like a switch: for another
-        generation, or with nothing held, it is a no-op that says so."""
-        row = self.reg.deployment(self.app.service)
-        candidate = self.reg.boot(row.candidate_boot_id)
-        stale = _not_held(row, generation, "promote")
-        if stale is not None or candidate is None:
-            return self._noop(row, stale or "promote is a no-op: there is no candidate.")
-        steps = Steps(progress)
-        if not self.sup.is_running(candidate):
-            reason = f"held candidate {candidate.boot_id} {self.sup.describe_exit(candidate)}"
-            self._abort(row.generation, candidate.boot_id, reason)
-            steps("aborted", reason)
-            raise OperationFailed(
-                f"Cannot promote: {reason}.", hint="The active boot is unchanged; deploy again."
-            )
-        return self._switch(row.generation, candidate.boot_id, candidate.version, steps)
-
-    def abort(self, reason: str, generation: int | None = None) -> DeployResult:
-        """Stop the held candidate and record why (fenced like promote)."""
-        row = self.reg.deployment(self.app.service)
-        stale = _not_held(row, generation, "abort")
-        if stale is not None or row.candidate_boot_id is None:
-            return self._noop(row, stale or "abort is a no-op: there is no candidate.")
-        boot_id = row.candidate_boot_id
-        self._abort(row.generation, boot_id, reason)
-        version = getattr(self.reg.boot(boot_id), "version", "")
-        return DeployResult(
-            True,
-            row.generation,
-            version,
-            boot_id,
-            f"Generation {row.generation}: aborted; {boot_id} stopped, the active boot kept.",
-        )
-
-    def _noop(self, row: DeploymentFields, message: str) -> DeployResult:
-        return DeployResult(True, row.generation, "", row.candidate_boot_id, message, applied=False)
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -352,7 +317,7 @@ class Deployer:
             health.attach(self.app.config, boot, name)
         return len(names)
 
-    def _abort(self, generation: int, boot_id: str, reason: str) -> None:
+    def abort_candidate(self, generation: int, boot_id: str, reason: str) -> None:
         boot = self.reg.boot(boot_id)
         if boot is not None:
             self.sup.stop(boot, final_state=BootState.FAILED)
@@ -376,7 +341,7 @@ class Deployer:
         candidate is dropped for the new deploy."""
         row = self.reg.deployment(self.app.service)
         if row.state in (St.STARTING, St.READY) and row.candidate_boot_id:
-            self._abort(
+            self.abort_candidate(
                 row.generation,
                 row.candidate_boot_id,
                 "replaced by a new deploy while held"
@@ -460,21 +425,6 @@ class Deployer:
         while self.inflight().get(boot_id, 0) > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         self.sup.stop(boot, final_state=final_state)
-
-
-def _not_held(row: DeploymentFields, generation: int | None, verb: str) -> str | None:
-    """Why a promote/abort for ``generation`` would be stale, or None if it applies."""
-    if generation is not None and generation != row.generation:
-        return (
-            f"{verb} is a no-op: it was for generation {generation}, but the registry holds "
-            f"generation {row.generation} in state {row.state}."
-        )
-    if row.state != St.READY or row.held_ts is None:
-        return (
-            f"{verb} is a no-op: generation {row.generation} is {row.state}, with no "
-            "candidate held at ready."
-        )
-    return None
 
 
 def previous_version(app: App) -> str:

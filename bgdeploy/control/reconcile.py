@@ -17,6 +17,7 @@ import httpx
 
 from bgdeploy import health
 from bgdeploy.boots import Supervisor
+from bgdeploy.control import hold
 from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Deployer, Inflight
 from bgdeploy.errors import BgdeployError, LockBusy
@@ -86,7 +87,7 @@ class Reconciler:
                 )
                 report.did(f"abort generation {row.generation}: {what}")
                 if not dry_run:
-                    d.abort(what, row.generation)
+                    hold.abort(d, what, row.generation)
         elif row.state in (St.STARTING, St.READY):
             # A deploy whose process died (we hold the lock, so none is running).
             report.did(f"abort generation {row.generation}: the deploying process is gone")

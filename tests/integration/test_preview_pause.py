@@ -165,10 +165,19 @@ def test_pause_under_load_with_a_deploy_then_resume(stack, cli):
 @pytest.mark.slow
 def test_pause_outlasting_max_answers_503_and_survives_a_router_restart(stack, cli):
     app, router = stack()
-    deploy(app, "1.0")
+    boot_id = deploy(app, "1.0").boot_id
     cfg = ("--config", app.config.path)
+    # A request in flight when the pause begins finishes while paused.
+    slow: list[httpx.Response] = []
+    in_flight = threading.Thread(
+        target=lambda: slow.append(httpx.get(router.url + "/slow?ms=1500", timeout=30))
+    )
+    in_flight.start()
+    poll_until(lambda: route(router)["inflight"].get(boot_id), 10, what="the slow request")
     assert cli(*cfg, "pause", "--max", "1").code == 0
     poll_until(lambda: route(router)["paused"], 5, what="the router to pause")
+    in_flight.join(timeout=30)
+    assert slow[0].status_code == 200 and route(router)["paused"]
     t0 = time.monotonic()
     late = httpx.get(router.url + "/", headers={"Accept": "application/json"}, timeout=30)
     waited = time.monotonic() - t0
