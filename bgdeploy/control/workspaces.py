@@ -20,7 +20,7 @@ def attach(app: App, workspace: str) -> str:
         )
     health.attach(app.config, boot, workspace)  # raises unless the daemon said yes
     with reg.writing() as s:
-        current = reg.deployment(app.service)
+        current = reg.locked_deployment(s, app.service)
         if current.active_boot_id != boot.boot_id:
             raise OperationFailed(
                 "The active boot changed while attaching; nothing recorded.",

@@ -93,6 +93,7 @@ class Boot(Base):
             "service",
             unique=True,
             sqlite_where=text("state = 'active'"),
+            postgresql_where=text("state = 'active'"),
         ),
     )
 
@@ -147,6 +148,7 @@ class Event(Base):
             "event",
             unique=True,
             sqlite_where=text("event IN ('switch', 'rollback')"),
+            postgresql_where=text("event IN ('switch', 'rollback')"),
         ),
     )
 

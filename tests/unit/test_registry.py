@@ -9,23 +9,40 @@ import stat
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from bgdeploy.errors import RegistryError
 from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Base
 from bgdeploy.registry.store import Registry
-from tests.conftest import STATUS_KEYS, run_bgdeploy, write_config
+from tests.conftest import REGISTRIES, STATUS_KEYS, run_bgdeploy, write_config
 
 
-def test_empty_database_upgrades_to_head_and_models_agree(tmp_path):
-    url = f"sqlite:///{tmp_path / 'r.db'}"
+@pytest.mark.parametrize("db", REGISTRIES)
+def test_empty_database_upgrades_to_head_and_models_agree(tmp_path, request, db):
+    if db == "sqlite":
+        url = f"sqlite:///{tmp_path / 'r.db'}"
+    else:
+        url = request.getfixturevalue("pg_server").new_database(migrated=False)
     engine = create_engine(url)
     migrate.upgrade(engine)
     assert migrate.current_revision(engine) == migrate.head_revision()
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        # The guarantees live in the partial unique indexes: both are partial here too.
+        partial = conn.execute(
+            text(
+                "SELECT name, sql FROM sqlite_master WHERE name LIKE 'uq_%'"
+                if db == "sqlite"
+                else "SELECT indexname, indexdef FROM pg_indexes WHERE indexname LIKE 'uq_%'"
+            )
+        ).all()
+    engine.dispose()
     assert diff == []
+    assert sorted(name for name, sql in partial if "WHERE" in sql.upper()) == [
+        "uq_boots_one_active_per_service",
+        "uq_events_once_per_generation",
+    ]
 
 
 def test_registry_file_0600_folder_0700_and_wal(tmp_path):
