@@ -32,6 +32,7 @@ def main() -> None:
     applied: dict[str, int] = {}
     noops = 0
     errors: list[str] = []
+    started = time.monotonic()
     for i in range(rounds):
         try:
             row = reg.deployment("default")
@@ -60,7 +61,8 @@ def main() -> None:
                 noops += 1
         except Exception as e:  # noqa: BLE001 - every error is reported to the test
             errors.append(f"{type(e).__name__}: {e}")
-    print(json.dumps({"applied": applied, "noops": noops, "errors": errors}))
+    seconds = time.monotonic() - started
+    print(json.dumps({"applied": applied, "noops": noops, "errors": errors, "seconds": seconds}))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 After every step: at most one active boot and it is the one the row names; switch and
 rollback at most once per generation; the events replay into the row; a transition
 applies only for an actor whose view was current; generation counts the begins.
+
+It runs on a SQLite file and on the throw-away PostgreSQL server (fewer examples there:
+each step is a few network round trips).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from sqlalchemy import select
 
 from bgdeploy.errors import IllegalTransition
@@ -41,11 +44,14 @@ class RegistryMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="bgdeploy-ex-"))
-        shutil.copy(template_db(), self.dir / "registry.db")
-        self.reg = Registry(f"sqlite:///{self.dir / 'registry.db'}")
+        self.reg = Registry(self.fresh_url())
         row = self.reg.deployment("default")
         self.views = [(row.generation, row.state)] * ACTORS
         self.applied: Counter[str] = Counter()
+
+    def fresh_url(self) -> str:
+        shutil.copy(template_db(), self.dir / "registry.db")
+        return f"sqlite:///{self.dir / 'registry.db'}"
 
     def teardown(self) -> None:
         self.reg.close()
@@ -120,6 +126,22 @@ TestRegistryMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_registry_machine_on_postgresql(pg_server):
+    class PgRegistryMachine(RegistryMachine):
+        def fresh_url(self) -> str:
+            return pg_server.clean_database()
+
+    run_state_machine_as_test(
+        PgRegistryMachine,
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=20,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
