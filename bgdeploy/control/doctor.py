@@ -17,7 +17,6 @@ from sqlalchemy import create_engine
 from bgdeploy.boots import Supervisor, port_holder, processes_of_state_dir
 from bgdeploy.config import Config, find_config_path, load_config
 from bgdeploy.control.app import App
-from bgdeploy.control.lock import LifecycleLock
 from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError
 from bgdeploy.health import check as health_check
@@ -250,7 +249,7 @@ def _impossible(app: App) -> list[Check]:
 
 
 def _lock(app: App) -> Check:
-    holder = LifecycleLock(app.config.state_dir, app.service).holder()
+    holder = app.lock().holder()
     if holder is None:
         return Check("lifecycle lock", PASS, "free")
     if holder.pid and not psutil.pid_exists(holder.pid):

@@ -100,6 +100,11 @@ def safe_url(url: str) -> str:
         return url
 
 
+def libpq_url(url: str) -> str:
+    """A PostgreSQL URL as libpq (plain psycopg) takes it: no "+psycopg" driver suffix."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql:", "postgresql+"))
 
@@ -324,7 +329,9 @@ class Registry:
                     .values(**changes)
                     .execution_options(synchronize_session=False)
                 )
-                if res.rowcount != 1:  # pragma: no cover - BEGIN IMMEDIATE makes this unreachable
+                if (
+                    res.rowcount != 1
+                ):  # pragma: no cover - unreachable under the row lock / BEGIN IMMEDIATE
                     s.rollback()
                     return TransitionResult(False, before, "the row changed under us")
                 s.add(self._event(ev.value, before, after, reason, now))

@@ -28,7 +28,8 @@ from bgdeploy.errors import OperationFailed
 from bgdeploy.registry.models import Router, utcnow
 from bgdeploy.router.admin import Admin, AdminConnection
 from bgdeploy.router.client import ClientConnection, Limits
-from bgdeploy.router.routes import RegistryWatcher, RouteTable
+from bgdeploy.router.pg_watch import watcher_for
+from bgdeploy.router.routes import RouteTable
 
 log = logging.getLogger("bgdeploy.router")
 
@@ -84,7 +85,7 @@ class RouterProcess:
             max_body=cfg.max_body,
         )
         registry = self.app.registry
-        watcher = RegistryWatcher(registry, self.app.service, table)
+        watcher = watcher_for(registry, self.app.service, table)
         try:
             watcher.refresh()
         except Exception as e:  # noqa: BLE001 - start serving anyway; the watcher retries

@@ -59,6 +59,10 @@ def main() -> None:
                 applied[event] = applied.get(event, 0) + 1
             else:
                 noops += 1
+                # A no-op answers with the current row, which therefore differs from the
+                # view it was refused for (else the transition would have applied).
+                if (res.row.generation, res.row.state) == (generation, row.state):
+                    errors.append(f"{event} refused with the row it was asked about: {res.message}")
         except Exception as e:  # noqa: BLE001 - every error is reported to the test
             errors.append(f"{type(e).__name__}: {e}")
     seconds = time.monotonic() - started

@@ -4,7 +4,6 @@ file, and a database on the throw-away PostgreSQL server."""
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
