@@ -234,8 +234,15 @@ class RouterProcess:
         if self.control_tick is None:
             return
         interval = self.config.health.interval
+        failing = False  # a registry outage fails every pass: say so once, and the end once
         while not self.stopping.wait(interval):
             try:
                 self.control_tick(self.app, self.inflight)
             except Exception as e:  # noqa: BLE001 - the loop must outlive one bad pass
-                log.warning("control loop pass failed: %s", e)
+                if not failing:
+                    log.warning("control loop pass failed (quiet until one works): %s", e)
+                failing = True
+            else:
+                if failing:
+                    log.warning("control loop passes work again")
+                failing = False

@@ -191,7 +191,8 @@ class RouterRun:
 
 @pytest.fixture
 def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
-    """An app whose router runs for real; everything is stopped afterwards."""
+    """An app whose router runs for real; everything is stopped afterwards.
+    ``registry_url=`` puts its registry elsewhere (the PostgreSQL server)."""
     made: list[tuple[App, RouterRun]] = []
 
     def factory(**kw: object) -> tuple[App, RouterRun]:
@@ -201,6 +202,9 @@ def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
             f"header_timeout = {kw.pop('header_timeout', 10.0)}\n{kw.pop('router_extra', '')}\n"
         )
         router_env = kw.pop("router_env", None)
+        url = kw.pop("registry_url", None)
+        if url is not None:
+            extra += f'\n[registry]\nurl = "{url}"\n'
         app = make_app(tmp_path, extra=extra + router, **kw)
         run = RouterRun(app).start(router_env)
         made.append((app, run))

@@ -22,7 +22,7 @@ from tests.conftest import REPO, REPORT, poll_until, run_bgdeploy
 from tests.integration.conftest import locked
 
 DEPLOY_PATH = FAILPOINTS[:6]
-RECOVERED: list[str] = []
+RECOVERED: dict[str, list[str]] = {}  # per registry kind
 ROUTER_RECOVERED: list[str] = []
 
 
@@ -31,7 +31,8 @@ def campaign_figures():
     """Print N/N at the end of the run. Each campaign test asserts its own recovery (no
     test here passes by skipping): a failpoint missing from N failed or was deselected."""
     yield
-    for who, recovered in (("CLI", RECOVERED), ("router", ROUTER_RECOVERED)):
+    campaigns = [(f"CLI ({kind})", names) for kind, names in RECOVERED.items()]
+    for who, recovered in (*campaigns, ("router", ROUTER_RECOVERED)):
         if recovered:
             REPORT.append(
                 f"{who} killed at each failpoint: "
@@ -137,9 +138,12 @@ def _served_by(router) -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAILPOINTS)
-def test_cli_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, name):
+def test_cli_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, name, registry_url):
+    """On SQLite and on PostgreSQL, where the advisory lock must vanish with the CLI."""
     app, router = stack(
-        flags=["--fail-health-file", str(tmp_path / "unhealthy-{version}")], startup=3
+        flags=["--fail-health-file", str(tmp_path / "unhealthy-{version}")],
+        startup=3,
+        registry_url=registry_url,
     )
     args = provoke(app, tmp_path, name)
     died = run_bgdeploy(
@@ -148,7 +152,7 @@ def test_cli_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, name):
     assert died.returncode == -signal.SIGKILL, (died.returncode, died.stdout, died.stderr)
     reconcile_until_quiet(app)
     check_invariants(app, router)
-    RECOVERED.append(name)
+    RECOVERED.setdefault(registry_url.split(":", 1)[0].split("+", 1)[0], []).append(name)
 
 
 def router_provoke(app, router, tmp_path, name: str) -> None:
