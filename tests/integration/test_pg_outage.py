@@ -1,0 +1,73 @@
+"""A PostgreSQL registry that goes away: the router keeps forwarding on the last known
+route, says so once, says once when the server is back, and follows switches again."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from loadgen import LoadGen
+
+from tests.conftest import REPORT, poll_until
+from tests.integration.conftest import deploy
+from tests.pgserver import PgServer
+
+OUTAGE_S = 5.0
+
+
+@pytest.fixture
+def own_pg_server():
+    """A server of this test's own: it is stopped and started again under load."""
+    try:
+        server = PgServer()
+        server.start()
+    except (RuntimeError, OSError) as e:
+        pytest.skip(f"no PostgreSQL server for the outage test: {e}")
+    yield server
+    server.destroy()
+
+
+@pytest.mark.slow
+def test_postgres_down_for_5s_under_load_loses_no_request(own_pg_server, stack):
+    # own_pg_server first: it is torn down after the stack has stopped its boots.
+    app, router = stack(registry_url=own_pg_server.new_database())
+    first = deploy(app, "1.0")
+    assert first.ok and router.route() == first.boot_id
+    log_path = app.config.path.parent / "router.log"
+
+    def log_lines(text: str) -> list[str]:
+        return [line for line in log_path.read_text().splitlines() if text in line]
+
+    load = LoadGen(router.url, clients=4, seconds=120).start()
+    try:
+        poll_until(lambda: load.stats.requests > 200, 20, what="load to start")
+        own_pg_server.stop()
+        down_at = time.monotonic()
+        poll_until(lambda: log_lines("unreachable"), 15, what="the router to notice the outage")
+        before = load.stats.requests
+        # Stay down OUTAGE_S while the load goes on; the router must serve throughout.
+        poll_until(
+            lambda: time.monotonic() - down_at >= OUTAGE_S and load.stats.requests > before,
+            OUTAGE_S + 10,
+            interval=0.1,
+            what="the outage to last its 5 s",
+        )
+        during = load.stats.requests - before
+        own_pg_server.start()
+        poll_until(lambda: log_lines("reachable again"), 20, what="the router to reconnect")
+        # The route follows a switch made after the recovery (LISTEN again, not only polls).
+        second = deploy(app, "2.0")
+        assert second.ok
+        poll_until(lambda: router.route() == second.boot_id, 10, what="the route to follow")
+    finally:
+        stats = load.stop()
+    REPORT.append(
+        f"postgresql down {OUTAGE_S:g} s under load: {stats.requests} requests "
+        f"({during} during the outage), {stats.failures} failed"
+    )
+    assert stats.failures == 0, stats.errors
+    assert during > 0 and first.boot_id in stats.boots and second.boot_id in stats.boots
+    # Once each, not once per poll.
+    assert len(log_lines("unreachable")) == 1, log_lines("unreachable")
+    assert len(log_lines("reachable again")) == 1, log_lines("reachable again")
+    assert len(log_lines("control loop pass failed")) <= 1  # its reconcile passes, likewise
