@@ -92,13 +92,26 @@ def status(
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Redraw live until interrupted.")
     ] = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every service in the registry, one row each.")
+    ] = False,
 ) -> None:
     """Generation, state, the active/candidate/old boots, streaks, rollback and lock."""
     from bgdeploy.control.deploy import router_inflight
+    from bgdeploy.control.status import all_statuses
     from bgdeploy.control.status import status as get_status
 
     a = _app()
     inflight = router_inflight(a)
+    if every:
+        statuses = all_statuses(a, inflight())
+        if as_json:
+            _print_json(statuses)
+        else:
+            from bgdeploy.ui.tables import services_table
+
+            out.print(services_table(statuses))
+        return
     if as_json:
         _print_json(get_status(a, inflight()))
         return
@@ -151,11 +164,17 @@ def doctor(
 def history(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Newest N events.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print a list of events.")] = False,
+    service: Annotated[
+        str | None,
+        typer.Option("--service", help="Another service of the registry (default: this one)."),
+    ] = None,
 ) -> None:
     """The deployment's events, newest first."""
+    from bgdeploy.control.app import App
     from bgdeploy.control.status import history as get_history
 
-    events = get_history(_app(), limit)
+    a = _app()
+    events = get_history(App(a.config, service) if service else a, limit)
     if as_json:
         _print_json(events)
         return

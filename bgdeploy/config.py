@@ -73,6 +73,11 @@ def _resolve(base: Path, value: str) -> Path:
 
 
 STR = Kind("a string", lambda v: isinstance(v, str) and v != "")
+_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+SERVICE = Kind(
+    "a name of at most 40 letters, digits, '.', '_' or '-' (starting with a letter or digit)",
+    lambda v: isinstance(v, str) and _SERVICE_RE.fullmatch(v) is not None,
+)
 FILE = Kind("a string (a file path)", STR.accepts, lambda v, base: _resolve(base, v))
 URL_PATH = Kind("a string starting with '/'", lambda v: isinstance(v, str) and v.startswith("/"))
 PORT = Kind("a port number (1-65535)", lambda v: _is_int(v) and 1 <= v <= 65535)
@@ -192,6 +197,14 @@ class Key:
 SCHEMA: dict[str, dict[str, Key]] = {
     "": {
         "state_dir": Key(FILE, ".bgdeploy", "where the registry, logs, lock and router log live"),
+        "service": Key(
+            SERVICE,
+            None,
+            'this daemon\'s name in the registry, which can hold many (default: "default" '
+            "with a SQLite registry; the config folder's name with a PostgreSQL one)",
+            example="web",
+            shown='`"default"`, or the config folder\'s name on PostgreSQL',
+        ),
     },
     "router": {
         "host": Key(STR, "127.0.0.1", "the fixed address users and tools talk to, forever"),
@@ -438,6 +451,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    service: str = "default"
 
     @property
     def base_dir(self) -> Path:
@@ -496,6 +510,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     return Config(
         path=path,
         state_dir=state_dir,
+        service=values[""]["service"] or default_service(url, path.parent),
         registry_url=_resolve_sqlite_url(url, path.parent),
         router=RouterConfig(**values["router"]),
         daemon=DaemonConfig(**values["daemon"]),
@@ -530,6 +545,16 @@ def _parse_table(section: str, table: dict[str, Any], path: Path) -> dict[str, A
             value = copy.deepcopy(spec.default)
         values[key] = None if value is None else spec.kind.convert(value, path.parent)
     return values
+
+
+def default_service(url: str, base: Path) -> str:
+    """ "default" beside a SQLite registry: one file per config, and the name every
+    registry written before services existed uses. A PostgreSQL registry is shared by
+    design (hosts, daemons), so there each config folder is its own service."""
+    if not url.startswith(("postgresql:", "postgresql+")):
+        return "default"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base.name).strip("-._")[:40]
+    return name or "default"
 
 
 def _resolve_sqlite_url(url: str, base: Path) -> str:

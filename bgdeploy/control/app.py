@@ -12,13 +12,12 @@ from bgdeploy.registry.store import Registry, is_postgres
 
 if TYPE_CHECKING:
     from bgdeploy.control.pg_lock import PgLifecycleLock
-from bgdeploy.states import DEFAULT_SERVICE
 
 
 class App:
-    def __init__(self, config: Config, service: str = DEFAULT_SERVICE) -> None:
+    def __init__(self, config: Config, service: str | None = None) -> None:
         self.config = config
-        self.service = service
+        self.service = service or config.service
 
     @classmethod
     def load(cls, config_path: str | Path | None = None) -> App:

@@ -77,6 +77,18 @@ def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:
     }
 
 
+def all_statuses(app: App, inflight: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """The status object of every service in the registry (this config's one included,
+    even before its first deploy), by name. In-flight counts are this router's only."""
+    names = sorted({*app.registry.services(), app.service})
+    out = []
+    for name in names:
+        other = App(app.config, name)
+        other.__dict__["registry"] = app.registry  # one connection pool for them all
+        out.append(status(other, inflight if name == app.service else None))
+    return out
+
+
 def event_dict(ev: Event) -> dict[str, Any]:
     return {
         "id": ev.id,

@@ -487,6 +487,11 @@ class Registry:
             row = DeploymentFields.from_row(self._row(s, service))
             s.add(self._event(event_name, row, row, reason, utcnow()))
 
+    def services(self) -> list[str]:
+        """Every service the registry holds a deployment for, by name."""
+        with self.reading() as s:
+            return list(s.scalars(select(Deployment.service).order_by(Deployment.service)))
+
     # -- events and quarantine -----------------------------------------------------------
 
     def events(self, service: str, limit: int | None = None) -> list[Event]:

@@ -133,11 +133,13 @@ class Admin:
         table: RouteTable,
         status: Callable[[dict[str, int]], dict[str, Any]],
         history: Callable[[], list[dict[str, Any]]],
+        status_all: Callable[[dict[str, int]], list[dict[str, Any]]] | None = None,
     ):
         self.table = table
         self.status = status
         self.history = history
         self.series = Series()
+        self.status_all = status_all
         self._cache: tuple[float, bytes] | None = None
 
     async def status_json(self) -> bytes:
@@ -150,6 +152,14 @@ class Admin:
         ).encode()
         self._cache = (now, body)
         return body
+
+    async def status_all_json(self) -> bytes:
+        """``/api/status?all=1``: every service of the registry (not cached: rare)."""
+        inflight = dict(self.table.inflight)
+        produce = self.status_all or (lambda inf: [self.status(inf)])
+        return json.dumps(
+            await asyncio.get_running_loop().run_in_executor(None, produce, inflight)
+        ).encode()
 
     async def history_json(self) -> bytes:
         events = await asyncio.get_running_loop().run_in_executor(None, self.history)
@@ -221,9 +231,12 @@ class AdminConnection(asyncio.Protocol):
         if method not in (b"GET", b"HEAD"):
             self._answer(405, b"read-only: GET only\n", close=close, extra=ALLOW)
             return
-        path = httptools.parse_url(self.url).path.decode(errors="replace")
+        parsed = httptools.parse_url(self.url)
+        path = parsed.path.decode(errors="replace")
+        every = b"all=1" in (parsed.query or b"").split(b"&")
         if path == "/api/status":
-            self._later(self.admin.status_json, JSON, head_only, close)
+            produce = self.admin.status_all_json if every else self.admin.status_json
+            self._later(produce, JSON, head_only, close)
         elif path == "/api/history":
             self._later(self.admin.history_json, JSON, head_only, close)
         elif path == "/api/route":

@@ -93,7 +93,7 @@ class RouterProcess:
         server = await self._listen(
             loop, lambda: ClientConnection(table, limits), cfg.host, cfg.port, "router"
         )
-        admin = Admin(table, self._status, self._history)
+        admin = Admin(table, self._status, self._history, self._status_all)
         listeners = [server]
         try:
             admin_server = await self._listen(
@@ -207,6 +207,11 @@ class RouterProcess:
         from bgdeploy.control.status import status
 
         return status(self.app, inflight)
+
+    def _status_all(self, inflight: dict[str, int]) -> list[dict[str, Any]]:
+        from bgdeploy.control.status import all_statuses
+
+        return all_statuses(self.app, inflight)
 
     def _history(self) -> list[dict[str, Any]]:
         from bgdeploy.control.status import history

@@ -129,6 +129,26 @@ def status_renderable(st: dict[str, Any]) -> Group:
     return Group(head, Text(""), boots, Text(""), status_tree(st), Text(""), facts)
 
 
+def services_table(statuses: list[dict[str, Any]]) -> Table:
+    """`status --all`: one row per service of the registry."""
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    for col in ("service", "gen", "state", "active", "version", "candidate", "router", "lock"):
+        table.add_column(col, no_wrap=True)
+    for st in statuses:
+        active, candidate = st["active"], st["candidate"]
+        table.add_row(
+            Text(st["service"], "bold"),
+            str(st["generation"]),
+            Text(st["state"], STATE_STYLES.get(st["state"], "")),
+            active["boot_id"] if active else "-",
+            active["version"] if active else "-",
+            candidate["boot_id"] if candidate else "-",
+            st["router"]["url"] if st["router"] else "-",
+            f"pid {st['lock']['pid']}" if st["lock"] else "free",
+        )
+    return table
+
+
 def history_table(events: list[dict[str, Any]]) -> Table:
     table = Table(header_style="bold", box=None, pad_edge=False)
     for col in ("time (UTC)", "gen", "event", "from -> to", "boots"):

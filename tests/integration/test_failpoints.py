@@ -76,7 +76,7 @@ def provoke(app, tmp_path, name: str) -> tuple[str, ...]:
     if name in ("after_finalize_commit", "after_old_boot_stopped"):
         return ("deploy", "--version", "3.0")  # settles (finalizes) generation 2 first
     if name == "after_restore_boot_spawn":
-        old = app.registry.boot(app.registry.deployment("default").old_boot_id)
+        old = app.registry.boot(app.registry.deployment(app.service).old_boot_id)
         os.killpg(old.pid, signal.SIGKILL)  # the old boot died meanwhile
         poll_until(
             lambda: not Supervisor(app.config, app.registry).is_running(old),
@@ -99,7 +99,7 @@ def reconcile_until_quiet(app, passes: int = 6) -> None:
 def check_invariants(app, router) -> None:
     reg = app.registry
     sup = Supervisor(app.config, reg)
-    row = reg.deployment("default")
+    row = reg.deployment(app.service)
     with reg.reading() as s:
         active = list(s.scalars(select(Boot).where(Boot.state == "active")))
         events = list(s.scalars(select(Event).order_by(Event.id)))
@@ -168,7 +168,7 @@ def router_provoke(app, router, tmp_path, name: str) -> None:
     if name in ("after_finalize_commit", "after_old_boot_stopped"):
         return  # stable checks -> the control loop finalizes
     if name == "after_restore_boot_spawn":
-        old = app.registry.boot(app.registry.deployment("default").old_boot_id)
+        old = app.registry.boot(app.registry.deployment(app.service).old_boot_id)
         os.killpg(old.pid, signal.SIGKILL)
     (tmp_path / "unhealthy-2.0").touch()  # failed checks -> the control loop rolls back
 
