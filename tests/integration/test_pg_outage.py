@@ -1,16 +1,21 @@
 """A PostgreSQL registry that goes away: the router keeps forwarding on the last known
-route, says so once, says once when the server is back, and follows switches again."""
+route, says so once, says once when the server is back, and follows switches again; a
+deploy in the middle aborts with one sentence, and the next reconcile settles it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
+import httpx
 import pytest
 from loadgen import LoadGen
 
-from tests.conftest import REPORT, poll_until
-from tests.integration.conftest import deploy
-from tests.pgserver import PgServer
+from tests.conftest import REPO, REPORT, poll_until
+from tests.integration.conftest import deploy, settle
+from tests.integration.test_failpoints import check_invariants, reconcile_until_quiet
+from tests.pgserver import PASSWORD, PgServer
 
 OUTAGE_S = 5.0
 
@@ -71,3 +76,48 @@ def test_postgres_down_for_5s_under_load_loses_no_request(own_pg_server, stack):
     assert len(log_lines("unreachable")) == 1, log_lines("unreachable")
     assert len(log_lines("reachable again")) == 1, log_lines("reachable again")
     assert len(log_lines("control loop pass failed")) <= 1  # its reconcile passes, likewise
+
+
+@pytest.mark.slow
+def test_server_gone_mid_deploy_aborts_cleanly_and_reconcile_settles(
+    own_pg_server, stack, tmp_path
+):
+    app, router = stack(
+        registry_url=own_pg_server.new_database(),
+        flags=["--fail-health-file", str(tmp_path / "unhealthy-{version}")],
+        startup=30,
+    )
+    first = deploy(app, "1.0")
+    settle(app)
+    (tmp_path / "unhealthy-2.0").touch()  # the candidate waits, unhealthy, until we say
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bgdeploy", "--config", str(app.config.path), "deploy",
+         "--version", "2.0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        poll_until(
+            lambda: app.registry.deployment(app.service).state == "starting",
+            30,
+            what="the deploy to start its candidate",
+        )
+        own_pg_server.stop()
+        (tmp_path / "unhealthy-2.0").unlink()  # healthy now: the deploy must write next
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, (out, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[0].startswith("Error: Lost the registry at postgresql+psycopg://postgres:***@")
+    assert PASSWORD not in out + err and "Traceback" not in err
+    # Forwarding never stopped: the old boot still serves.
+    resp = httpx.get(router.url + "/", timeout=5)
+    assert resp.headers["x-bgdeploy-boot"] == first.boot_id
+
+    own_pg_server.start()
+    reconcile_until_quiet(app)
+    row = app.registry.deployment(app.service)
+    assert row.state == "idle" and row.generation == 2
+    check_invariants(app, router)  # one active boot serving, no orphan, no lock left

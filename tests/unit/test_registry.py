@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import stat
 
@@ -16,6 +17,7 @@ from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Base
 from bgdeploy.registry.store import Registry
 from tests.conftest import REGISTRIES, STATUS_KEYS, run_bgdeploy, write_config
+from tests.pgserver import PASSWORD
 
 
 @pytest.mark.parametrize("db", REGISTRIES)
@@ -115,3 +117,42 @@ def test_status_table_and_history(tmp_path, cli):
     events = json.loads(res.out)
     assert events[0]["event"] == "begin" and events[0]["to_state"] == "starting"
     assert {"generation", "event", "from_state", "to_state", "reason", "ts"} <= set(events[0])
+
+
+@pytest.mark.parametrize("fault", ["wrong password", "nothing listening"])
+def test_unreachable_postgres_is_one_sentence_without_the_password(tmp_path, pg_server, fault):
+    if fault == "wrong password":
+        url = pg_server.url(password="not-the-password")
+    else:
+        with socket.socket() as s:  # a free port: nothing answers there
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"postgresql+psycopg://postgres:not-the-password@127.0.0.1:{port}/postgres"
+    write_config(tmp_path, f'\n[registry]\nurl = "{url}"\n')
+    proc = run_bgdeploy("status", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith(
+        "Error: Cannot reach the registry at postgresql+psycopg://postgres:***@"
+    )
+    assert lines[1].startswith("Hint: ") and "Traceback" not in proc.stderr
+    assert "not-the-password" not in proc.stderr + proc.stdout
+
+
+def test_postgres_registry_from_a_newer_schema_is_refused_untouched(pg_server):
+    url = pg_server.clean_database()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    try:
+        with pytest.raises(RegistryError, match="revision 9999") as info:
+            Registry(url)
+        assert "postgres:***@" in info.value.message and PASSWORD not in info.value.message
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "9999"
+    finally:
+        with engine.begin() as conn:  # the shared database goes back for the next tests
+            conn.execute(
+                text("UPDATE alembic_version SET version_num = :v"), {"v": migrate.head_revision()}
+            )
+        engine.dispose()
