@@ -1,4 +1,5 @@
-"""Shared fixtures: a real SQLite registry in tmp_path, config files, the CLI."""
+"""Shared fixtures: a real registry (SQLite in tmp_path, or the throw-away PostgreSQL
+server), config files, the CLI."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from bgdeploy.registry.store import Registry
-from tests.pgserver import PgServer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DAEMON = REPO / "tools" / "demo_daemon.py"
 sys.path.insert(0, str(REPO / "tools"))  # loadgen and friends
 
+from pgserver import PgServer  # noqa: E402 - from tools/, on the path just above
 
 # Figures tests want shown at the end of every run (pytest captures their prints).
 REPORT: list[str] = []

@@ -11,11 +11,11 @@ import time
 import httpx
 import pytest
 from loadgen import LoadGen
+from pgserver import PASSWORD, PgServer
 
 from tests.conftest import REPO, REPORT, poll_until
 from tests.integration.conftest import deploy, settle
 from tests.integration.test_failpoints import check_invariants, reconcile_until_quiet
-from tests.pgserver import PASSWORD, PgServer
 
 OUTAGE_S = 5.0
 

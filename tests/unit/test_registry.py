@@ -10,6 +10,7 @@ import stat
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from pgserver import PASSWORD
 from sqlalchemy import create_engine, text
 
 from bgdeploy.errors import RegistryError
@@ -17,7 +18,6 @@ from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Base
 from bgdeploy.registry.store import Registry
 from tests.conftest import REGISTRIES, STATUS_KEYS, run_bgdeploy, write_config
-from tests.pgserver import PASSWORD
 
 
 @pytest.mark.parametrize("db", REGISTRIES)

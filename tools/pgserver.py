@@ -1,5 +1,6 @@
-"""A throw-away PostgreSQL server for the tests: initdb in a temporary folder, a free
-loopback port, password authentication over TCP, stopped (and deleted) at the end.
+"""A throw-away PostgreSQL server for the tests and the bench: initdb in a temporary
+folder, a free loopback port, password authentication over TCP, stopped (and deleted)
+at the end.
 
 PostgreSQL refuses to run as root, so as root the server runs as the ``postgres``
 user that Debian's package creates (``runuser``); as anyone else it runs as them.
