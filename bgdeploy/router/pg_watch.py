@@ -13,6 +13,7 @@ forwarding goes on; the outage is logged once, and the recovery once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 
@@ -100,7 +101,7 @@ class PgRouteWatcher:
                 self._stop.wait(RETRY_S)
 
     def _apply(self, loop: asyncio.AbstractEventLoop, route: Route | None) -> None:
-        if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # the loop closed: the router is stopping
             loop.call_soon_threadsafe(self.table.set_active, route)
 
     def _lost(self, e: Exception) -> None:

@@ -4,8 +4,10 @@ deploy in the middle aborts with one sentence, and the next reconcile settles it
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -13,6 +15,9 @@ import pytest
 from loadgen import LoadGen
 from pgserver import PASSWORD, PgServer
 
+from bgdeploy.registry.store import Registry
+from bgdeploy.router import pg_watch
+from bgdeploy.router.routes import RouteTable
 from tests.conftest import REPO, REPORT, poll_until
 from tests.integration.conftest import deploy, settle
 from tests.integration.test_failpoints import check_invariants, reconcile_until_quiet
@@ -121,3 +126,45 @@ def test_server_gone_mid_deploy_aborts_cleanly_and_reconcile_settles(
     row = app.registry.deployment(app.service)
     assert row.state == "idle" and row.generation == 2
     check_invariants(app, router)  # one active boot serving, no orphan, no lock left
+
+
+def test_router_watcher_follows_a_switch_by_notify_alone(pg_server, monkeypatch):
+    """With the fallback poll pushed out to 10 minutes, only the switch's NOTIFY can move
+    the route."""
+    monkeypatch.setattr(pg_watch, "SLOW_POLL_S", 600.0)
+    url = pg_server.clean_database()
+    reg = Registry(url)
+
+    def switch_to(port: int) -> str:
+        row = reg.deployment("default")
+        if row.state == "switched":
+            row = reg.transition("default", "finalize", generation=row.generation).row
+        res = reg.transition("default", "begin", generation=row.generation, version=str(port))
+        boot_id = res.row.candidate_boot_id
+        reg.boot_records.assign_port(boot_id, (port, port), lambda p: True)
+        reg.transition("default", "candidate_ready", generation=res.row.generation)
+        assert reg.transition("default", "switch", generation=res.row.generation).applied
+        return boot_id
+
+    first = switch_to(40001)
+    loop = asyncio.new_event_loop()
+    table = RouteTable(loop, 10)
+    watcher = pg_watch.PgRouteWatcher(url, "default", table)
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    task = asyncio.run_coroutine_threadsafe(watcher.run(), loop)
+    try:
+        poll_until(lambda: table.active and table.active.boot_id == first, 10, what="start")
+        second = switch_to(40002)
+        poll_until(
+            lambda: table.active.boot_id == second and table.active.port == 40002,
+            10,
+            what="the route to follow the NOTIFY",
+        )
+    finally:
+        task.cancel()
+        poll_until(task.done, 10, what="the watcher to stop")
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(timeout=10)
+        loop.close()
+        reg.close()
