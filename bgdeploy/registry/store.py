@@ -33,7 +33,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from statemachine.exceptions import TransitionNotAllowed
 
-from bgdeploy.errors import BootError, IllegalTransition, RegistryError
+from bgdeploy.errors import BootError, ConfigError, IllegalTransition, RegistryError
 from bgdeploy.machine import DeploymentFields, DeploymentMachine
 from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Boot, Deployment, Event, Quarantine, Workspace, utcnow
@@ -112,11 +112,19 @@ def is_postgres(url: str) -> bool:
 def make_engine(url: str) -> Engine:
     if is_postgres(url):
         # pre_ping: after the server restarts, a pooled connection is replaced, not reused.
-        return create_engine(
-            url,
-            pool_pre_ping=True,
-            connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "bgdeploy"},
-        )
+        try:
+            return create_engine(
+                url,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "bgdeploy"},
+            )
+        except ImportError as e:
+            raise ConfigError(
+                f"The registry at {safe_url(url)} needs a PostgreSQL driver that is not "
+                f"installed ({e.name or e}).",
+                hint="Install it with: pip install 'bgdeploy[postgres]' (psycopg 3), and "
+                "write the URL as postgresql+psycopg://...",
+            ) from None
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
     if engine.dialect.name != "sqlite":
         return engine

@@ -22,11 +22,10 @@ import psycopg
 from bgdeploy.registry.store import (
     CONNECT_TIMEOUT_S,
     ROUTE_CHANNEL,
-    Registry,
     libpq_url,
     safe_url,
 )
-from bgdeploy.router.routes import ROUTE_SQL, RegistryWatcher, Route, RouteTable
+from bgdeploy.router.routes import ROUTE_SQL, Route, RouteTable
 
 log = logging.getLogger("bgdeploy.router")
 
@@ -120,12 +119,3 @@ class PgRouteWatcher:
             self.down = False
             self.last_error = None
             log.warning("registry %s reachable again", safe_url(self.url))
-
-
-def watcher_for(
-    registry: Registry, service: str, table: RouteTable
-) -> RegistryWatcher | PgRouteWatcher:
-    """LISTEN/NOTIFY on PostgreSQL; ``data_version`` polling on SQLite."""
-    if registry.postgres:
-        return PgRouteWatcher(registry.url, service, table)
-    return RegistryWatcher(registry, service, table)

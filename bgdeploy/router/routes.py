@@ -22,6 +22,7 @@ from bgdeploy.registry.store import Registry, sqlite_path
 
 if TYPE_CHECKING:
     from bgdeploy.router.client import ClientConnection
+    from bgdeploy.router.pg_watch import PgRouteWatcher
 
 from bgdeploy.router.controls import HeldRequests, Maintenance, Pause
 from bgdeploy.router.upstream import Pools
@@ -269,3 +270,15 @@ class RegistryWatcher:
         finally:
             if self._conn is not None:
                 self._conn.close()
+
+
+def watcher_for(
+    registry: Registry, service: str, table: RouteTable
+) -> RegistryWatcher | PgRouteWatcher:
+    """``data_version`` polling on SQLite; LISTEN/NOTIFY on PostgreSQL (psycopg, the
+    optional extra, is imported only then)."""
+    if registry.postgres:
+        from bgdeploy.router.pg_watch import PgRouteWatcher
+
+        return PgRouteWatcher(registry.url, service, table)
+    return RegistryWatcher(registry, service, table)

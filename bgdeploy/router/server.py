@@ -28,8 +28,7 @@ from bgdeploy.errors import OperationFailed
 from bgdeploy.registry.models import Router, utcnow
 from bgdeploy.router.admin import Admin, AdminConnection
 from bgdeploy.router.client import ClientConnection, Limits
-from bgdeploy.router.pg_watch import watcher_for
-from bgdeploy.router.routes import RouteTable
+from bgdeploy.router.routes import RouteTable, watcher_for
 
 log = logging.getLogger("bgdeploy.router")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import sqlite3
@@ -156,3 +157,14 @@ def test_postgres_registry_from_a_newer_schema_is_refused_untouched(pg_server):
                 text("UPDATE alembic_version SET version_num = :v"), {"v": migrate.head_revision()}
             )
         engine.dispose()
+
+
+def test_postgres_url_without_its_driver_says_how_to_install_it(tmp_path):
+    if importlib.util.find_spec("pg8000") is not None:
+        pytest.skip("pg8000 is installed here; the test needs a driver that is not")
+    write_config(tmp_path, '\n[registry]\nurl = "postgresql+pg8000://u:hunter2@127.0.0.1:1/x"\n')
+    proc = run_bgdeploy("status", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("Error: The registry at postgresql+pg8000://u:***@")
+    assert "bgdeploy[postgres]" in proc.stderr
+    assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
