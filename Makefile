@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# The router's request path is compiled from its .py files (setup.py); an edited source
-# is rebuilt here, and the tests refuse to run against a compiled module older than it.
-ROUTER_SOURCES := $(wildcard bgdeploy/router/*.py)
+# The router's request path is compiled from its .py files and their .pxd declarations
+# (setup.py); an edited source is rebuilt here, and the tests refuse to run against a
+# compiled module older than it.
+ROUTER_SOURCES := $(wildcard bgdeploy/router/*.py bgdeploy/router/*.pxd)
 
 $(STAMP): pyproject.toml setup.py $(ROUTER_SOURCES)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -3,7 +3,10 @@
 The modules named in COMPILED are plain Python (Cython's pure-Python mode): Cython
 compiles each into an extension module that sits next to its source, and
 ``BGDEPLOY_NO_EXTENSIONS=1`` makes bgdeploy import the sources instead (see
-bgdeploy/router/__init__.py). Everything else is in pyproject.toml.
+bgdeploy/router/__init__.py). A ``.pxd`` file next to a module declares its classes'
+attributes, so that the compiled classes are extension types with C fields: without
+them compiled code ran slower than CPython 3.11's own interpreter. Everything else is
+in pyproject.toml.
 """
 
 from Cython.Build import cythonize

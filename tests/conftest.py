@@ -40,7 +40,8 @@ def pytest_sessionstart(session) -> None:  # noqa: ANN001 - pytest hook
         so.name
         for suffix in EXTENSION_SUFFIXES
         for so in router.glob(f"*{suffix}")
-        if so.stat().st_mtime < (router / f"{so.name.split('.')[0]}.py").stat().st_mtime
+        for source in router.glob(f"{so.name.split('.')[0]}.p[yx]*")
+        if so.stat().st_mtime < source.stat().st_mtime
     }
     if stale:
         pytest.exit(

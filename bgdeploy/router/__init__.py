@@ -2,9 +2,10 @@
 
 The request path (client, exchange, upstream, fastpath, http11, flow) has two
 builds of one source: the .py files, and extension modules compiled from those
-same files by Cython at install time (setup.py). Python imports a compiled module
-ahead of its source; ``BGDEPLOY_NO_EXTENSIONS=1`` in the environment of a process
-makes it import the sources instead.
+same files by Cython at install time (setup.py; the .pxd files only declare the
+compiled classes' attributes). Python imports a compiled module ahead of its
+source; ``BGDEPLOY_NO_EXTENSIONS=1`` in the environment of a process makes it
+import the sources instead.
 """
 
 from __future__ import annotations
