@@ -15,6 +15,7 @@
    a PostgreSQL one (LISTEN/NOTIFY) on a throw-away server (tools/pgserver.py);
    and each router build's CPU while idle. `python tools/bench.py --propagation`
    measures only the two propagations, against two demo daemons.
+5. The router's own Python work per request of each build (tools/router_cost.py).
 `make bench` installs nginx, wrk, HAProxy and Caddy with apt-get where it can.
 Loopback only; every load run is bounded by wrk's -d.
 """
@@ -416,6 +417,17 @@ def main() -> int:
         f"idle router over {IDLE_S:.0f} s: compiled {idle[0]:.2f}% of a core, "
         f"pure-python {idle[1]:.2f}% of a core"
     )
+    print("\nthe router's own Python per request, no sockets (tools/router_cost.py):")
+    for env in ({}, {"BGDEPLOY_NO_EXTENSIONS": "1"}):
+        cost = subprocess.run(
+            [sys.executable, str(REPO / "tools" / "router_cost.py")],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        print("  " + cost.stdout.strip())
     errs = [r for _, results in rows + uv_rows for r in results if r["errors"]]
     errs += [r for r in (direct, via) if r["errors"]]
     if errs:
