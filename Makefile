@@ -37,7 +37,8 @@ system-deps:
 ROUTER_TESTS := tests/unit/test_fast_path.py tests/integration/test_router.py \
 	tests/integration/test_abuse.py tests/integration/test_security.py \
 	tests/integration/test_zero_downtime.py tests/integration/test_smuggling.py \
-	tests/integration/test_build.py
+	tests/integration/test_build.py tests/integration/test_preview_pause.py \
+	tests/integration/test_maintenance_limits.py
 
 test: install system-deps
 	$(BIN)/python -m pytest -q
