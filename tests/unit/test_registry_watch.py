@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bgdeploy.registry.store import Registry
 from bgdeploy.router import routes
 from bgdeploy.router.routes import RegistryWatcher, RouteTable
 
@@ -27,7 +28,9 @@ def switch_to(registry, port: int) -> str:
     return boot_id
 
 
-def test_an_idle_watcher_asks_nothing_and_a_commit_wakes_it(registry, monkeypatch):
+def test_an_idle_watcher_asks_nothing_and_a_commit_wakes_it(tmp_path, monkeypatch):
+    # SQLite only: a PostgreSQL registry is followed by LISTEN/NOTIFY (router/pg_watch.py).
+    registry = Registry(f"sqlite:///{tmp_path / 'state' / 'registry.db'}")
     monkeypatch.setattr(routes, "SLOW_POLL_S", 3600.0)
     first = switch_to(registry, 20001)
 
@@ -48,6 +51,9 @@ def test_an_idle_watcher_asks_nothing_and_a_commit_wakes_it(registry, monkeypatc
         task.cancel()
         return idle, second, table.active.boot_id if table.active else None
 
-    idle, second, followed = asyncio.run(scenario())
+    try:
+        idle, second, followed = asyncio.run(scenario())
+    finally:
+        registry.close()
     assert idle == [], f"the idle watcher queried SQLite {len(idle)} times"
     assert followed == second, "the route did not follow the switch without a poll"
