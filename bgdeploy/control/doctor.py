@@ -23,7 +23,7 @@ from bgdeploy.errors import BgdeployError
 from bgdeploy.health import check as health_check
 from bgdeploy.installed import installed_version
 from bgdeploy.registry import migrate
-from bgdeploy.registry.store import sqlite_path
+from bgdeploy.registry.urls import sqlite_path
 from bgdeploy.states import LIVE_BOOT_STATES, BootState, DeploymentState
 
 PASS, WARN, FAIL = "pass", "warn", "fail"

@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+
+from bgdeploy import __version__
 from bgdeploy.boots import process_matches
 from bgdeploy.control.app import App
 from bgdeploy.control.controls import read_controls
@@ -37,13 +41,38 @@ def running_router(app: App) -> Router | None:
     return None
 
 
-def router_dict(router: Router | None) -> dict[str, Any] | None:
+def router_dict(router: Router | None, info: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The supervisor's row, with what it reports of itself and its workers when it can."""
     if router is None:
         return None
-    return {"pid": router.pid, "url": router.url, "admin_url": router.admin_url}
+    if info is None:
+        info = router_info(router)
+    return {
+        "pid": router.pid,
+        "url": router.url,
+        "admin_url": router.admin_url,
+        "started_ts": iso(router.started_ts),
+        "version": info["version"] if info else None,
+        "installed_version": __version__,
+        "workers": [
+            {**w, "started": iso(datetime.fromtimestamp(w["started"], UTC))}
+            for w in (info["workers"] if info else [])
+        ],
+    }
 
 
-def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:
+def router_info(router: Router) -> dict[str, Any] | None:
+    """What the running supervisor says of itself and its workers (None if it cannot)."""
+    try:
+        return httpx.get(f"{router.admin_url}/api/router", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def status(
+    app: App, inflight: dict[str, int] | None = None, router: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``router``: the supervisor's own report, when the supervisor itself asks."""
     reg = app.registry
     row = reg.deployment(app.service)
     with reg.reading() as s:
@@ -65,7 +94,7 @@ def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:
         "rollback_ts": iso(row.rollback_ts),
         "last_error": row.last_error,
         "quarantined_versions": reg.quarantined_versions(app.service),
-        "router": router_dict(running_router(app)),
+        "router": router_dict(running_router(app), router),
         "lock": holder.as_dict() if holder else None,
         "held": None
         if row.held_ts is None

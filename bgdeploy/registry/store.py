@@ -27,6 +27,7 @@ from bgdeploy.errors import BootError, IllegalTransition, RegistryError
 from bgdeploy.machine import DeploymentFields, DeploymentMachine
 from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Boot, Deployment, Event, Quarantine, Workspace, utcnow
+from bgdeploy.registry.urls import sqlite_path
 from bgdeploy.states import (
     LIVE_BOOT_STATES,
     BootState,
@@ -45,14 +46,6 @@ class TransitionResult:
     applied: bool
     row: DeploymentFields
     message: str
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a sqlite URL, or None for other databases and :memory:."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url.endswith(":memory:"):
-        return None
-    return Path(url[len(prefix) :])
 
 
 def prepare_sqlite_file(path: Path) -> None:
