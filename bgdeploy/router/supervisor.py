@@ -331,9 +331,10 @@ class RouterSupervisor:
             try:
                 stats, _ = ipc.request(ipc.worker_address(self.ns, w.pid), {"cmd": "stats"}, 1.0)
             except (OSError, ValueError):
-                if w.last is not None:
-                    out.append(w.last)
-                continue
+                if w.last is None or w.exited():
+                    continue
+                stats = w.last  # busy for a moment: its last counters stand in
+            stats["draining"] = stats["draining"] or w.draining  # told to, maybe not yet begun
             w.last = stats
             out.append(stats)
         return out

@@ -198,7 +198,8 @@ def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
         extra = str(kw.pop("extra", ""))
         router = (
             f"\n[router]\nport = {free_port()}\nadmin_port = {free_port()}\n"
-            f"header_timeout = {kw.pop('header_timeout', 10.0)}\n{kw.pop('router_extra', '')}\n"
+            f"header_timeout = {kw.pop('header_timeout', 10.0)}\n"
+            f"workers = {kw.pop('workers', 1)}\n{kw.pop('router_extra', '')}\n"
         )
         router_env = kw.pop("router_env", None)
         app = make_app(tmp_path, extra=extra + router, **kw)
