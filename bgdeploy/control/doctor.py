@@ -14,6 +14,7 @@ import httpx
 import psutil
 from sqlalchemy import create_engine
 
+from bgdeploy import __version__
 from bgdeploy.boots import Supervisor, port_holder, processes_of_state_dir
 from bgdeploy.config import Config, find_config_path, load_config
 from bgdeploy.control.app import App
@@ -125,15 +126,31 @@ def _router(app: App) -> Check:
     row = running_router(app)
     if row is not None:
         try:
-            httpx.get(f"{row.admin_url}/api/route", timeout=2).raise_for_status()
-        except httpx.HTTPError as e:
+            resp = httpx.get(f"{row.admin_url}/api/router", timeout=2)
+            resp.raise_for_status()
+            info = resp.json()
+        except (httpx.HTTPError, ValueError) as e:
             return Check(
                 "router",
                 FAIL,
                 f"router pid {row.pid} does not answer on its admin listener ({type(e).__name__})",
                 "Restart it: bgdeploy down && bgdeploy up.",
             )
-        return Check("router", PASS, f"pid {row.pid} serves {row.url}")
+        workers = [w for w in info["workers"] if not w["draining"]]
+        running = sorted({info["version"], *(w["version"] for w in workers)})
+        shape = (
+            f"supervisor pid {row.pid} with {len(workers)} worker"
+            f"{'s' if len(workers) != 1 else ''} "
+            f"({', '.join(str(w['pid']) for w in workers)}) serves {row.url}"
+        )
+        if running != [__version__]:
+            return Check(
+                "router",
+                WARN,
+                f"{shape} on bgdeploy {', '.join(running)}, but {__version__} is installed",
+                "Run `bgdeploy up` (or `bgdeploy router reload`): the socket stays open.",
+            )
+        return Check("router", PASS, f"{shape} on bgdeploy {__version__}")
     holder = port_holder(cfg.host, cfg.port)
     if holder:
         return Check(
