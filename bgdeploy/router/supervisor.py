@@ -135,56 +135,66 @@ class RouterSupervisor:
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
+        # From the start: a SIGTERM while starting still drains whatever was started.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.done.set)
         sockets = self.sockets = Sockets.acquire(self.config, self.ns)
         for pid in sockets.orphans:  # workers of a supervisor that was killed: replaced below
             self.workers[pid] = WorkerProc(pid, None, time.time())
         control = ipc.listen(ipc.supervisor_address(self.ns, os.getpid()))
         threading.Thread(target=self._serve_control, args=(control,), daemon=True).start()
+        admin_server = watching = None
         try:
-            await loop.run_in_executor(None, self._replace_workers, self.config)
-        except OperationFailed:
-            sockets.close()
-            raise
-        admin = self.admin = Admin(
-            self._snapshot, self._status, self.hooks.history, self._router_info
-        )
-        admin_server = await loop.create_server(
-            lambda: AdminConnection(admin), sock=sockets.admin.dup()
-        )
-        takeover = os.environ.pop(TAKEOVER_ENV, None)
-        if takeover:  # the supervisor we replace drains its workers and exits
-            await loop.run_in_executor(None, self._retire_old, int(takeover))
-        self._record(True)
-        ready = os.environ.pop(READY_ENV, None)
-        if ready:
-            os.write(int(ready), b"ready\n")
-            os.close(int(ready))
-        gc.collect()
-        gc.freeze()  # the long-lived start-up objects stay out of the collector's passes
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.done.set)
-        watching = loop.create_task(self._watch())
-        threading.Thread(target=self._control_loop, name="bgdeploy-control", daemon=True).start()
-        cfg = self.config.router
-        log.info(
-            "router supervisor on http://%s:%d, admin on http://%s:%d (pid %d, %d workers)",
-            cfg.host,
-            cfg.port,
-            cfg.host,
-            cfg.admin_port,
-            os.getpid(),
-            len(self.workers),
-        )
-        try:
+            try:
+                await loop.run_in_executor(None, self._replace_workers, self.config)
+            except OperationFailed:
+                with self.lock:  # orphans we could not replace serve on, as they were
+                    for pid in sockets.orphans:
+                        self.workers.pop(pid, None)
+                raise
+            admin = self.admin = Admin(
+                self._snapshot, self._status, self.hooks.history, self._router_info
+            )
+            admin_server = await loop.create_server(
+                lambda: AdminConnection(admin), sock=sockets.admin.dup()
+            )
+            takeover = os.environ.pop(TAKEOVER_ENV, None)
+            if takeover:  # the supervisor we replace drains its workers and exits
+                await loop.run_in_executor(None, self._retire_old, int(takeover))
+            self._record(True)
+            ready = os.environ.pop(READY_ENV, None)
+            if ready:
+                os.write(int(ready), b"ready\n")
+                os.close(int(ready))
+            gc.collect()
+            gc.freeze()  # the long-lived start-up objects stay out of the collector's passes
+            watching = loop.create_task(self._watch())
+            threading.Thread(
+                target=self._control_loop, name="bgdeploy-control", daemon=True
+            ).start()
+            cfg = self.config.router
+            log.info(
+                "router supervisor on http://%s:%d, admin on http://%s:%d (pid %d, %d workers, "
+                "sockets %s)",
+                cfg.host,
+                cfg.port,
+                cfg.host,
+                cfg.admin_port,
+                os.getpid(),
+                len(self.workers),
+                sockets.source,
+            )
             await self.done.wait()
         finally:
             self.stopping.set()
-            watching.cancel()
+            if watching is not None:
+                watching.cancel()
             log.info("router supervisor stopping: draining the workers")
             await loop.run_in_executor(None, self._stop_workers)
             # A reload that is handing over to a successor answers its caller first.
             await loop.run_in_executor(None, self.reloading.acquire, True, 60)
-            admin_server.close()
+            if admin_server is not None:
+                admin_server.close()
             control.close()
             self._record(False)
             sockets.close()

@@ -212,11 +212,20 @@ def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
 
     for app, run in made:
         run.stop()
+        stop_orphaned_workers(app)
         sup = Supervisor(app.config, app.registry)
         for boot in app.registry.boots(app.service, live_only=True):
             if sup.is_running(boot):
                 sup.stop(boot, timeout=2)
         app.close()
+
+
+def stop_orphaned_workers(app: App) -> None:
+    """Router workers a test left without their supervisor (it killed it) are ours to end."""
+    from bgdeploy.router import ipc
+
+    for pid in ipc.live_workers(ipc.namespace(app.config.state_dir)):
+        os.kill(pid, signal.SIGKILL)
 
 
 def locked(app: App, fn: Callable[..., object]) -> object:
