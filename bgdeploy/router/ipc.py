@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_MESSAGE = 1 << 20
+WORKER_SPEC_ENV = "BGDEPLOY_WORKER"  # a worker's settings, JSON, from its supervisor
 _CRED = struct.Struct("3i")
 
 

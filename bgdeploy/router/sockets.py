@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from bgdeploy.boots import port_holder
 from bgdeploy.config import Config
-from bgdeploy.errors import OperationFailed
+from bgdeploy.errors import LockBusy, OperationFailed
 from bgdeploy.router import ipc
 
 HANDOVER_ENV = "BGDEPLOY_ROUTER_FDS"
@@ -147,7 +147,7 @@ def _lock(config: Config) -> int:
     except BlockingIOError:
         holder = os.read(fd, 64).decode(errors="replace").strip()
         os.close(fd)
-        raise OperationFailed(
+        raise LockBusy(
             "Another router supervisor runs for this state directory"
             + (f" (pid {holder})." if holder else "."),
             hint="`bgdeploy status` shows it; `bgdeploy router reload` replaces its workers.",

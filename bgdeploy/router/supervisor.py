@@ -38,14 +38,14 @@ import uvloop
 
 from bgdeploy import __version__
 from bgdeploy.config import Config
-from bgdeploy.errors import BgdeployError, OperationFailed
+from bgdeploy.errors import BgdeployError, ConfigError, OperationFailed
+from bgdeploy.failpoints import failpoint
 from bgdeploy.registry.models import Router, utcnow
 from bgdeploy.registry.store import Registry
 from bgdeploy.router import ipc
 from bgdeploy.router.admin import Admin, AdminConnection
 from bgdeploy.router.sockets import HANDOVER_ENV, READY_ENV, TAKEOVER_ENV, Sockets
 from bgdeploy.router.stats import RouterStats
-from bgdeploy.router.worker import SPEC_ENV
 
 log = logging.getLogger("bgdeploy.router")
 
@@ -54,6 +54,17 @@ SUPERVISOR_START_TIMEOUT_S = 40.0
 WATCH_S = 0.1
 STATS_EVERY = 10  # watch ticks between two reads of the workers' counters
 RESPAWN_GAP_S = 0.5  # at most one replacement per this long: a crash loop must not spin
+
+
+class WorkersFailed(OperationFailed):
+    """New workers did not come up (and were stopped); the ones before serve on."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            f"{why[0].upper()}{why[1:]}.",
+            hint="See the router log (.bgdeploy/router.log) for the worker's error.",
+        )
+        self.why = why
 
 
 @dataclass
@@ -164,7 +175,9 @@ class RouterSupervisor:
             self._record(True)
             ready = os.environ.pop(READY_ENV, None)
             if ready:
-                os.write(int(ready), b"ready\n")
+                # The supervisor that started us may have died meanwhile: we serve anyway.
+                with contextlib.suppress(OSError):
+                    os.write(int(ready), b"ready\n")
                 os.close(int(ready))
             gc.collect()
             gc.freeze()  # the long-lived start-up objects stay out of the collector's passes
@@ -227,7 +240,7 @@ class RouterSupervisor:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bgdeploy.router.worker"],
-                env={**os.environ, SPEC_ENV: json.dumps(spec)},
+                env={**os.environ, ipc.WORKER_SPEC_ENV: json.dumps(spec)},
                 pass_fds=(listen, admin, ready_w, *([preview] if preview is not None else [])),
                 stdin=subprocess.DEVNULL,
             )
@@ -258,10 +271,7 @@ class RouterSupervisor:
                 if w.proc is not None and w.proc.poll() is None:
                     w.proc.kill()
                     w.proc.wait()
-            raise OperationFailed(
-                f"The router was not reloaded: {failure}; the old workers keep serving.",
-                hint="See the router log (.bgdeploy/router.log) for the worker's error.",
-            )
+            raise WorkersFailed(failure)
         with self.lock:
             for w in workers:
                 self.workers[w.pid] = w
@@ -409,14 +419,29 @@ class RouterSupervisor:
                 return _refused(e)
             why = address_change(self.config, config)
             if why is not None:
-                return _refused(OperationFailed(f"The router was not reloaded: {why}"))
+                return _refused(
+                    ConfigError(
+                        f"The router was not reloaded: {why}",
+                        hint="Put the old value back, or use `bgdeploy down` and `up` to move.",
+                    )
+                )
             try:
                 if installed != __version__:
                     pid = self._hand_over()
                     return {"ok": True, "supervisor": pid, "replaced_supervisor": os.getpid()}
                 with self.lock:
-                    old = [w.pid for w in self.workers.values() if not w.draining]
-                new = self._replace_workers(config)
+                    old = [w for w in self.workers.values() if not w.draining]
+                new = self._start_workers(config, worker_count(config))
+                failpoint("reload_after_new_workers")
+                for w in old:
+                    self._drain(w)
+            except WorkersFailed as e:
+                return _refused(
+                    OperationFailed(
+                        f"The router was not reloaded: {e.why}; the old workers keep serving.",
+                        hint=e.hint,
+                    )
+                )
             except OperationFailed as e:
                 return _refused(e)
             self.config = config
@@ -425,7 +450,7 @@ class RouterSupervisor:
                 "ok": True,
                 "supervisor": os.getpid(),
                 "workers": [w.pid for w in new],
-                "drained": old,
+                "drained": [w.pid for w in old],
             }
         finally:
             self.reloading.release()
@@ -452,6 +477,7 @@ class RouterSupervisor:
             )
         finally:
             os.close(ready_w)
+        failpoint("handover_after_successor_started")
         with os.fdopen(ready_r, "rb") as pipe:
             ok = select.select([pipe], [], [], SUPERVISOR_START_TIMEOUT_S)[0] and (
                 pipe.readline() == b"ready\n"
@@ -471,7 +497,14 @@ class RouterSupervisor:
         try:
             ipc.request(ipc.supervisor_address(self.ns, pid), {"cmd": "retire"}, 5.0)
         except (OSError, ValueError) as e:
+            # It died: its workers are ours to drain, as after any supervisor's death.
             log.warning("the supervisor we replace (pid %d) did not answer: %s", pid, e)
+            with self.lock:
+                strays = [p for p in ipc.live_workers(self.ns) if p not in self.workers]
+                for p in strays:
+                    self.workers[p] = WorkerProc(p, None, time.time())
+            for p in strays:
+                self._drain(self.workers[p])
 
     # -- the control loop and the registry row ---------------------------------------------
 

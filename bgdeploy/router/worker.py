@@ -18,6 +18,7 @@ refused), answer each keep-alive connection's current request with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -37,7 +38,6 @@ from bgdeploy.router.routes import RegistryWatcher, RouteTable
 
 log = logging.getLogger("bgdeploy.router.worker")
 
-SPEC_ENV = "BGDEPLOY_WORKER"
 TICK_S = 0.1  # the route table's coarse clock
 SWEEP_TICKS = 5  # cut slow and idle clients every 0.5 s
 # While draining, a keep-alive connection idle this long is closed. A client that is
@@ -108,7 +108,8 @@ class Worker:
         gc.freeze()
         ready = spec.get("ready_fd")
         if ready is not None:
-            os.write(ready, b"ready\n")
+            with contextlib.suppress(OSError):  # a supervisor that died meanwhile
+                os.write(ready, b"ready\n")
             os.close(ready)
         log.info("worker %d serving (bgdeploy %s)", os.getpid(), __version__)
         try:
@@ -215,7 +216,7 @@ def main() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    spec = json.loads(os.environ.pop(SPEC_ENV))
+    spec = json.loads(os.environ.pop(ipc.WORKER_SPEC_ENV))
     Worker(spec).run()
 
 

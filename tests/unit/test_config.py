@@ -65,6 +65,14 @@ def test_health_expectations_parse_to_ranges(tmp_path):
     assert load_config(write_config(tmp_path)).health.expect_status == ((200, 299),)
 
 
+def test_router_workers_is_a_count_or_auto(tmp_path):
+    base = {"daemon": {"command": ["d"]}}
+    assert parse_config(base, tmp_path / "b.toml").router.workers == 1
+    for value in (3, "auto"):
+        cfg = parse_config({**base, "router": {"workers": value}}, tmp_path / "b.toml")
+        assert cfg.router.workers == value
+
+
 def test_starter_config_is_valid(tmp_path):
     path = tmp_path / "bgdeploy.toml"
     path.write_text(STARTER_CONFIG)
@@ -108,6 +116,9 @@ def test_starter_config_is_valid(tmp_path):
         ({"daemon": {"command": ["d"]}, "deploy": {"auto_promote": "no"}}, "`deploy.auto_promote`"),
         ({"daemon": {"command": ["d"]}, "hooks": {"pre_switch": "./smoke"}}, "`hooks.pre_switch`"),
         ({"daemon": {"command": ["d"]}, "router": {"max_body": 0}}, "`router.max_body`"),
+        ({"daemon": {"command": ["d"]}, "router": {"workers": 0}}, "`router.workers`"),
+        ({"daemon": {"command": ["d"]}, "router": {"workers": "two"}}, "`router.workers`"),
+        ({"daemon": {"command": ["d"]}, "router": {"workers": 1.5}}, "`router.workers`"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, raw, needle):
