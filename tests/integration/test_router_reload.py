@@ -3,6 +3,7 @@ nothing is lost, and the workers that serve keep serving."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -209,3 +210,28 @@ def test_supervisor_killed_inside_a_reload_then_up_recovers(stack, tmp_path, nam
             poll_until(lambda: running_router(app) is None, 30, what="the router to stop")
     assert probe.refused == 0
     assert stats.failures == 0 and probe.failed == [], stats.errors[:5] + probe.failed
+
+
+@pytest.mark.slow
+def test_status_and_doctor_show_the_supervisor_and_each_worker(stack, tmp_path):
+    app, router, _ = serve(stack, workers=2)
+    for _ in range(10):
+        assert httpx.get(router.url + "/").status_code == 200
+    cfg = str(app.config.path)
+    st = json.loads(run_bgdeploy("--config", cfg, "status", "--json", cwd=tmp_path).stdout)
+    r = st["router"]
+    assert r["pid"] == router.proc.pid and r["version"] == r["installed_version"] == __version__
+    workers = r["workers"]
+    assert sorted(w["pid"] for w in workers) == worker_pids(router.admin_url)
+    assert sum(w["requests"] for w in workers) >= 10
+    assert all(w["version"] == __version__ and w["started"].endswith("Z") for w in workers)
+    text = run_bgdeploy("--config", cfg, "status", cwd=tmp_path).stdout
+    assert f"supervisor  {router.proc.pid}" in text
+    for w in workers:
+        assert re.search(rf"worker\s+{w['pid']}\s+{re.escape(__version__)}", text), text
+    doctor = json.loads(run_bgdeploy("--config", cfg, "doctor", "--json", cwd=tmp_path).stdout)
+    check = next(c for c in doctor["checks"] if c["name"] == "router")
+    assert check["status"] == "pass" and "with 2 workers" in check["message"]
+    metrics = httpx.get(f"{router.admin_url}/metrics").text
+    for w in workers:
+        assert f'bgdeploy_worker_requests_total{{pid="{w["pid"]}"}}' in metrics
