@@ -14,6 +14,7 @@ state directory; it is handed over with the sockets.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -114,6 +115,19 @@ class Sockets:
         if self.preview is not None:
             self.preview.close()
         os.close(self.lock_fd)
+
+
+def notify_systemd(pid: int) -> None:
+    """Tell systemd (Type=notify, NotifyAccess=all) that we serve and are its main process
+    now: after a handover the successor is, and the one before exits."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    # systemd gone or not a notify service: nothing to tell.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        sock.sendto(f"READY=1\nMAINPID={pid}\n".encode(), address)
 
 
 def _parse(value: str) -> dict[str, int]:

@@ -44,7 +44,13 @@ from bgdeploy.registry.models import Router, utcnow
 from bgdeploy.registry.store import Registry
 from bgdeploy.router import ipc
 from bgdeploy.router.admin import Admin, AdminConnection
-from bgdeploy.router.sockets import HANDOVER_ENV, READY_ENV, TAKEOVER_ENV, Sockets
+from bgdeploy.router.sockets import (
+    HANDOVER_ENV,
+    READY_ENV,
+    TAKEOVER_ENV,
+    Sockets,
+    notify_systemd,
+)
 from bgdeploy.router.stats import RouterStats
 
 log = logging.getLogger("bgdeploy.router")
@@ -179,6 +185,7 @@ class RouterSupervisor:
                 with contextlib.suppress(OSError):
                     os.write(int(ready), b"ready\n")
                 os.close(int(ready))
+            notify_systemd(os.getpid())
             gc.collect()
             gc.freeze()  # the long-lived start-up objects stay out of the collector's passes
             watching = loop.create_task(self._watch())
