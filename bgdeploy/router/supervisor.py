@@ -20,13 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -52,25 +50,14 @@ from bgdeploy.router.sockets import (
     notify_systemd,
 )
 from bgdeploy.router.stats import RouterStats
+from bgdeploy.router.workers import WorkerProc, WorkersFailed, start_workers, worker_count
 
 log = logging.getLogger("bgdeploy.router")
 
-WORKER_START_TIMEOUT_S = 20.0
 SUPERVISOR_START_TIMEOUT_S = 40.0
 WATCH_S = 0.1
 STATS_EVERY = 10  # watch ticks between two reads of the workers' counters
 RESPAWN_GAP_S = 0.5  # at most one replacement per this long: a crash loop must not spin
-
-
-class WorkersFailed(OperationFailed):
-    """New workers did not come up (and were stopped); the ones before serve on."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(
-            f"{why[0].upper()}{why[1:]}.",
-            hint="See the router log (.bgdeploy/router.log) for the worker's error.",
-        )
-        self.why = why
 
 
 @dataclass
@@ -83,28 +70,6 @@ class Hooks:
     control_tick: Callable[[Callable[[], dict[str, int]]], None] | None = None
     on_config: Callable[[Config], None] = lambda config: None
     argv: list[str] = field(default_factory=list)  # how to start a new supervisor
-
-
-@dataclass
-class WorkerProc:
-    pid: int
-    proc: subprocess.Popen[bytes] | None  # None: adopted from a supervisor that died
-    started: float
-    draining: bool = False
-    last: dict[str, Any] | None = None
-
-    def exited(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is not None
-        try:
-            return psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-
-
-def worker_count(config: Config) -> int:
-    n = config.router.workers
-    return os.cpu_count() or 1 if n == "auto" else int(n)
 
 
 def address_change(old: Config, new: Config) -> str | None:
@@ -222,63 +187,11 @@ class RouterSupervisor:
 
     # -- workers -------------------------------------------------------------------------
 
-    def _spawn(self, config: Config) -> tuple[WorkerProc, int]:
-        assert self.sockets is not None
-        listen, admin = self.sockets.listen.fileno(), self.sockets.admin.fileno()
-        preview = self.sockets.preview.fileno() if self.sockets.preview is not None else None
-        ready_r, ready_w = os.pipe()
-        cfg = config.router
-        spec = {
-            "listen_fd": listen,
-            "admin_fd": admin,
-            "preview_fd": preview,
-            "ready_fd": ready_w,
-            "namespace": self.ns,
-            "service": self.service,
-            "registry_url": config.registry_url,
-            "header_timeout": cfg.header_timeout,
-            "idle_timeout": cfg.idle_timeout,
-            "max_connections": cfg.max_connections,
-            "upstream_timeout": cfg.upstream_timeout,
-            "stream_idle_timeout": cfg.stream_idle_timeout,
-            "max_body": cfg.max_body,
-            "drain_timeout": config.daemon.drain_timeout,
-        }
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bgdeploy.router.worker"],
-                env={**os.environ, ipc.WORKER_SPEC_ENV: json.dumps(spec)},
-                pass_fds=(listen, admin, ready_w, *([preview] if preview is not None else [])),
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(ready_w)
-        self._last_spawn = time.monotonic()
-        return WorkerProc(proc.pid, proc, time.time()), ready_r
-
     def _start_workers(self, config: Config, n: int) -> list[WorkerProc]:
-        """n new workers, serving; or none and OperationFailed saying why."""
-        started = [self._spawn(config) for _ in range(n)]
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        failure = None
-        for w, ready in started:
-            with os.fdopen(ready, "rb") as pipe:
-                left = max(0.0, deadline - time.monotonic())
-                ok = select.select([pipe], [], [], left)[0] and pipe.readline() == b"ready\n"
-            if not ok and failure is None:
-                code = w.proc.poll() if w.proc else None
-                failure = (
-                    f"a new router worker exited at start with code {code}"
-                    if code is not None
-                    else f"a new router worker did not start within {WORKER_START_TIMEOUT_S:g}s"
-                )
-        workers = [w for w, _ in started]
-        if failure is not None:
-            for w in workers:
-                if w.proc is not None and w.proc.poll() is None:
-                    w.proc.kill()
-                    w.proc.wait()
-            raise WorkersFailed(failure)
+        """n new workers, serving; or none and WorkersFailed saying why."""
+        assert self.sockets is not None
+        self._last_spawn = time.monotonic()
+        workers = start_workers(config, self.sockets, self.ns, self.service, n)
         with self.lock:
             for w in workers:
                 self.workers[w.pid] = w
@@ -293,9 +206,7 @@ class RouterSupervisor:
         return new
 
     def _drain(self, w: WorkerProc) -> None:
-        w.draining = True
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(w.pid, signal.SIGTERM)
+        w.drain()
 
     def _stop_workers(self) -> None:
         with self.lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict
 
@@ -218,3 +219,13 @@ def test_schema_kinds_for_upcoming_keys(kind, good, bad):
     assert all(kind.accepts(v) for v in good)
     assert not any(kind.accepts(v) for v in bad)
     assert " or " in kind.what or kind.what.startswith("a ")
+
+
+def test_router_workers_auto_is_one_per_cpu(tmp_path):
+    from bgdeploy.router.workers import worker_count
+
+    base = {"daemon": {"command": ["d"]}}
+    auto = parse_config({**base, "router": {"workers": "auto"}}, tmp_path / "b.toml")
+    three = parse_config({**base, "router": {"workers": 3}}, tmp_path / "b.toml")
+    assert worker_count(auto) == os.cpu_count()
+    assert worker_count(three) == 3
