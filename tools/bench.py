@@ -15,6 +15,8 @@ every load run is bounded by wrk's -d.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -62,11 +64,13 @@ def nginx_bin() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def start_nginx(workdir: Path, name: str, servers: str) -> subprocess.Popen[bytes]:
+def start_nginx(
+    workdir: Path, name: str, servers: str, workers: int = 1
+) -> subprocess.Popen[bytes]:
     d = workdir / name
     d.mkdir()
     (d / "nginx.conf").write_text(f"""
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
@@ -238,6 +242,22 @@ def switch_propagation(router: RouterUnderTest, ports: tuple[int, int], n: int =
     return samples
 
 
+def router_worker_pid(router: RouterUnderTest) -> int:
+    """The process that forwards (router.workers = 1): the supervisor only supervises."""
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            info = httpx.get(f"http://127.0.0.1:{router.admin}/api/router", timeout=5).json()
+            if info["workers"]:
+                return info["workers"][0]["pid"]
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("bench: the router's worker did not start")
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -279,12 +299,13 @@ def main() -> int:
             wait_port(relay_port)
             nginx_worker = psutil.Process(procs[1].pid).children()[0].pid
             assert router.proc is not None
+            router_worker = router_worker_pid(router)
 
             rows = []
             for c in (1, 16, 64):
                 targets = [
                     (proxy, nginx_worker),
-                    (router.port, router.proc.pid),
+                    (router.port, router_worker),
                     (relay_port, relay.pid),
                 ]
                 ng, ro, rl = interleaved(targets, c)
@@ -310,6 +331,12 @@ def main() -> int:
             direct, via = interleaved([(demo_port, None), (router.port, None)], 16)
 
             samples = switch_propagation(router, (b1, b2))
+            router.stop()
+            router = None
+            import bench_workers  # the router's worker processes: its own section
+
+            with contextlib.redirect_stdout(io.StringIO()) as workers_section:
+                bench_workers.report(work, (b1, b2))
         finally:
             if router is not None:
                 router.stop()
@@ -360,6 +387,7 @@ def main() -> int:
         f"{len(samples)} switches: p50 {statistics.median(samples):.1f} ms, "
         f"p99 {pct(samples, 99):.1f} ms, max {max(samples):.1f} ms"
     )
+    print(workers_section.getvalue(), end="")
     errs = [r for _, *runs in rows for r in runs if r["errors"]] + [
         r for r in (direct, via) if r["errors"]
     ]
