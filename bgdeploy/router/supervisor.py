@@ -401,8 +401,12 @@ class RouterSupervisor:
                 pipe.readline() == b"ready\n"
             )
         if not ok:
-            if proc.poll() is None:
-                proc.kill()
+            if proc.poll() is None:  # it hangs: SIGTERM lets it drain the workers it started
+                proc.terminate()
+                try:
+                    proc.wait(self.config.daemon.drain_timeout + 10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             proc.wait()
             raise OperationFailed(
                 f"The router was not reloaded: the new supervisor exited at start with code "

@@ -179,6 +179,16 @@ class RouterRun:
 
         return httpx.get(f"{self.admin_url}/api/route", timeout=2).json()["boot_id"]
 
+    def worker(self):  # noqa: ANN201 - psutil.Process
+        """The router's one serving worker process: the one that forwards (and holds the
+        client connections); self.proc is its supervisor."""
+        import httpx
+        import psutil
+
+        info = httpx.get(f"{self.admin_url}/api/router", timeout=5).json()
+        (worker,) = [w for w in info["workers"] if not w["draining"]]
+        return psutil.Process(worker["pid"])
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
