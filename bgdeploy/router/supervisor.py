@@ -397,10 +397,12 @@ class RouterSupervisor:
             os.close(ready_w)
         failpoint("handover_after_successor_started")
         with os.fdopen(ready_r, "rb") as pipe:
-            ok = select.select([pipe], [], [], SUPERVISOR_START_TIMEOUT_S)[0] and (
-                pipe.readline() == b"ready\n"
-            )
+            answered = bool(select.select([pipe], [], [], SUPERVISOR_START_TIMEOUT_S)[0])
+            ok = answered and pipe.readline() == b"ready\n"
         if not ok:
+            if answered:  # the pipe closed: it is exiting, let it finish
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
             if proc.poll() is None:  # it hangs: SIGTERM lets it drain the workers it started
                 proc.terminate()
                 try:

@@ -113,9 +113,13 @@ def start_workers(
     for w, ready in started:
         with os.fdopen(ready, "rb") as pipe:
             left = max(0.0, deadline - time.monotonic())
-            ok = select.select([pipe], [], [], left)[0] and pipe.readline() == b"ready\n"
+            answered = bool(select.select([pipe], [], [], left)[0])
+            ok = answered and pipe.readline() == b"ready\n"
         if not ok and failure is None:
-            code = w.proc.poll() if w.proc else None
+            code = None
+            if answered and w.proc is not None:  # the pipe closed: it is exiting
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    code = w.proc.wait(5)
             failure = (
                 f"a new router worker exited at start with code {code}"
                 if code is not None
