@@ -278,11 +278,11 @@ def up(
 ) -> None:
     """Start the router and deploy the installed version if nothing is active."""
     if foreground:
-        from bgdeploy.control.reconcile import serve_router
+        from bgdeploy.routerd import serve_router
 
         serve_router(_app(), deploy_if_none=not no_deploy)
         return
-    from bgdeploy.control.router_ctl import up as do_up
+    from bgdeploy.routerd import up as do_up
 
     with Progress() as progress:
         result = do_up(_app(), wait=wait, progress=progress)
@@ -302,6 +302,27 @@ def down(wait: Wait = None) -> None:
     with Progress() as progress:
         n = do_down(_app(), wait=wait, progress=progress)
     out.print(f"Down: router stopped, {n} boot{'s' if n != 1 else ''} stopped.")
+
+
+router_app = typer.Typer(help="The router supervisor and its workers.", no_args_is_help=True)
+app.add_typer(router_app, name="router")
+
+
+@router_app.command("reload")
+def router_reload(wait: Wait = None) -> None:
+    """New workers (and supervisor, if its code changed) from the installed code; the old
+    ones drain; the socket never closes. Applies a changed bgdeploy.toml (checked first)."""
+    from bgdeploy.routerd import reload
+
+    answer = reload(_app(), wait=wait)
+    if "replaced_supervisor" in answer:
+        out.print(
+            f"Reloaded: supervisor pid {answer['replaced_supervisor']} handed over to pid "
+            f"{answer['supervisor']} (new code) and its workers."
+        )
+    else:
+        pids = ", ".join(str(p) for p in answer["workers"])
+        out.print(f"Reloaded: new workers {pids}; {len(answer['drained'])} old draining.")
 
 
 @app.command()

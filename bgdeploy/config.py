@@ -237,6 +237,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_body": Key(
             COUNT, 1024**3, "request bodies larger than this many bytes get 413, not forwarded"
         ),
+        "workers": Key(
+            one_of(COUNT, literal("auto")),
+            1,
+            'worker processes that forward (each one core at most); "auto" = one per CPU',
+        ),
     },
     "registry": {
         "url": Key(
@@ -394,6 +399,7 @@ class RouterConfig:
     upstream_timeout: float
     stream_idle_timeout: float
     max_body: int
+    workers: int | str
 
 
 @dataclass(frozen=True)

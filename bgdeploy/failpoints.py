@@ -31,12 +31,21 @@ FAILPOINTS = (
 )
 
 
+# In the router supervisor's reload: after the new workers serve, before the old ones
+# drain; and after a successor supervisor was started, before it is ready.
+ROUTER_FAILPOINTS = (
+    "reload_after_new_workers",
+    "handover_after_successor_started",
+)
+
+
 class FailpointError(RuntimeError):
     """An injected bug: deliberately not a BgdeployError."""
 
 
 def failpoint(name: str) -> None:
-    if name not in FAILPOINTS:  # a typo here would make a test silently pass
+    # A typo here would make a test silently pass.
+    if name not in FAILPOINTS and name not in ROUTER_FAILPOINTS:
         raise ValueError(f"unknown failpoint {name!r}")
     wanted = os.environ.get(ENV)
     if wanted == name:

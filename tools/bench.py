@@ -22,6 +22,8 @@ Loopback only; every load run is bounded by wrk's -d.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -375,6 +377,10 @@ def main() -> int:
                 r.stop()
             routers = []
             pg_samples = postgres_switch_propagation(work, (b1, b2))
+            import bench_workers  # the router's worker processes: its own section
+
+            with contextlib.redirect_stdout(io.StringIO()) as workers_section:
+                bench_workers.report(work, (b1, b2))
         finally:
             for r in routers:
                 r.stop()
@@ -428,6 +434,7 @@ def main() -> int:
             timeout=300,
         )
         print("  " + cost.stdout.strip())
+    print(workers_section.getvalue(), end="")
     errs = [r for _, results in rows + uv_rows for r in results if r["errors"]]
     errs += [r for r in (direct, via) if r["errors"]]
     if errs:

@@ -16,11 +16,13 @@ def nginx_bin() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def start_nginx(workdir: Path, name: str, servers: str) -> subprocess.Popen[bytes]:
+def start_nginx(
+    workdir: Path, name: str, servers: str, workers: int = 1
+) -> subprocess.Popen[bytes]:
     d = workdir / name
     d.mkdir()
     (d / "nginx.conf").write_text(f"""
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import psutil
 
+from bgdeploy import __version__
 from bgdeploy.boots import Supervisor, port_holder, processes_of_state_dir
 from bgdeploy.config import Config, find_config_path, load_config
 from bgdeploy.control.app import App
@@ -22,7 +23,8 @@ from bgdeploy.errors import BgdeployError
 from bgdeploy.health import check as health_check
 from bgdeploy.installed import installed_version
 from bgdeploy.registry import migrate
-from bgdeploy.registry.store import is_postgres, make_engine, safe_url, sqlite_path
+from bgdeploy.registry.store import make_engine, safe_url
+from bgdeploy.registry.urls import is_postgres, sqlite_path
 from bgdeploy.router import build_of
 from bgdeploy.states import LIVE_BOOT_STATES, BootState, DeploymentState
 
@@ -133,18 +135,32 @@ def _router(app: App) -> Check:
     row = running_router(app)
     if row is not None:
         try:
-            httpx.get(f"{row.admin_url}/api/route", timeout=2).raise_for_status()
-        except httpx.HTTPError as e:
+            resp = httpx.get(f"{row.admin_url}/api/router", timeout=2)
+            resp.raise_for_status()
+            info = resp.json()
+        except (httpx.HTTPError, ValueError) as e:
             return Check(
                 "router",
                 FAIL,
                 f"router pid {row.pid} does not answer on its admin listener ({type(e).__name__})",
                 "Restart it: bgdeploy down && bgdeploy up.",
             )
+        workers = [w for w in info["workers"] if not w["draining"]]
+        running = sorted({info["version"], *(w["version"] for w in workers)})
+        shape = (
+            f"supervisor pid {row.pid} with {len(workers)} worker"
+            f"{'s' if len(workers) != 1 else ''} "
+            f"({', '.join(str(w['pid']) for w in workers)}) serves {row.url}"
+        )
+        if running != [__version__]:
+            return Check(
+                "router",
+                WARN,
+                f"{shape} on bgdeploy {', '.join(running)}, but {__version__} is installed",
+                "Run `bgdeploy up` (or `bgdeploy router reload`): the socket stays open.",
+            )
         return Check(
-            "router",
-            PASS,
-            f"pid {row.pid} serves {row.url}; router build: {build_of(row.pid)}",
+            "router", PASS, f"{shape} on bgdeploy {__version__}; router build: {build_of(row.pid)}"
         )
     holder = port_holder(cfg.host, cfg.port)
     if holder:

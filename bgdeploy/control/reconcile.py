@@ -8,8 +8,6 @@ someone else is acting: the pass skips quietly.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,28 +221,3 @@ class Reconciler:
         )
         for path in old[:-KEEP_LOGS] if len(old) > KEEP_LOGS else []:
             Path(path).unlink(missing_ok=True)
-
-
-def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
-    """Run the router in this process, with the reconcile pass as its control loop."""
-    from bgdeploy.router.server import RouterProcess
-
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    state: dict[str, Reconciler] = {}
-
-    def tick(app_: App, inflight: Inflight) -> None:
-        rec = state.get("rec")
-        if rec is None:
-            rec = state["rec"] = Reconciler(
-                app_,
-                inflight=inflight,
-                deploy_if_none=deploy_if_none,
-                holder=f"bgdeploy router control loop (pid {os.getpid()})",
-            )
-        rec.run()
-
-    RouterProcess(app, control_tick=tick).serve()

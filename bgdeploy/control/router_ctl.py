@@ -17,7 +17,7 @@ from bgdeploy.boots import Supervisor, log_tail
 from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Deployer, DeployResult, Progress, no_progress
 from bgdeploy.control.status import running_router
-from bgdeploy.errors import OperationFailed
+from bgdeploy.errors import EXIT_LOCK_BUSY, OperationFailed
 from bgdeploy.states import BootState
 
 log = logging.getLogger("bgdeploy.up")
@@ -44,8 +44,10 @@ def router_log_path(app: App):  # noqa: ANN201
     return app.config.state_dir / "router.log"
 
 
-def start_router_background(app: App) -> int:
-    """Start `bgdeploy up --foreground` detached; return its pid once the port answers."""
+def start_router_background(app: App) -> tuple[int, bool]:
+    """Start `bgdeploy up --foreground` detached; return its pid once the port answers, and
+    whether it was this call that started it (two `up` at once: one starts it, the other
+    waits for it)."""
     cfg = app.config
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = router_log_path(app)
@@ -72,14 +74,19 @@ def start_router_background(app: App) -> int:
         os.close(fd)
     deadline = time.monotonic() + ROUTER_START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc.poll() == EXIT_LOCK_BUSY:
+            # Another `up` started a supervisor a moment before ours: wait for that one.
+            row = running_router(app)
+            if row is not None and _answers(cfg.router.host, cfg.router.port):
+                return row.pid, False
+        elif proc.poll() is not None:
             lines = log_tail(log_path, 10).splitlines()
             errors = [ln.removeprefix("Error: ") for ln in lines if ln.startswith("Error: ")]
             why = errors[-1] if errors else (lines[-1] if lines else "no output")
             raise OperationFailed(f"The router exited at start: {why}", hint=f"See {log_path}.")
         row = running_router(app)
         if row is not None and row.pid == proc.pid and _answers(cfg.router.host, cfg.router.port):
-            return proc.pid
+            return proc.pid, True
         time.sleep(0.05)
     proc.terminate()
     raise OperationFailed(
@@ -89,8 +96,7 @@ def start_router_background(app: App) -> int:
 
 def up(app: App, *, wait: float | None = None, progress: Progress = no_progress) -> UpResult:
     row = running_router(app)
-    started = row is None
-    pid = row.pid if row is not None else start_router_background(app)
+    pid, started = (row.pid, False) if row is not None else start_router_background(app)
     progress(
         "router",
         f"pid {pid} on {app.config.router.host}:{app.config.router.port}"
@@ -104,7 +110,10 @@ def up(app: App, *, wait: float | None = None, progress: Progress = no_progress)
         lock = app.lock()
         lock.acquire(wait=wait, command="bgdeploy up")
         try:
-            result = Deployer(app, sup).deploy(force=active is not None, progress=progress)
+            # Another `up` may have deployed while this one waited for the lock.
+            active = app.registry.boot(app.registry.deployment(app.service).active_boot_id)
+            if active is None or not sup.is_running(active):
+                result = Deployer(app, sup).deploy(force=active is not None, progress=progress)
         finally:
             lock.release()
     return UpResult(pid, started, result)

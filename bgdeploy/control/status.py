@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+
+from bgdeploy import __version__
 from bgdeploy.boots import process_matches
 from bgdeploy.control.app import App
 from bgdeploy.control.controls import read_controls
@@ -38,18 +42,39 @@ def running_router(app: App) -> Router | None:
     return None
 
 
-def router_dict(router: Router | None) -> dict[str, Any] | None:
+def router_dict(router: Router | None, info: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The supervisor's row, with what it reports of itself and its workers when it can."""
     if router is None:
         return None
+    if info is None:
+        info = router_info(router)
     return {
         "pid": router.pid,
         "url": router.url,
         "admin_url": router.admin_url,
         "build": build_of(router.pid),
+        "started_ts": iso(router.started_ts),
+        "version": info["version"] if info else None,
+        "installed_version": __version__,
+        "workers": [
+            {**w, "started": iso(datetime.fromtimestamp(w["started"], UTC))}
+            for w in (info["workers"] if info else [])
+        ],
     }
 
 
-def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:
+def router_info(router: Router) -> dict[str, Any] | None:
+    """What the running supervisor says of itself and its workers (None if it cannot)."""
+    try:
+        return httpx.get(f"{router.admin_url}/api/router", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def status(
+    app: App, inflight: dict[str, int] | None = None, router: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``router``: the supervisor's own report, when the supervisor itself asks."""
     reg = app.registry
     row = reg.deployment(app.service)
     with reg.reading() as s:
@@ -71,7 +96,7 @@ def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:
         "rollback_ts": iso(row.rollback_ts),
         "last_error": row.last_error,
         "quarantined_versions": reg.quarantined_versions(app.service),
-        "router": router_dict(running_router(app)),
+        "router": router_dict(running_router(app), router),
         "lock": holder.as_dict() if holder else None,
         "held": None
         if row.held_ts is None
@@ -83,15 +108,19 @@ def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:
     }
 
 
-def all_statuses(app: App, inflight: dict[str, int] | None = None) -> list[dict[str, Any]]:
+def all_statuses(
+    app: App, inflight: dict[str, int] | None = None, router: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The status object of every service in the registry (this config's one included,
-    even before its first deploy), by name. In-flight counts are this router's only."""
+    even before its first deploy), by name. In-flight counts (and ``router``, the
+    supervisor's own report) are this router's only."""
     names = sorted({*app.registry.services(), app.service})
     out = []
     for name in names:
         other = App(app.config, name)
         other.__dict__["registry"] = app.registry  # one connection pool for them all
-        out.append(status(other, inflight if name == app.service else None))
+        own = name == app.service
+        out.append(status(other, inflight if own else None, router if own else None))
     return out
 
 

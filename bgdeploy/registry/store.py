@@ -37,6 +37,7 @@ from bgdeploy.errors import BootError, ConfigError, IllegalTransition, RegistryE
 from bgdeploy.machine import DeploymentFields, DeploymentMachine
 from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Boot, Deployment, Event, Quarantine, Workspace, utcnow
+from bgdeploy.registry.urls import is_postgres, sqlite_path
 from bgdeploy.states import (
     LIVE_BOOT_STATES,
     BootState,
@@ -61,14 +62,6 @@ class TransitionResult:
     applied: bool
     row: DeploymentFields
     message: str
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a sqlite URL, or None for other databases and :memory:."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url.endswith(":memory:"):
-        return None
-    return Path(url[len(prefix) :])
 
 
 def prepare_sqlite_file(path: Path) -> None:
@@ -103,10 +96,6 @@ def safe_url(url: str) -> str:
 def libpq_url(url: str) -> str:
     """A PostgreSQL URL as libpq (plain psycopg) takes it: no "+psycopg" driver suffix."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def is_postgres(url: str) -> bool:
-    return url.startswith(("postgresql:", "postgresql+"))
 
 
 def make_engine(url: str) -> Engine:

@@ -1,7 +1,8 @@
-"""The read-only admin listener: /api/status, /metrics and the dashboard page.
+"""The read-only admin listener: /api/status, /api/route, /api/router, /metrics, the dashboard.
 
-It runs on the router's event loop; anything that reads the registry runs in
-a worker thread so that it never stalls forwarding.
+It runs on the router supervisor's event loop. Each answer sums the workers'
+counters (router/stats.py), asked over their unix sockets in a thread, as is
+anything that reads the registry.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import httptools
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from bgdeploy.router.routes import RouteTable
 from bgdeploy.router.series import Series
+from bgdeploy.router.stats import RouterStats
 
 log = logging.getLogger("bgdeploy.router.admin")
 
@@ -35,20 +36,21 @@ ALLOW = b"Allow: GET, HEAD\r\n"
 
 
 class MetricsSnapshot:
-    """A copy of the route table's counters, taken on the loop thread."""
+    """The workers' counters, summed."""
 
-    def __init__(self, table: RouteTable) -> None:
-        self.requests = dict(table.requests)
-        self.inflight = dict(table.inflight)
-        self.upstream_errors = dict(table.upstream_errors)
-        self.switches = table.switches
-        self.route_age = time.time() - table.route_changed_at
-        self.connections = len(table.connections)
-        self.active = table.active
-        self.preview = table.preview
-        self.paused = table.pause is not None
-        self.held = len(table.held)
-        self.maintenance = table.maintenance is not None
+    def __init__(self, stats: RouterStats) -> None:
+        self.stats = stats
+        self.requests = stats.requests
+        self.inflight = stats.inflight
+        self.upstream_errors = stats.upstream_errors
+        self.switches = stats.switches
+        self.route_age = time.time() - stats.route_changed_at
+        self.connections = stats.connections
+        self.active = stats.route
+        self.preview = stats.preview
+        self.paused = stats.paused
+        self.held = stats.held
+        self.maintenance = stats.maintenance
 
     def collect(self):  # noqa: ANN201 - prometheus-client collector protocol
         req = CounterMetricFamily(
@@ -92,7 +94,7 @@ class MetricsSnapshot:
             labels=["boot", "generation"],
         )
         if self.active is not None:
-            active.add_metric([self.active.boot_id, str(self.active.generation)], 1)
+            active.add_metric([self.active[0], str(self.active[1])], 1)
         yield active
         preview = GaugeMetricFamily(
             "bgdeploy_preview_boot_info",
@@ -100,7 +102,7 @@ class MetricsSnapshot:
             labels=["boot", "generation"],
         )
         if self.preview is not None:
-            preview.add_metric([self.preview.boot_id, str(self.preview.generation)], 1)
+            preview.add_metric([self.preview[0], str(self.preview[1])], 1)
         yield preview
         yield GaugeMetricFamily(
             "bgdeploy_paused", "1 while new requests are held (bgdeploy pause).", value=self.paused
@@ -113,12 +115,46 @@ class MetricsSnapshot:
             "1 while every new request gets the maintenance answer.",
             value=self.maintenance,
         )
+        workers = self.stats.workers_info()
+        conns = GaugeMetricFamily(
+            "bgdeploy_worker_open_connections",
+            "Open client connections, by worker.",
+            labels=["pid"],
+        )
+        served = CounterMetricFamily(
+            "bgdeploy_worker_requests", "Responses sent, by worker.", labels=["pid"]
+        )
+        for w in workers:
+            conns.add_metric([str(w["pid"])], w["connections"])
+            served.add_metric([str(w["pid"])], w["requests"])
+        yield conns
+        yield served
 
 
-def metrics_text(table: RouteTable) -> bytes:
+def metrics_text(stats: RouterStats) -> bytes:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(MetricsSnapshot(table))
+    reg.register(MetricsSnapshot(stats))
     return generate_latest(reg)
+
+
+def route_json(stats: RouterStats) -> bytes:
+    route = stats.route
+    return json.dumps(
+        {
+            "boot_id": route[0] if route else None,
+            "generation": route[1] if route else None,
+            "inflight": stats.inflight,
+            "requests_total": sum(stats.requests.values()),
+            "preview_boot_id": stats.preview[0] if stats.preview else None,
+            "paused": stats.paused,
+            "held_requests": stats.held,
+            "maintenance": stats.maintenance,
+            "workers": [
+                {"pid": w["pid"], "boot_id": w["route"], "draining": w["draining"]}
+                for w in stats.workers_info()
+            ],
+        }
+    ).encode()
 
 
 def dashboard_page() -> bytes:
@@ -130,36 +166,44 @@ class Admin:
 
     def __init__(
         self,
-        table: RouteTable,
-        status: Callable[[dict[str, int]], dict[str, Any]],
+        snapshot: Callable[[], RouterStats],
+        status: Callable[[RouterStats], dict[str, Any]],
         history: Callable[[], list[dict[str, Any]]],
-        status_all: Callable[[dict[str, int]], list[dict[str, Any]]] | None = None,
+        router: Callable[[RouterStats], dict[str, Any]],
+        status_all: Callable[[RouterStats], list[dict[str, Any]]] | None = None,
     ):
-        self.table = table
+        self.snapshot = snapshot
         self.status = status
         self.history = history
         self.series = Series()
+        self.router = router
         self.status_all = status_all
         self._cache: tuple[float, bytes] | None = None
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def status_json(self) -> bytes:
         now = time.monotonic()
         if self._cache and now - self._cache[0] < STATUS_CACHE_S:
             return self._cache[1]
-        inflight = dict(self.table.inflight)
-        body = json.dumps(
-            await asyncio.get_running_loop().run_in_executor(None, self.status, inflight)
-        ).encode()
+        body = json.dumps(await self._in_thread(lambda: self.status(self.snapshot()))).encode()
         self._cache = (now, body)
         return body
 
     async def status_all_json(self) -> bytes:
         """``/api/status?all=1``: every service of the registry (not cached: rare)."""
-        inflight = dict(self.table.inflight)
-        produce = self.status_all or (lambda inf: [self.status(inf)])
-        return json.dumps(
-            await asyncio.get_running_loop().run_in_executor(None, produce, inflight)
-        ).encode()
+        produce = self.status_all or (lambda snap: [self.status(snap)])
+        return json.dumps(await self._in_thread(lambda: produce(self.snapshot()))).encode()
+
+    async def route_json(self) -> bytes:
+        return route_json(await self._in_thread(self.snapshot))
+
+    async def router_json(self) -> bytes:
+        return json.dumps(await self._in_thread(lambda: self.router(self.snapshot()))).encode()
+
+    async def metrics(self) -> bytes:
+        return metrics_text(await self._in_thread(self.snapshot))
 
     async def history_json(self) -> bytes:
         events = await asyncio.get_running_loop().run_in_executor(None, self.history)
@@ -240,28 +284,14 @@ class AdminConnection(asyncio.Protocol):
         elif path == "/api/history":
             self._later(self.admin.history_json, JSON, head_only, close)
         elif path == "/api/route":
-            table = self.admin.table
-            route = table.active
-            body = json.dumps(
-                {
-                    "boot_id": route.boot_id if route else None,
-                    "generation": route.generation if route else None,
-                    "inflight": dict(self.admin.table.inflight),
-                    "requests_total": sum(self.admin.table.requests.values()),
-                    "preview_boot_id": table.preview.boot_id if table.preview else None,
-                    "paused": table.pause is not None,
-                    "held_requests": len(table.held),
-                    "maintenance": table.maintenance is not None,
-                }
-            ).encode()
-            self._answer(200, body, JSON, head_only=head_only, close=close)
+            self._later(self.admin.route_json, JSON, head_only, close)
+        elif path == "/api/router":
+            self._later(self.admin.router_json, JSON, head_only, close)
         elif path == "/api/series":
             body = json.dumps(self.admin.series.as_dict()).encode()
             self._answer(200, body, JSON, head_only=head_only, close=close)
         elif path == "/metrics":
-            self._answer(
-                200, metrics_text(self.admin.table), METRICS, head_only=head_only, close=close
-            )
+            self._later(self.admin.metrics, METRICS, head_only, close)
         elif path in ("/", "/index.html"):
             self._answer(200, dashboard_page(), HTML, head_only=head_only, close=close)
         else:

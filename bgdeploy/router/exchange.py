@@ -78,7 +78,8 @@ class Exchange:
         self.got_response_bytes = False
         self.response_started = False
         self.chunk_response = False
-        self.close_after = not keep_alive
+        # A draining worker ends each keep-alive connection after its current answer.
+        self.close_after = not keep_alive or client.table.draining
         self.bodyless = method == b"HEAD"
         self.done = False
         self.interim = False

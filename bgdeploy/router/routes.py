@@ -17,13 +17,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from math import ceil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from bgdeploy.registry.models import Boot, Deployment
-from bgdeploy.registry.store import Registry, sqlite_path
+from bgdeploy.registry.urls import is_postgres, sqlite_path
 from bgdeploy.router.wake import FileWaker
 
 if TYPE_CHECKING:
+    from bgdeploy.registry.store import Registry
     from bgdeploy.router.client import ClientConnection
     from bgdeploy.router.pg_watch import PgRouteWatcher
 
@@ -80,6 +80,8 @@ class RouteTable:
         self.held = HeldRequests()
         # Any of the three set: one attribute for the request path to check.
         self.controlled = False
+        # Set when this worker drains: every response from now on says Connection: close.
+        self.draining = False
 
     # -- routing -----------------------------------------------------------------------
 
@@ -157,6 +159,8 @@ class RouteTable:
 
 def read_route(registry: Registry, service: str) -> RouteState:
     """The route state through the store (a registry that is not a SQLite file)."""
+    from bgdeploy.registry.models import Boot, Deployment
+
     with registry.reading() as s:
         row = s.get(Deployment, service)
         if row is None:
@@ -179,15 +183,15 @@ def read_route(registry: Registry, service: str) -> RouteState:
         )
 
 
-# The route state in one indexed read, on the watcher's own connection (table names
-# from the models, whose schema test_registry checks against the migrations).
+# The route state in one indexed read, on the watcher's own connection. The table names
+# are spelled out so that a worker never loads SQLAlchemy.
 ROUTE_SQL = (
     "SELECT d.active_boot_id, b.port, d.generation, c.boot_id, c.port, "
     "d.paused_ts IS NOT NULL, d.pause_max_s, d.maintenance_ts IS NOT NULL, "
     "d.maintenance_message, d.maintenance_retry_after "
-    f"FROM {Deployment.__tablename__} AS d "
-    f"LEFT JOIN {Boot.__tablename__} AS b ON b.boot_id = d.active_boot_id "
-    f"LEFT JOIN {Boot.__tablename__} AS c "
+    "FROM deployments AS d "
+    "LEFT JOIN boots AS b ON b.boot_id = d.active_boot_id "
+    "LEFT JOIN boots AS c "
     "ON c.boot_id = d.candidate_boot_id AND d.held_ts IS NOT NULL "
     "WHERE d.service = ?"
 )
@@ -215,15 +219,25 @@ class RegistryWatcher:
     waiting for a lock; after a change (and once a second anyway) it reads the route
     with one small query on that connection. Both take microseconds, so they run on
     the event loop: no thread, and so no GIL hand-offs in the middle of forwarding.
-    A registry that is not a SQLite file is read through the store, in a thread.
+    A registry that is not a SQLite file is read through the store, in a thread (only
+    then is SQLAlchemy loaded).
     """
 
-    def __init__(self, registry: Registry, service: str, table: RouteTable) -> None:
-        self.registry = registry
+    def __init__(self, url: str, service: str, table: RouteTable) -> None:
+        self.url = url
         self.service = service
         self.table = table
         self.last_error: str | None = None
         self._conn: sqlite3.Connection | None = None
+        self._registry: Any = None
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            from bgdeploy.registry.store import Registry
+
+            self._registry = Registry(self.url)
+        return self._registry
 
     def refresh(self) -> Route | None:
         """Read the route now (blocking) and apply it; for start-up."""
@@ -234,7 +248,7 @@ class RegistryWatcher:
     def _open(self) -> sqlite3.Connection | None:
         """The watcher's own connection; None when the registry is not a SQLite file."""
         if self._conn is None:
-            path = sqlite_path(self.registry.url)
+            path = sqlite_path(self.url)
             if path is None:
                 return None
             # timeout=0: a locked registry answers "busy" at once and we try next poll.
@@ -253,7 +267,7 @@ class RegistryWatcher:
 
     def _waker(self, loop: asyncio.AbstractEventLoop) -> FileWaker | None:
         """Wake-ups on writes to the registry file or its WAL; None: poll instead."""
-        path = sqlite_path(self.registry.url)
+        path = sqlite_path(self.url)
         if path is None:
             return None
         try:
@@ -303,13 +317,11 @@ class RegistryWatcher:
                 self._conn.close()
 
 
-def watcher_for(
-    registry: Registry, service: str, table: RouteTable
-) -> RegistryWatcher | PgRouteWatcher:
+def watcher_for(url: str, service: str, table: RouteTable) -> RegistryWatcher | PgRouteWatcher:
     """``data_version`` polling on SQLite; LISTEN/NOTIFY on PostgreSQL (psycopg, the
     optional extra, is imported only then)."""
-    if registry.postgres:
+    if is_postgres(url):
         from bgdeploy.router.pg_watch import PgRouteWatcher
 
-        return PgRouteWatcher(registry.url, service, table)
-    return RegistryWatcher(registry, service, table)
+        return PgRouteWatcher(url, service, table)
+    return RegistryWatcher(url, service, table)

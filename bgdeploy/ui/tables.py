@@ -128,7 +128,44 @@ def status_renderable(st: dict[str, Any]) -> Group:
         if lock
         else "free",
     )
-    return Group(head, Text(""), boots, Text(""), status_tree(st), Text(""), facts)
+    parts = [head, Text(""), boots, Text(""), status_tree(st), Text(""), facts]
+    if router:
+        parts += [Text(""), router_table(router)]
+    return Group(*parts)
+
+
+def router_table(router: dict[str, Any]) -> Table:
+    """The supervisor and each worker: pid, uptime, code version, connections, requests."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("router", "pid", "bgdeploy", "uptime", "open conns", "requests"):
+        table.add_column(
+            col, justify="right" if col in ("pid", "open conns", "requests") else "left"
+        )
+    installed = router.get("installed_version")
+    version = router.get("version") or "?"
+    table.add_row(
+        "supervisor",
+        str(router["pid"]),
+        Text(version, "" if version == installed else "yellow"),
+        uptime(router.get("started_ts")),
+        "",
+        "",
+    )
+    for w in router.get("workers", []):
+        table.add_row(
+            Text(
+                "worker (draining)" if w["draining"] else "worker",
+                "magenta" if w["draining"] else "",
+            ),
+            str(w["pid"]),
+            Text(w["version"], "" if w["version"] == installed else "yellow"),
+            uptime(w["started"]),
+            str(w["connections"]),
+            str(w["requests"]),
+        )
+    if installed and (version != installed):
+        table.caption = f"installed bgdeploy is {installed}: `bgdeploy up` reloads the router"
+    return table
 
 
 def services_table(statuses: list[dict[str, Any]]) -> Table:

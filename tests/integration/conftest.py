@@ -179,6 +179,16 @@ class RouterRun:
 
         return httpx.get(f"{self.admin_url}/api/route", timeout=2).json()["boot_id"]
 
+    def worker(self):  # noqa: ANN201 - psutil.Process
+        """The router's one serving worker process: the one that forwards (and holds the
+        client connections); self.proc is its supervisor."""
+        import httpx
+        import psutil
+
+        info = httpx.get(f"{self.admin_url}/api/router", timeout=5).json()
+        (worker,) = [w for w in info["workers"] if not w["draining"]]
+        return psutil.Process(worker["pid"])
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -199,7 +209,8 @@ def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
         extra = str(kw.pop("extra", ""))
         router = (
             f"\n[router]\nport = {free_port()}\nadmin_port = {free_port()}\n"
-            f"header_timeout = {kw.pop('header_timeout', 10.0)}\n{kw.pop('router_extra', '')}\n"
+            f"header_timeout = {kw.pop('header_timeout', 10.0)}\n"
+            f"workers = {kw.pop('workers', 1)}\n{kw.pop('router_extra', '')}\n"
         )
         router_env = kw.pop("router_env", None)
         url = kw.pop("registry_url", None)
@@ -215,11 +226,20 @@ def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
 
     for app, run in made:
         run.stop()
+        stop_orphaned_workers(app)
         sup = Supervisor(app.config, app.registry)
         for boot in app.registry.boots(app.service, live_only=True):
             if sup.is_running(boot):
                 sup.stop(boot, timeout=2)
         app.close()
+
+
+def stop_orphaned_workers(app: App) -> None:
+    """Router workers a test left without their supervisor (it killed it) are ours to end."""
+    from bgdeploy.router import ipc
+
+    for pid in ipc.live_workers(ipc.namespace(app.config.state_dir)):
+        os.kill(pid, signal.SIGKILL)
 
 
 def locked(app: App, fn: Callable[..., object]) -> object:

@@ -8,7 +8,6 @@ import socket
 import time
 
 import httpx
-import psutil
 import pytest
 
 from tests.conftest import REPORT, poll_until
@@ -54,7 +53,7 @@ def test_five_thousand_idle_connections(stack):
     # A header timeout longer than the test: with the 1 s of `served`, the first connections
     # were cut with 408 before a loaded machine had opened the last ones.
     app, router, _ = serve(stack, header_timeout=600.0)
-    proc = psutil.Process(router.proc.pid)
+    proc = router.worker()
     before = proc.memory_info().rss
     socks = []
     try:
@@ -115,7 +114,7 @@ def test_slowloris_clients_are_cut_and_others_served(served):
 @pytest.mark.slow
 def test_a_client_that_never_reads_does_not_grow_the_router(served):
     app, router, _ = served
-    proc = psutil.Process(router.proc.pid)
+    proc = router.worker()
     before = proc.memory_info().rss
     s = socket.create_connection(("127.0.0.1", app.config.router.port), timeout=10)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -105,7 +105,7 @@ def test_slow_client_is_cut_while_others_are_served(served):
 @pytest.mark.slow
 def test_ten_megabytes_stream_both_ways_without_buffering(served):
     app, router, _ = served
-    rproc = psutil.Process(router.proc.pid)
+    rproc = router.worker()
     httpx.get(router.url + "/bytes?n=1000")  # warm up
     before = rproc.memory_info().rss
     size = 10 * 1024 * 1024

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict
 
@@ -65,6 +66,14 @@ def test_health_expectations_parse_to_ranges(tmp_path):
     assert load_config(write_config(tmp_path)).health.expect_status == ((200, 299),)
 
 
+def test_router_workers_is_a_count_or_auto(tmp_path):
+    base = {"daemon": {"command": ["d"]}}
+    assert parse_config(base, tmp_path / "b.toml").router.workers == 1
+    for value in (3, "auto"):
+        cfg = parse_config({**base, "router": {"workers": value}}, tmp_path / "b.toml")
+        assert cfg.router.workers == value
+
+
 def test_starter_config_is_valid(tmp_path):
     path = tmp_path / "bgdeploy.toml"
     path.write_text(STARTER_CONFIG)
@@ -108,6 +117,9 @@ def test_starter_config_is_valid(tmp_path):
         ({"daemon": {"command": ["d"]}, "deploy": {"auto_promote": "no"}}, "`deploy.auto_promote`"),
         ({"daemon": {"command": ["d"]}, "hooks": {"pre_switch": "./smoke"}}, "`hooks.pre_switch`"),
         ({"daemon": {"command": ["d"]}, "router": {"max_body": 0}}, "`router.max_body`"),
+        ({"daemon": {"command": ["d"]}, "router": {"workers": 0}}, "`router.workers`"),
+        ({"daemon": {"command": ["d"]}, "router": {"workers": "two"}}, "`router.workers`"),
+        ({"daemon": {"command": ["d"]}, "router": {"workers": 1.5}}, "`router.workers`"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, raw, needle):
@@ -207,3 +219,13 @@ def test_schema_kinds_for_upcoming_keys(kind, good, bad):
     assert all(kind.accepts(v) for v in good)
     assert not any(kind.accepts(v) for v in bad)
     assert " or " in kind.what or kind.what.startswith("a ")
+
+
+def test_router_workers_auto_is_one_per_cpu(tmp_path):
+    from bgdeploy.router.workers import worker_count
+
+    base = {"daemon": {"command": ["d"]}}
+    auto = parse_config({**base, "router": {"workers": "auto"}}, tmp_path / "b.toml")
+    three = parse_config({**base, "router": {"workers": 3}}, tmp_path / "b.toml")
+    assert worker_count(auto) == os.cpu_count()
+    assert worker_count(three) == 3

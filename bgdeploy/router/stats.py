@@ -1,0 +1,85 @@
+"""The router's counters, summed over its workers (each counts its own; see worker.stats).
+
+The supervisor asks every worker for its counters over the worker's unix socket
+and adds them up here, with the last counters of workers that have exited, so
+that request totals do not go back when a worker is replaced. Nothing on the
+request path writes anywhere but the worker's own memory.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class RouterStats:
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, int], int] = {}
+        self.upstream_errors: dict[tuple[str, str], int] = {}
+        self.inflight: dict[str, int] = {}
+        self.connections = 0
+        self.switches = 0
+        self.route: tuple[str, int] | None = None
+        self.preview: tuple[str, int] | None = None
+        self.paused = False
+        self.held = 0
+        self.maintenance = False
+        self.route_changed_at = time.time()
+        self.workers: list[dict[str, Any]] = []
+
+    @classmethod
+    def of(cls, workers: list[dict[str, Any]], retired: RouterStats) -> RouterStats:
+        snap = cls()
+        snap.add(retired)
+        snap.inflight = {}
+        snap.connections = 0
+        for w in workers:
+            snap.add(w)
+        snap.workers = workers
+        serving = [w for w in workers if not w["draining"]] or workers
+        # The route all serving workers have: while a switch is on its way, the one
+        # behind, so that "the router follows" means every worker does.
+        routes = [tuple(w["route"]) if w["route"] else None for w in serving]
+        if routes:
+            snap.route = min(routes, key=lambda r: -1 if r is None else r[1])  # type: ignore[assignment]
+            snap.route_changed_at = max(w["route_changed_at"] for w in serving)
+            previews = [tuple(w["preview"]) for w in serving if w.get("preview")]
+            snap.preview = previews[0] if previews else None  # type: ignore[assignment]
+        snap.paused = any(w.get("paused") for w in workers)
+        snap.maintenance = any(w.get("maintenance") for w in serving)
+        snap.held = sum(w.get("held", 0) for w in workers)
+        return snap
+
+    def add(self, w: dict[str, Any] | RouterStats) -> None:
+        """Add one worker's counters (or the retired workers' sum)."""
+        if isinstance(w, RouterStats):
+            requests, errors = w.requests.items(), w.upstream_errors.items()
+            inflight, connections, switches = w.inflight, w.connections, w.switches
+        else:
+            requests = (((b, c), n) for b, c, n in w["requests"])
+            errors = (((b, k), n) for b, k, n in w["upstream_errors"])
+            inflight, connections, switches = w["inflight"], w["connections"], w["switches"]
+        for key, n in requests:
+            self.requests[key] = self.requests.get(key, 0) + n
+        for key, n in errors:
+            self.upstream_errors[key] = self.upstream_errors.get(key, 0) + n
+        for boot, n in inflight.items():
+            self.inflight[boot] = self.inflight.get(boot, 0) + n
+        self.connections += connections
+        self.switches = max(self.switches, switches)
+
+    def workers_info(self) -> list[dict[str, Any]]:
+        """Per worker: what status, doctor and the dashboard show."""
+        return [
+            {
+                "pid": w["pid"],
+                "version": w["version"],
+                "started": w["started"],
+                "draining": w["draining"],
+                "connections": w["connections"],
+                "requests": sum(n for _b, _c, n in w["requests"]),
+                "inflight": sum(w["inflight"].values()),
+                "route": w["route"][0] if w["route"] else None,
+            }
+            for w in sorted(self.workers, key=lambda w: w["started"])
+        ]

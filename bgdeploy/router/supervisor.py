@@ -1,0 +1,481 @@
+"""The router supervisor: owns the fixed address and starts the workers that forward on it.
+
+nginx's shape. The supervisor gets the listening socket once (see sockets.py:
+handed over by the supervisor it replaces, from systemd, from a live worker
+after a kill -9, or made here), starts ``router.workers`` worker processes
+that inherit it, and restarts one that dies. It runs the admin listener and
+the control loop (a thread, wired in by the caller), and sums the workers'
+counters for them. The socket is never closed while any of these processes
+lives, so new connections wait in the backlog instead of being refused.
+
+A reload starts new workers from the installed code (a fresh exec), waits
+until they serve, then drains the old ones. When the installed bgdeploy is a
+different version from this process, the supervisor is replaced too: it
+starts the new one with the sockets passed across exec, and retires once that
+one serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import uvloop
+
+from bgdeploy import __version__
+from bgdeploy.config import Config
+from bgdeploy.errors import BgdeployError, ConfigError, OperationFailed
+from bgdeploy.failpoints import failpoint
+from bgdeploy.registry.models import Router, utcnow
+from bgdeploy.registry.store import Registry
+from bgdeploy.router import ipc
+from bgdeploy.router.admin import Admin, AdminConnection
+from bgdeploy.router.sockets import (
+    HANDOVER_ENV,
+    READY_ENV,
+    TAKEOVER_ENV,
+    Sockets,
+    notify_systemd,
+)
+from bgdeploy.router.stats import RouterStats
+from bgdeploy.router.workers import WorkerProc, WorkersFailed, start_workers, worker_count
+
+log = logging.getLogger("bgdeploy.router")
+
+SUPERVISOR_START_TIMEOUT_S = 40.0
+WATCH_S = 0.1
+STATS_EVERY = 10  # watch ticks between two reads of the workers' counters
+RESPAWN_GAP_S = 0.5  # at most one replacement per this long: a crash loop must not spin
+
+
+@dataclass
+class Hooks:
+    """What the process that hosts the supervisor wires in (see bgdeploy/routerd.py)."""
+
+    status: Callable[[dict[str, int], dict[str, Any]], dict[str, Any]]
+    history: Callable[[], list[dict[str, Any]]]
+    load_config: Callable[[], Config]
+    control_tick: Callable[[Callable[[], dict[str, int]]], None] | None = None
+    # Every service of the registry (`/api/status?all=1`); None: this one only.
+    status_all: Callable[[dict[str, int], dict[str, Any]], list[dict[str, Any]]] | None = None
+    on_config: Callable[[Config], None] = lambda config: None
+    argv: list[str] = field(default_factory=list)  # how to start a new supervisor
+
+
+def address_change(old: Config, new: Config) -> str | None:
+    """Why a reload cannot apply new: the addresses are the sockets it keeps."""
+    for key in ("host", "port", "admin_port"):
+        if getattr(old.router, key) != getattr(new.router, key):
+            return (
+                f"`router.{key}` changed from {getattr(old.router, key)!r} to "
+                f"{getattr(new.router, key)!r}, and a reload keeps the listening sockets: the "
+                "fixed address is the point of the router."
+            )
+    return None
+
+
+class RouterSupervisor:
+    def __init__(self, config: Config, registry: Registry, service: str, hooks: Hooks) -> None:
+        self.config = config
+        self.registry = registry
+        self.service = service
+        self.hooks = hooks
+        self.ns = ipc.namespace(config.state_dir)
+        self.started = time.time()
+        self.workers: dict[int, WorkerProc] = {}
+        self.retired = RouterStats()  # counters of workers that have exited
+        self.lock = threading.RLock()  # self.workers, shared by the loop and request threads
+        self.reloading = threading.Lock()
+        self.stopping = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.done: asyncio.Event | None = None
+        self.sockets: Sockets | None = None
+        self.admin: Admin | None = None
+        self._last_spawn = 0.0
+
+    # -- entry point ---------------------------------------------------------------------
+
+    def serve(self) -> None:
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.done = asyncio.Event()
+        # From the start: a SIGTERM while starting still drains whatever was started.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.done.set)
+        sockets = self.sockets = Sockets.acquire(self.config, self.ns)
+        for pid in sockets.orphans:  # workers of a supervisor that was killed: replaced below
+            self.workers[pid] = WorkerProc(pid, None, time.time())
+        control = ipc.listen(ipc.supervisor_address(self.ns, os.getpid()))
+        threading.Thread(target=self._serve_control, args=(control,), daemon=True).start()
+        admin_server = watching = None
+        try:
+            try:
+                await loop.run_in_executor(None, self._replace_workers, self.config)
+            except OperationFailed:
+                with self.lock:  # orphans we could not replace serve on, as they were
+                    for pid in sockets.orphans:
+                        self.workers.pop(pid, None)
+                raise
+            admin = self.admin = Admin(
+                self._snapshot,
+                self._status,
+                self.hooks.history,
+                self._router_info,
+                self._status_all if self.hooks.status_all else None,
+            )
+            admin_server = await loop.create_server(
+                lambda: AdminConnection(admin), sock=sockets.admin.dup()
+            )
+            takeover = os.environ.pop(TAKEOVER_ENV, None)
+            if takeover:  # the supervisor we replace drains its workers and exits
+                await loop.run_in_executor(None, self._retire_old, int(takeover))
+            self._record(True)
+            ready = os.environ.pop(READY_ENV, None)
+            if ready:
+                # The supervisor that started us may have died meanwhile: we serve anyway.
+                with contextlib.suppress(OSError):
+                    os.write(int(ready), b"ready\n")
+                os.close(int(ready))
+            notify_systemd(os.getpid())
+            gc.collect()
+            gc.freeze()  # the long-lived start-up objects stay out of the collector's passes
+            watching = loop.create_task(self._watch())
+            threading.Thread(
+                target=self._control_loop, name="bgdeploy-control", daemon=True
+            ).start()
+            cfg = self.config.router
+            log.info(
+                "router supervisor on http://%s:%d, admin on http://%s:%d (pid %d, %d workers, "
+                "sockets %s)",
+                cfg.host,
+                cfg.port,
+                cfg.host,
+                cfg.admin_port,
+                os.getpid(),
+                len(self.workers),
+                sockets.source,
+            )
+            await self.done.wait()
+        finally:
+            self.stopping.set()
+            if watching is not None:
+                watching.cancel()
+            log.info("router supervisor stopping: draining the workers")
+            await loop.run_in_executor(None, self._stop_workers)
+            # A reload that is handing over to a successor answers its caller first.
+            await loop.run_in_executor(None, self.reloading.acquire, True, 60)
+            if admin_server is not None:
+                admin_server.close()
+            control.close()
+            self._record(False)
+            sockets.close()
+            log.info("router supervisor stopped")
+
+    # -- workers -------------------------------------------------------------------------
+
+    def _start_workers(self, config: Config, n: int) -> list[WorkerProc]:
+        """n new workers, serving; or none and WorkersFailed saying why."""
+        assert self.sockets is not None
+        self._last_spawn = time.monotonic()
+        workers = start_workers(config, self.sockets, self.ns, self.service, n)
+        with self.lock:
+            for w in workers:
+                self.workers[w.pid] = w
+        return workers
+
+    def _replace_workers(self, config: Config) -> list[WorkerProc]:
+        with self.lock:
+            old = [w for w in self.workers.values() if not w.draining]
+        new = self._start_workers(config, worker_count(config))
+        for w in old:
+            self._drain(w)
+        return new
+
+    def _drain(self, w: WorkerProc) -> None:
+        w.drain()
+
+    def _stop_workers(self) -> None:
+        with self.lock:
+            workers = list(self.workers.values())
+        for w in workers:
+            self._drain(w)
+        deadline = time.monotonic() + self.config.daemon.drain_timeout + 5
+        for w in workers:
+            while not w.exited() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not w.exited():
+                os.kill(w.pid, signal.SIGKILL)
+            if w.proc is not None:
+                w.proc.wait()
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        ticks = 0
+        while True:
+            await asyncio.sleep(WATCH_S)
+            ticks += 1
+            if ticks % STATS_EVERY == 0:  # and the dashboard chart's once-a-second sample
+                snapshot = await loop.run_in_executor(None, self._snapshot)
+                if self.admin is not None:
+                    self.admin.series.sample(snapshot.requests)
+            with self.lock:
+                gone = [w for w in self.workers.values() if w.exited()]
+                for w in gone:
+                    del self.workers[w.pid]
+                    if w.last is not None:
+                        self.retired.add(w.last)
+                serving = sum(1 for w in self.workers.values() if not w.draining)
+            for w in gone:
+                if not w.draining:
+                    code = w.proc.returncode if w.proc else None
+                    log.warning("worker %d exited (code %s); starting another", w.pid, code)
+            want = worker_count(self.config)
+            if (
+                serving < want
+                and not self.reloading.locked()
+                and not self.stopping.is_set()
+                and time.monotonic() - self._last_spawn >= RESPAWN_GAP_S
+            ):
+                await loop.run_in_executor(None, self._respawn, want - serving)
+
+    def _respawn(self, n: int) -> None:
+        try:
+            self._start_workers(self.config, n)
+        except OperationFailed as e:
+            log.warning("could not replace a worker: %s", e.message)
+
+    # -- what the workers count ------------------------------------------------------------
+
+    def collect(self) -> list[dict[str, Any]]:
+        """Every live worker's counters (blocking: a unix-socket round trip each)."""
+        with self.lock:
+            workers = list(self.workers.values())
+        out = []
+        for w in workers:
+            try:
+                stats, _ = ipc.request(ipc.worker_address(self.ns, w.pid), {"cmd": "stats"}, 1.0)
+            except (OSError, ValueError):
+                if w.last is None or w.exited():
+                    continue
+                stats = w.last  # busy for a moment: its last counters stand in
+            stats["draining"] = stats["draining"] or w.draining  # told to, maybe not yet begun
+            w.last = stats
+            out.append(stats)
+        return out
+
+    def _snapshot(self) -> RouterStats:
+        return RouterStats.of(self.collect(), self.retired)
+
+    def inflight(self) -> dict[str, int]:
+        return self._snapshot().inflight
+
+    def _router_info(self, snapshot: RouterStats | None = None) -> dict[str, Any]:
+        snap = snapshot or self._snapshot()
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started": self.started,
+            "workers": snap.workers_info(),
+        }
+
+    def _status(self, snapshot: RouterStats) -> dict[str, Any]:
+        return self.hooks.status(snapshot.inflight, self._router_info(snapshot))
+
+    def _status_all(self, snapshot: RouterStats) -> list[dict[str, Any]]:
+        assert self.hooks.status_all is not None
+        return self.hooks.status_all(snapshot.inflight, self._router_info(snapshot))
+
+    # -- control requests (`bgdeploy router reload`, a successor) ---------------------------
+
+    def _serve_control(self, control: Any) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = control.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        with conn:
+            try:
+                if not ipc.peer_is_us(conn):
+                    return
+                message, _ = ipc.read_message(conn)
+                ipc.send_message(conn, self._handle(message))
+            except (OSError, ValueError) as e:
+                log.warning("control request failed: %s", e)
+
+    def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        cmd = message.get("cmd")
+        if cmd == "info":
+            return self._router_info()
+        if cmd == "reload":
+            return self.reload(str(message.get("version")))
+        if cmd == "retire":
+            assert self.loop is not None and self.done is not None
+            self.loop.call_soon_threadsafe(self.done.set)
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def reload(self, installed: str) -> dict[str, Any]:
+        if not self.reloading.acquire(blocking=False):
+            return _refused(OperationFailed("A reload of the router is already running."))
+        try:
+            try:
+                config = self.hooks.load_config()
+            except BgdeployError as e:
+                return _refused(e)
+            why = address_change(self.config, config)
+            if why is not None:
+                return _refused(
+                    ConfigError(
+                        f"The router was not reloaded: {why}",
+                        hint="Put the old value back, or use `bgdeploy down` and `up` to move.",
+                    )
+                )
+            try:
+                if installed != __version__:
+                    pid = self._hand_over()
+                    return {"ok": True, "supervisor": pid, "replaced_supervisor": os.getpid()}
+                with self.lock:
+                    old = [w for w in self.workers.values() if not w.draining]
+                new = self._start_workers(config, worker_count(config))
+                failpoint("reload_after_new_workers")
+                for w in old:
+                    self._drain(w)
+            except WorkersFailed as e:
+                return _refused(
+                    OperationFailed(
+                        f"The router was not reloaded: {e.why}; the old workers keep serving.",
+                        hint=e.hint,
+                    )
+                )
+            except OperationFailed as e:
+                return _refused(e)
+            self.config = config
+            self.hooks.on_config(config)
+            return {
+                "ok": True,
+                "supervisor": os.getpid(),
+                "workers": [w.pid for w in new],
+                "drained": [w.pid for w in old],
+            }
+        finally:
+            self.reloading.release()
+
+    def _hand_over(self) -> int:
+        """Start a supervisor of the installed code on our sockets; it retires us."""
+        assert self.sockets is not None
+        ready_r, ready_w = os.pipe()
+        fds = self.sockets.fds()
+        env = {
+            **os.environ,
+            HANDOVER_ENV: self.sockets.describe(),
+            TAKEOVER_ENV: str(os.getpid()),
+            READY_ENV: str(ready_w),
+        }
+        try:
+            proc = subprocess.Popen(
+                self.hooks.argv,
+                env=env,
+                pass_fds=(*fds, ready_w),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.config.base_dir,
+            )
+        finally:
+            os.close(ready_w)
+        failpoint("handover_after_successor_started")
+        with os.fdopen(ready_r, "rb") as pipe:
+            answered = bool(select.select([pipe], [], [], SUPERVISOR_START_TIMEOUT_S)[0])
+            ok = answered and pipe.readline() == b"ready\n"
+        if not ok:
+            if answered:  # the pipe closed: it is exiting, let it finish
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+            if proc.poll() is None:  # it hangs: SIGTERM lets it drain the workers it started
+                proc.terminate()
+                try:
+                    proc.wait(self.config.daemon.drain_timeout + 10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            proc.wait()
+            raise OperationFailed(
+                f"The router was not reloaded: the new supervisor exited at start with code "
+                f"{proc.returncode}; this one and its workers keep serving.",
+                hint="See the router log (.bgdeploy/router.log).",
+            )
+        return proc.pid
+
+    def _retire_old(self, pid: int) -> None:
+        try:
+            ipc.request(ipc.supervisor_address(self.ns, pid), {"cmd": "retire"}, 5.0)
+        except (OSError, ValueError) as e:
+            # It died: its workers are ours to drain, as after any supervisor's death.
+            log.warning("the supervisor we replace (pid %d) did not answer: %s", pid, e)
+            with self.lock:
+                strays = [p for p in ipc.live_workers(self.ns) if p not in self.workers]
+                for p in strays:
+                    self.workers[p] = WorkerProc(p, None, time.time())
+            for p in strays:
+                self._drain(self.workers[p])
+
+    # -- the control loop and the registry row ---------------------------------------------
+
+    def _control_loop(self) -> None:
+        tick = self.hooks.control_tick
+        if tick is None:
+            return
+        failing = False  # a registry outage fails every pass: say so once, and the end once
+        while not self.stopping.wait(self.config.health.interval):
+            try:
+                tick(self.inflight)
+            except Exception as e:  # noqa: BLE001 - the loop must outlive one bad pass
+                if not failing:
+                    log.warning("control loop pass failed (quiet until one works): %s", e)
+                failing = True
+            else:
+                if failing:
+                    log.warning("control loop passes work again")
+                failing = False
+
+    def _record(self, running: bool) -> None:
+        cfg = self.config.router
+        with self.registry.writing() as s:
+            row = s.get(Router, self.service)
+            if not running:
+                if row is not None and row.pid == os.getpid():
+                    s.delete(row)
+                return
+            if row is None:
+                row = Router(service=self.service)
+                s.add(row)
+            row.pid = os.getpid()
+            row.pid_create_time = psutil.Process().create_time()
+            row.url = f"http://{cfg.host}:{cfg.port}"
+            row.admin_url = f"http://{cfg.host}:{cfg.admin_port}"
+            row.started_ts = utcnow()
+
+
+def _refused(e: BgdeployError) -> dict[str, Any]:
+    return {"ok": False, "error": e.message, "hint": e.hint, "exit_code": e.exit_code}

@@ -1,0 +1,224 @@
+"""A router worker: forwards requests on a listening socket it inherited, and nothing else.
+
+Started by the supervisor as ``python -m bgdeploy.router.worker`` with its
+settings in ``$BGDEPLOY_WORKER`` (JSON) and the sockets as inherited
+descriptors. It follows the registry's route itself (one small sqlite3 query,
+see routes.RegistryWatcher), so it never loads SQLAlchemy, Typer or rich: what
+it imports is the proxy, uvloop and httptools.
+
+It answers the supervisor on its own unix socket (see ipc): ``stats`` (its
+counters), ``sockets`` (its listening sockets, by SCM_RIGHTS, for a supervisor
+that starts after the last one was killed) and ``drain``. SIGTERM drains too:
+stop accepting (the socket stays open in the other processes, so nothing is
+refused), answer each keep-alive connection's current request with
+``Connection: close``, let streams and WebSockets run until they end or
+``drain_timeout``, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import uvloop
+
+from bgdeploy import __version__
+from bgdeploy.router import ipc
+from bgdeploy.router.client import ClientConnection, Limits
+from bgdeploy.router.routes import RouteTable, watcher_for
+
+log = logging.getLogger("bgdeploy.router.worker")
+
+TICK_S = 0.1  # the route table's coarse clock
+SWEEP_TICKS = 5  # cut slow and idle clients every 0.5 s
+# While draining, a keep-alive connection idle this long is closed. A client that is
+# between two requests gets a moment to send the next (and be told Connection: close)
+# rather than have the connection shut under it.
+DRAIN_IDLE_S = 1.0
+
+
+class Worker:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.started = time.time()
+        self.listen = socket.socket(fileno=spec["listen_fd"])
+        # Held, never used: while any worker lives the admin port stays open too, so a
+        # supervisor that replaces a killed one can take it over.
+        self.admin = socket.socket(fileno=spec["admin_fd"]) if spec.get("admin_fd") else None
+        self.preview = socket.socket(fileno=spec["preview_fd"]) if spec.get("preview_fd") else None
+        self.table: RouteTable | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+        self.done = asyncio.Event()
+        self.draining = False
+
+    def run(self) -> None:
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        table = self.table = RouteTable(loop, spec["max_connections"])
+        limits = Limits(
+            header_timeout=spec["header_timeout"],
+            idle_timeout=spec["idle_timeout"],
+            upstream_timeout=spec["upstream_timeout"],
+            stream_idle_timeout=spec["stream_idle_timeout"],
+            max_body=spec["max_body"],
+        )
+        watcher = watcher_for(spec["registry_url"], spec["service"], table)
+        try:
+            watcher.refresh()
+        except Exception as e:  # noqa: BLE001 - start serving anyway; the watcher retries
+            log.warning("registry unreadable at start: %s", e)
+        # The server gets its own descriptor: closing it to stop accepting leaves ours,
+        # which can still be handed to a new supervisor.
+        self.servers.append(
+            await loop.create_server(
+                lambda: ClientConnection(table, limits), sock=self.listen.dup()
+            )
+        )
+        if self.preview is not None:
+            self.servers.append(
+                await loop.create_server(
+                    lambda: ClientConnection(table, limits, preview=True), sock=self.preview.dup()
+                )
+            )
+        control = ipc.listen(ipc.worker_address(spec["namespace"], os.getpid()))
+        control.setblocking(False)
+        loop.add_reader(control.fileno(), self._control, control)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.drain)
+        watching = loop.create_task(watcher.run())
+        sweeper = loop.create_task(self._sweep(table))
+        gc.collect()
+        gc.freeze()
+        ready = spec.get("ready_fd")
+        if ready is not None:
+            with contextlib.suppress(OSError):  # a supervisor that died meanwhile
+                os.write(ready, b"ready\n")
+            os.close(ready)
+        log.info("worker %d serving (bgdeploy %s)", os.getpid(), __version__)
+        try:
+            await self.done.wait()
+            await self._drain(table)
+        finally:
+            loop.remove_reader(control.fileno())
+            control.close()
+            sweeper.cancel()
+            watching.cancel()
+            log.info("worker %d stopped", os.getpid())
+
+    # -- draining ----------------------------------------------------------------------
+
+    def drain(self) -> None:
+        self.done.set()
+
+    async def _drain(self, table: RouteTable) -> None:
+        self.draining = table.draining = True
+        for server in self.servers:
+            server.close()
+        for conn in table.connections:
+            if conn.active is not None and not conn.active.response_started:
+                conn.active.close_after = True
+        deadline = time.monotonic() + self.spec["drain_timeout"]
+        while table.connections and time.monotonic() < deadline:
+            for conn in list(table.connections):
+                if conn.is_idle() and table.clock - conn.last_activity >= DRAIN_IDLE_S:
+                    conn.close()
+            await asyncio.sleep(0.05)
+        for conn in list(table.connections):
+            conn.close()
+
+    async def _sweep(self, table: RouteTable) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(TICK_S)
+            ticks += 1
+            if ticks % SWEEP_TICKS:
+                table.tick()
+            else:
+                table.sweep()
+
+    # -- the supervisor's questions ----------------------------------------------------
+
+    def _control(self, control: socket.socket) -> None:
+        try:
+            conn, _ = control.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.setblocking(True)
+            conn.settimeout(1.0)  # a peer that stalls must not stall forwarding for long
+            try:
+                if not ipc.peer_is_us(conn):
+                    return
+                message, _fds = ipc.read_message(conn)
+                self._answer(conn, message.get("cmd"))
+            except (OSError, ValueError) as e:
+                log.warning("control request failed: %s", e)
+
+    def _answer(self, conn: socket.socket, cmd: object) -> None:
+        if cmd == "stats":
+            ipc.send_message(conn, self.stats())
+        elif cmd == "sockets":
+            held = [("listen", self.listen), ("admin", self.admin), ("preview", self.preview)]
+            fds = [sock.fileno() for _, sock in held if sock is not None]
+            names = [name for name, sock in held if sock is not None]
+            ipc.send_message(conn, {"ok": True, "names": names}, fds)
+        elif cmd == "drain":
+            ipc.send_message(conn, {"ok": True})
+            self.drain()
+        else:
+            ipc.send_message(conn, {"ok": False, "error": f"unknown command {cmd!r}"})
+
+    def stats(self) -> dict[str, Any]:
+        table = self.table
+        assert table is not None
+        route = table.active
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started": self.started,
+            "draining": self.draining,
+            "connections": len(table.connections),
+            "inflight": dict(table.inflight),
+            "requests": [[b, c, n] for (b, c), n in table.requests.items()],
+            "upstream_errors": [[b, k, n] for (b, k), n in table.upstream_errors.items()],
+            "switches": table.switches,
+            "route": None if route is None else [route.boot_id, route.generation],
+            "route_changed_at": table.route_changed_at,
+            "preview": None
+            if table.preview is None
+            else [table.preview.boot_id, table.preview.generation],
+            "paused": table.pause is not None,
+            "held": len(table.held),
+            "maintenance": table.maintenance is not None,
+        }
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    spec = json.loads(os.environ.pop(ipc.WORKER_SPEC_ENV))
+    Worker(spec).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The router supervisor with the control loop in it: where router and control meet.
+
+``bgdeploy/router/`` forwards and knows nothing of deploys; ``bgdeploy/control/``
+decides and knows nothing of workers. This module, above both, hands the
+supervisor its control loop (a reconcile pass every ``health.interval``), the
+status builder and the config loader, and carries `bgdeploy router reload`
+to a running supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from bgdeploy import __version__
+from bgdeploy.config import Config, load_config
+from bgdeploy.control.app import App
+from bgdeploy.control.deploy import Progress, no_progress
+from bgdeploy.control.reconcile import Reconciler
+from bgdeploy.control.router_ctl import UpResult
+from bgdeploy.control.router_ctl import up as start_up
+from bgdeploy.control.status import all_statuses, history, router_info, running_router, status
+from bgdeploy.errors import ConfigError, OperationFailed
+from bgdeploy.router import ipc
+from bgdeploy.router.supervisor import Hooks, RouterSupervisor
+
+RELOAD_TIMEOUT_S = 120.0
+
+
+def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
+    """Run the router supervisor in this process until SIGTERM (`up --foreground`)."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    state: dict[str, Any] = {"app": app}
+
+    def tick(inflight: Any) -> None:
+        rec = state.get("rec")
+        if rec is None:
+            rec = state["rec"] = Reconciler(
+                state["app"],
+                inflight=inflight,
+                deploy_if_none=deploy_if_none,
+                holder=f"bgdeploy router control loop (pid {os.getpid()})",
+            )
+        rec.run()
+
+    def on_config(config: Config) -> None:
+        # The next control pass (and the next deploy it starts) uses the new file.
+        state["app"] = App(config, app.service)
+        state.pop("rec", None)
+
+    argv = [
+        sys.executable,
+        "-m",
+        "bgdeploy",
+        "--config",
+        str(app.config.path),
+        "up",
+        "--foreground",
+    ]
+    hooks = Hooks(
+        status=lambda inflight, router: status(state["app"], inflight, router),
+        status_all=lambda inflight, router: all_statuses(state["app"], inflight, router),
+        history=lambda: history(state["app"], 20),
+        load_config=lambda: load_config(app.config.path),
+        control_tick=tick,
+        on_config=on_config,
+        argv=argv if deploy_if_none else [*argv, "--no-deploy"],
+    )
+    RouterSupervisor(app.config, app.registry, app.service, hooks).serve()
+
+
+def running_info(app: App) -> dict[str, Any] | None:
+    """The running supervisor and its workers (pid, version, counters), or None."""
+    row = running_router(app)
+    return None if row is None else router_info(row)
+
+
+def reload(app: App, *, wait: float | None = None) -> dict[str, Any]:
+    """`bgdeploy router reload`: new workers (and supervisor, if its code changed)."""
+    lock = app.lock()
+    lock.acquire(wait=wait, command="bgdeploy router reload")
+    try:
+        return _reload(app)
+    finally:
+        lock.release()
+
+
+def _reload(app: App) -> dict[str, Any]:
+    row = running_router(app)
+    if row is None:
+        raise OperationFailed(
+            "No router runs, so there is nothing to reload.", hint="Start it with `bgdeploy up`."
+        )
+    address = ipc.supervisor_address(ipc.namespace(app.config.state_dir), row.pid)
+    try:
+        answer, _ = ipc.request(
+            address, {"cmd": "reload", "version": __version__}, RELOAD_TIMEOUT_S
+        )
+    except (OSError, ValueError) as e:
+        raise OperationFailed(
+            f"The router supervisor (pid {row.pid}) did not answer: {e}.",
+            hint="See .bgdeploy/router.log.",
+        ) from None
+    if not answer.get("ok"):
+        kind = ConfigError if answer.get("exit_code") == ConfigError.exit_code else OperationFailed
+        raise kind(answer["error"], hint=answer.get("hint"))
+    return answer
+
+
+def up(app: App, *, wait: float | None = None, progress: Progress = no_progress) -> UpResult:
+    """`bgdeploy up`: start the router (or reload it onto the installed code), then deploy."""
+    info = running_info(app)
+    if info is not None and _outdated(info):
+        running = sorted({info["version"], *(w["version"] for w in info["workers"])})
+        answer = reload(app, wait=wait)
+        progress(
+            "router",
+            f"reloaded: code {', '.join(running)} -> {__version__} "
+            f"(supervisor pid {answer['supervisor']})",
+        )
+    return start_up(app, wait=wait, progress=progress)
+
+
+def _outdated(info: dict[str, Any]) -> bool:
+    return info["version"] != __version__ or any(
+        w["version"] != __version__ for w in info["workers"] if not w["draining"]
+    )
