@@ -36,7 +36,7 @@ def test_an_idle_watcher_asks_nothing_and_a_commit_wakes_it(tmp_path, monkeypatc
 
     async def scenario() -> tuple[list[str], str, str | None]:
         table = RouteTable(asyncio.get_running_loop(), max_connections=10)
-        watcher = RegistryWatcher(registry, SERVICE, table)
+        watcher = RegistryWatcher(registry.url, SERVICE, table)
         assert watcher.refresh().boot_id == first
         statements: list[str] = []
         watcher._conn.set_trace_callback(statements.append)
