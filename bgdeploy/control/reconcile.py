@@ -3,6 +3,12 @@
 The router's control loop runs ``reconcile`` every ``health.interval``; so does
 ``bgdeploy reconcile`` (once, or with --watch). A busy lifecycle lock means
 someone else is acting: the pass skips quietly.
+
+Draining boots (they lost the route) are finished after the lock is released, in
+every pass: one is stopped once the router reports nothing in flight on it, or
+once its drain_timeout is over. No pass waits for a drain, so a drain holds up
+neither the lock nor the next health check; and a boot whose drainer died is
+still stopped (invariant 5).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import httpx
 from bgdeploy import health
 from bgdeploy.boots import Supervisor
 from bgdeploy.control.app import App
-from bgdeploy.control.deploy import Deployer, Inflight
+from bgdeploy.control.deploy import Deployer, Inflight, drain_left
 from bgdeploy.errors import BgdeployError, LockBusy
 from bgdeploy.installed import installed_version
 from bgdeploy.states import BootState
@@ -65,11 +71,14 @@ class Reconciler:
             lock.acquire(wait=wait, command=self.holder)
         except LockBusy as e:
             report.skipped = e.message
-            return report
-        try:
-            self.step(report, dry_run)
-        finally:
-            lock.release()
+        else:
+            try:
+                self.step(report, dry_run)
+            finally:
+                lock.release()
+        # The drains below cover every draining boot, including the ones this pass demoted.
+        self.deployer.draining.clear()
+        self._finish_drains(report, dry_run)
         return report
 
     def step(self, report: ReconcileReport, dry_run: bool) -> None:
@@ -124,7 +133,10 @@ class Reconciler:
                 f"{streaks.health_fail_streak} consecutive failed health checks (last: {detail})"
             )
             report.did(f"roll back generation {row.generation}: {reason}")
-            self.deployer.rollback(streaks, reason)
+            try:
+                self.deployer.rollback(streaks, reason)
+            except BgdeployError as e:
+                report.did(f"rollback failed: {e.message}")
         elif streaks.health_ok_streak >= cfg.health.stable_checks:
             report.did(
                 f"finalize generation {row.generation} after "
@@ -185,8 +197,8 @@ class Reconciler:
         row = reg.deployment(self.app.service)
         referenced = {row.active_boot_id, row.candidate_boot_id, row.old_boot_id}
         for boot in reg.boots(self.app.service, live_only=True):
-            if boot.boot_id in referenced:
-                continue
+            if boot.boot_id in referenced or boot.state == BootState.DRAINING:
+                continue  # a draining boot is _finish_drains' to stop
             running = self.sup.is_running(boot)
             report.did(f"{'stop orphaned' if running else 'record exit of'} boot {boot.boot_id}")
             if dry_run:
@@ -194,11 +206,29 @@ class Reconciler:
             if running:
                 self.sup.stop(boot)
             else:
-                reg.boot_records.mark_exited(
-                    boot.boot_id,
-                    BootState.STOPPED if boot.state == BootState.DRAINING else BootState.FAILED,
-                    None,
-                )
+                reg.boot_records.mark_exited(boot.boot_id, BootState.FAILED, None)
+
+    def _finish_drains(self, report: ReconcileReport, dry_run: bool) -> None:
+        """Stop each draining boot whose requests finished or whose drain_timeout is over."""
+        reg = self.app.registry
+        inflight: dict[str, int] | None = None
+        for boot in reg.boots(self.app.service, live_only=True):
+            if boot.state != BootState.DRAINING:
+                continue
+            if not self.sup.is_running(boot):
+                report.did(f"record exit of drained boot {boot.boot_id}")
+                if not dry_run:
+                    reg.boot_records.mark_exited(boot.boot_id, BootState.STOPPED, None)
+                continue
+            if inflight is None:
+                inflight = self.deployer.inflight()
+            busy = inflight.get(boot.boot_id, 0)
+            if busy and drain_left(self.app, boot) > 0:
+                continue  # still finishing its requests: a later pass looks again
+            late = f" ({busy} in flight at the end of drain_timeout)" if busy else ""
+            report.did(f"stop drained boot {boot.boot_id}{late}")
+            if not dry_run:
+                self.sup.stop(boot, final_state=BootState.STOPPED)
 
     def _prune_logs(self) -> None:
         logs = self.app.config.logs_dir

@@ -15,7 +15,8 @@ import psutil
 
 from bgdeploy.boots import Supervisor, log_tail
 from bgdeploy.control.app import App
-from bgdeploy.control.deploy import Deployer, DeployResult, Progress, no_progress
+from bgdeploy.control.deploy import DeployResult, Progress, no_progress
+from bgdeploy.control.lifecycle import Notice, lifecycle, no_notice, take_lock
 from bgdeploy.control.status import running_router
 from bgdeploy.errors import OperationFailed
 from bgdeploy.states import BootState
@@ -87,7 +88,14 @@ def start_router_background(app: App) -> int:
     )
 
 
-def up(app: App, *, wait: float | None = None, progress: Progress = no_progress) -> UpResult:
+def up(
+    app: App,
+    *,
+    wait: float | None = None,
+    no_wait: bool = False,
+    notice: Notice = no_notice,
+    progress: Progress = no_progress,
+) -> UpResult:
     row = running_router(app)
     started = row is None
     pid = row.pid if row is not None else start_router_background(app)
@@ -101,20 +109,24 @@ def up(app: App, *, wait: float | None = None, progress: Progress = no_progress)
     active = app.registry.boot(deployment.active_boot_id)
     result = None
     if active is None or not sup.is_running(active):
-        lock = app.lock()
-        lock.acquire(wait=wait, command="bgdeploy up")
-        try:
-            result = Deployer(app, sup).deploy(force=active is not None, progress=progress)
-        finally:
-            lock.release()
+        with lifecycle(
+            app, "bgdeploy up", wait=wait, no_wait=no_wait, notice=notice, progress=progress
+        ) as deployer:
+            result = deployer.deploy(force=active is not None, progress=progress)
     return UpResult(pid, started, result)
 
 
-def down(app: App, *, wait: float | None = None, progress: Progress = no_progress) -> int:
+def down(
+    app: App,
+    *,
+    wait: float | None = None,
+    no_wait: bool = False,
+    notice: Notice = no_notice,
+    progress: Progress = no_progress,
+) -> int:
     """Drain and stop the router, then every boot. Returns how many boots were stopped."""
     cfg = app.config
-    lock = app.lock()
-    lock.acquire(wait=wait, command="bgdeploy down")
+    lock = take_lock(app, "bgdeploy down", wait=wait, no_wait=no_wait, notice=notice)
     try:
         row = running_router(app)
         if row is not None:

@@ -214,15 +214,12 @@ def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
 
 
 def locked(app: App, fn: Callable[..., object]) -> object:
-    """Run fn(Deployer(app)) holding the lifecycle lock, as a CLI command does."""
-    from bgdeploy.control.deploy import Deployer
+    """Run fn(deployer) holding the lifecycle lock, then drain what it demoted, as a CLI
+    command does."""
+    from bgdeploy.control.lifecycle import lifecycle
 
-    lock = app.lock()
-    lock.acquire(wait=60)
-    try:
-        return fn(Deployer(app))
-    finally:
-        lock.release()
+    with lifecycle(app, "test", wait=60) as deployer:
+        return fn(deployer)
 
 
 def deploy(app: App, version: str, **kw: object):  # noqa: ANN201 - DeployResult
