@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -11,9 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-import psutil
-
-from bgdeploy.boots import Supervisor, log_tail
+from bgdeploy.boots import Supervisor, log_tail, process_matches
 from bgdeploy.control.app import App
 from bgdeploy.control.deploy import DeployResult, Progress, no_progress
 from bgdeploy.control.lifecycle import Notice, lifecycle, no_notice, take_lock
@@ -131,12 +130,15 @@ def down(
         row = running_router(app)
         if row is not None:
             os.kill(row.pid, signal.SIGTERM)
-            try:
-                psutil.Process(row.pid).wait(cfg.daemon.drain_timeout + cfg.daemon.stop_timeout)
-            except psutil.TimeoutExpired:
-                os.kill(row.pid, signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
+            # Polled by pid and start time: an exited router that its parent has not
+            # reaped yet (a zombie) has stopped, though psutil's wait would not say so.
+            deadline = time.monotonic() + cfg.daemon.drain_timeout + cfg.daemon.stop_timeout
+            while process_matches(row.pid, row.pid_create_time):
+                if time.monotonic() >= deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(row.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.05)
             progress("router", f"pid {row.pid} stopped")
         sup = Supervisor(cfg, app.registry)
         stopped = 0

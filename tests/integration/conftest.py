@@ -23,7 +23,7 @@ attach_path = "/workspaces"
 port_range = [{low}, {high}]
 startup_timeout = {startup}
 stop_timeout = {stop}
-drain_timeout = 5.0
+drain_timeout = {drain}
 {daemon_extra}
 [health]
 interval = {interval}
@@ -56,6 +56,7 @@ def make_app(
     flags: list[str] = (),
     startup: float = 20.0,
     stop: float = 5.0,
+    drain: float = 5.0,
     extra: str = "",
     command: list[str] | None = None,
     interval: float = 0.2,
@@ -71,6 +72,7 @@ def make_app(
             high=high,
             startup=startup,
             stop=stop,
+            drain=drain,
             interval=interval,
             stable=stable,
             threshold=threshold,
