@@ -21,6 +21,7 @@ import httpx
 from bgdeploy import health
 from bgdeploy.boots import Supervisor, log_tail
 from bgdeploy.control.app import App
+from bgdeploy.control.lock import DrainClaim
 from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError, BootError, OperationFailed
 from bgdeploy.failpoints import failpoint
@@ -124,8 +125,8 @@ class Deployer:
         self.reg = app.registry
         self.sup = supervisor or Supervisor(app.config, app.registry)
         self.inflight = inflight or router_inflight(app)
-        # Boots this deployer demoted to draining, with the failpoint after each stop.
-        self.draining: list[tuple[str, str]] = []
+        # Boots this deployer demoted to draining and claimed, to drain without the lock.
+        self.draining: list[Drain] = []
 
     # -- deploy ------------------------------------------------------------------------------
 
@@ -311,12 +312,28 @@ class Deployer:
 
     def finalize(self, row: DeploymentFields) -> None:
         """switched -> idle: the old boot is recorded draining (drained by finish_drains)."""
+        drain = self._claim(row.old_boot_id, "after_old_boot_stopped")
         res = self.reg.transition(
             self.app.service, Ev.FINALIZE, generation=row.generation, state=St.SWITCHED
         )
         failpoint("after_finalize_commit")
-        if res.applied and row.old_boot_id:
-            self.draining.append((row.old_boot_id, "after_old_boot_stopped"))
+        self._keep(drain, res.applied)
+
+    def _claim(self, boot_id: str | None, after: str) -> Drain | None:
+        """Claim the drain of a boot about to be demoted, before the demotion commits, so
+        that no reconcile pass starts draining it first."""
+        if boot_id is None:
+            return None
+        claim = DrainClaim(self.app.config.state_dir, boot_id)
+        return Drain(boot_id, after, claim) if claim.try_claim() else None
+
+    def _keep(self, drain: Drain | None, applied: bool) -> None:
+        if drain is None:
+            return
+        if applied:
+            self.draining.append(drain)
+        else:
+            drain.claim.release()
 
     def rollback(self, row: DeploymentFields, reason: str) -> DeploymentFields:
         """switched -> rolling_back -> idle: the old boot (or a fresh one of its version)
@@ -329,6 +346,16 @@ class Deployer:
         old = self.reg.boot(row.old_boot_id)
         if old is None:
             raise OperationFailed(f"Generation {row.generation} has no old boot to roll back to.")
+        drain = self._claim(row.active_boot_id, "after_failed_boot_stopped")
+        try:
+            return self._rollback_to(row, old, reason, drain)
+        finally:
+            if drain is not None and drain not in self.draining:
+                drain.claim.release()
+
+    def _rollback_to(
+        self, row: DeploymentFields, old: Boot, reason: str, drain: Drain | None
+    ) -> DeploymentFields:
         restore = None
         target = old
         if not self.sup.is_running(old):
@@ -367,7 +394,7 @@ class Deployer:
         failpoint("after_rollback_commit")
         if res.row.active_boot_id:
             wait_router_follows(self.app, res.row.active_boot_id)
-        self.complete_rollback(res.row)
+        self.complete_rollback(res.row, drain)
         return self.reg.deployment(self.app.service)
 
     def _record_if_dead(self, boot_id: str | None) -> None:
@@ -376,23 +403,27 @@ class Deployer:
         if boot is not None and boot.state == BootState.DRAINING and not self.sup.is_running(boot):
             self.reg.boot_records.mark_exited(boot.boot_id, BootState.FAILED, None)
 
-    def complete_rollback(self, row: DeploymentFields) -> None:
+    def complete_rollback(self, row: DeploymentFields, drain: Drain | None = None) -> None:
         """rolling_back -> idle: the route already left the failed boot, so the rollback is
         done; the failed boot is drained after the lock is released."""
+        if drain is None:  # a rollback left half-way by a process that died
+            drain = self._claim(row.old_boot_id, "after_failed_boot_stopped")
         res = self.reg.transition(
             self.app.service, Ev.ROLLBACK_DONE, generation=row.generation, state=St.ROLLING_BACK
         )
-        if res.applied and row.old_boot_id:
-            self.draining.append((row.old_boot_id, "after_failed_boot_stopped"))
+        self._keep(drain, res.applied)
 
     def finish_drains(self, progress: Progress = no_progress) -> None:
         """Drain and stop the boots this deployer demoted. Call it without the lock."""
         while self.draining:
-            boot_id, after = self.draining.pop(0)
-            progress("draining", f"{boot_id}: waiting for its requests in flight")
-            if self.drain_and_stop(boot_id):
-                failpoint(after)
-                progress("stopped", boot_id)
+            drain = self.draining.pop(0)
+            try:
+                progress("draining", f"{drain.boot_id}: waiting for its requests in flight")
+                if self.drain_and_stop(drain.boot_id):
+                    failpoint(drain.after)
+                    progress("stopped", drain.boot_id)
+            finally:
+                drain.claim.release()
 
     def drain_and_stop(self, boot_id: str) -> bool:
         """Wait until the router reports nothing in flight on a draining boot (until
@@ -409,6 +440,15 @@ class Deployer:
             return False
         self.sup.stop(boot, final_state=BootState.STOPPED)
         return True
+
+
+@dataclass
+class Drain:
+    """A boot this process claimed to drain, and the failpoint after its stop."""
+
+    boot_id: str
+    after: str | None
+    claim: DrainClaim
 
 
 def drain_left(app: App, boot: Boot) -> float:

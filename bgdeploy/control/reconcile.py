@@ -24,8 +24,10 @@ import httpx
 from bgdeploy import health
 from bgdeploy.boots import Supervisor
 from bgdeploy.control.app import App
-from bgdeploy.control.deploy import Deployer, Inflight, drain_left
+from bgdeploy.control.deploy import Deployer, Drain, Inflight, drain_left
+from bgdeploy.control.lock import DrainClaim
 from bgdeploy.errors import BgdeployError, LockBusy
+from bgdeploy.failpoints import failpoint
 from bgdeploy.installed import installed_version
 from bgdeploy.states import BootState
 from bgdeploy.states import DeploymentState as St
@@ -63,6 +65,7 @@ class Reconciler:
         self.deployer = Deployer(app, self.sup, inflight)
         self.auto_deploy = auto_deploy
         self._http = httpx.Client()
+        self.drains: dict[str, Drain] = {}  # boots this process claimed to drain
 
     def run(self, *, dry_run: bool = False, wait: float | None = None) -> ReconcileReport:
         report = ReconcileReport()
@@ -76,7 +79,9 @@ class Reconciler:
                 self.step(report, dry_run)
             finally:
                 lock.release()
-        # The drains below cover every draining boot, including the ones this pass demoted.
+        # This pass's own demotions join the drains it finishes below, without waiting.
+        for drain in self.deployer.draining:
+            self.drains[drain.boot_id] = drain
         self.deployer.draining.clear()
         self._finish_drains(report, dry_run)
         return report
@@ -209,26 +214,45 @@ class Reconciler:
                 reg.boot_records.mark_exited(boot.boot_id, BootState.FAILED, None)
 
     def _finish_drains(self, report: ReconcileReport, dry_run: bool) -> None:
-        """Stop each draining boot whose requests finished or whose drain_timeout is over."""
+        """Stop each draining boot whose requests finished or whose drain_timeout is over,
+        among those this process claimed or nobody (alive) has claimed."""
         reg = self.app.registry
         inflight: dict[str, int] | None = None
-        for boot in reg.boots(self.app.service, live_only=True):
-            if boot.state != BootState.DRAINING:
+        draining = [
+            b for b in reg.boots(self.app.service, live_only=True) if b.state == BootState.DRAINING
+        ]
+        for gone in set(self.drains) - {b.boot_id for b in draining}:
+            self.drains.pop(gone).claim.release()  # stopped by someone else (`down`)
+        for boot in draining:
+            if dry_run:
+                report.did(f"finish the drain of boot {boot.boot_id}")
                 continue
-            if not self.sup.is_running(boot):
-                report.did(f"record exit of drained boot {boot.boot_id}")
-                if not dry_run:
-                    reg.boot_records.mark_exited(boot.boot_id, BootState.STOPPED, None)
-                continue
-            if inflight is None:
-                inflight = self.deployer.inflight()
-            busy = inflight.get(boot.boot_id, 0)
-            if busy and drain_left(self.app, boot) > 0:
-                continue  # still finishing its requests: a later pass looks again
-            late = f" ({busy} in flight at the end of drain_timeout)" if busy else ""
-            report.did(f"stop drained boot {boot.boot_id}{late}")
-            if not dry_run:
+            drain = self.drains.get(boot.boot_id) or self._claim(boot.boot_id)
+            if drain is None:
+                continue  # a live process drains it
+            if self.sup.is_running(boot):
+                if inflight is None:
+                    inflight = self.deployer.inflight()
+                busy = inflight.get(boot.boot_id, 0)
+                if busy and drain_left(self.app, boot) > 0:
+                    continue  # still finishing its requests: a later pass looks again
+                late = f" ({busy} in flight at the end of drain_timeout)" if busy else ""
+                report.did(f"stop drained boot {boot.boot_id}{late}")
                 self.sup.stop(boot, final_state=BootState.STOPPED)
+            else:
+                report.did(f"record exit of drained boot {boot.boot_id}")
+                reg.boot_records.mark_exited(boot.boot_id, BootState.STOPPED, None)
+            self.drains.pop(boot.boot_id, None)
+            drain.claim.release()
+            if drain.after:
+                failpoint(drain.after)
+
+    def _claim(self, boot_id: str) -> Drain | None:
+        claim = DrainClaim(self.app.config.state_dir, boot_id)
+        if not claim.try_claim():
+            return None
+        drain = self.drains[boot_id] = Drain(boot_id, None, claim)
+        return drain
 
     def _prune_logs(self) -> None:
         logs = self.app.config.logs_dir
