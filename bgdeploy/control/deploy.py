@@ -312,20 +312,20 @@ class Deployer:
 
     def finalize(self, row: DeploymentFields) -> None:
         """switched -> idle: the old boot is recorded draining (drained by finish_drains)."""
-        drain = self._claim(row.old_boot_id, "after_old_boot_stopped")
+        drain = self._claim(row.old_boot_id, Ev.FINALIZE)
         res = self.reg.transition(
             self.app.service, Ev.FINALIZE, generation=row.generation, state=St.SWITCHED
         )
         failpoint("after_finalize_commit")
         self._keep(drain, res.applied)
 
-    def _claim(self, boot_id: str | None, after: str) -> Drain | None:
+    def _claim(self, boot_id: str | None, demoted_by: Ev) -> Drain | None:
         """Claim the drain of a boot about to be demoted, before the demotion commits, so
         that no reconcile pass starts draining it first."""
         if boot_id is None:
             return None
         claim = DrainClaim(self.app.config.state_dir, boot_id)
-        return Drain(boot_id, after, claim) if claim.try_claim() else None
+        return Drain(boot_id, demoted_by, claim) if claim.try_claim() else None
 
     def _keep(self, drain: Drain | None, applied: bool) -> None:
         if drain is None:
@@ -346,7 +346,7 @@ class Deployer:
         old = self.reg.boot(row.old_boot_id)
         if old is None:
             raise OperationFailed(f"Generation {row.generation} has no old boot to roll back to.")
-        drain = self._claim(row.active_boot_id, "after_failed_boot_stopped")
+        drain = self._claim(row.active_boot_id, Ev.ROLLBACK)
         try:
             return self._rollback_to(row, old, reason, drain)
         finally:
@@ -407,7 +407,7 @@ class Deployer:
         """rolling_back -> idle: the route already left the failed boot, so the rollback is
         done; the failed boot is drained after the lock is released."""
         if drain is None:  # a rollback left half-way by a process that died
-            drain = self._claim(row.old_boot_id, "after_failed_boot_stopped")
+            drain = self._claim(row.old_boot_id, Ev.ROLLBACK)
         res = self.reg.transition(
             self.app.service, Ev.ROLLBACK_DONE, generation=row.generation, state=St.ROLLING_BACK
         )
@@ -420,7 +420,7 @@ class Deployer:
             try:
                 progress("draining", f"{drain.boot_id}: waiting for its requests in flight")
                 if self.drain_and_stop(drain.boot_id):
-                    failpoint(drain.after)
+                    drain.stopped()
                     progress("stopped", drain.boot_id)
             finally:
                 drain.claim.release()
@@ -444,11 +444,18 @@ class Deployer:
 
 @dataclass
 class Drain:
-    """A boot this process claimed to drain, and the failpoint after its stop."""
+    """A boot this process claimed to drain, and the event that took its route (None:
+    a drain whose claimant died, picked up by a reconcile pass)."""
 
     boot_id: str
-    after: str | None
+    demoted_by: Ev | None
     claim: DrainClaim
+
+    def stopped(self) -> None:
+        if self.demoted_by is Ev.FINALIZE:
+            failpoint("after_old_boot_stopped")
+        elif self.demoted_by is Ev.ROLLBACK:
+            failpoint("after_failed_boot_stopped")
 
 
 def drain_left(app: App, boot: Boot) -> float:

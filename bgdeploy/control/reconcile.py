@@ -27,7 +27,6 @@ from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Deployer, Drain, Inflight, drain_left
 from bgdeploy.control.lock import DrainClaim
 from bgdeploy.errors import BgdeployError, LockBusy
-from bgdeploy.failpoints import failpoint
 from bgdeploy.installed import installed_version
 from bgdeploy.states import BootState
 from bgdeploy.states import DeploymentState as St
@@ -244,8 +243,7 @@ class Reconciler:
                 reg.boot_records.mark_exited(boot.boot_id, BootState.STOPPED, None)
             self.drains.pop(boot.boot_id, None)
             drain.claim.release()
-            if drain.after:
-                failpoint(drain.after)
+            drain.stopped()
 
     def _claim(self, boot_id: str) -> Drain | None:
         claim = DrainClaim(self.app.config.state_dir, boot_id)
