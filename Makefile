@@ -14,13 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The dashboard's browser test needs Debian's chromium, the terminal test tmux;
-# install them where we can (root with apt-get), else those two tests skip and say why.
+# The dashboard's browser test needs Debian's chromium, the terminal test tmux, the
+# PostgreSQL registry tests a throw-away server from Debian's postgresql; install them
+# where we can (root with apt-get), else those tests skip and say why.
+PG_BIN ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin))
 system-deps:
-	@if ! command -v chromium >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1; then \
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1 \
+	    || [ ! -x "$(PG_BIN)/initdb" ]; then \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq \
-	    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tmux >/dev/null; } \
-	  || echo "chromium/tmux could not be installed: the browser and terminal tests will skip"; \
+	    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tmux postgresql \
+	    >/dev/null; } \
+	  || echo "chromium/tmux/postgresql could not be installed: the browser, terminal and" \
+	    "PostgreSQL tests will skip"; \
 	fi
 
 test: install system-deps

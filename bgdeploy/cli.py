@@ -93,13 +93,26 @@ def status(
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Redraw live until interrupted.")
     ] = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every service in the registry, one row each.")
+    ] = False,
 ) -> None:
     """Generation, state, the active/candidate/old boots, streaks, rollback and lock."""
     from bgdeploy.control.deploy import router_inflight
+    from bgdeploy.control.status import all_statuses
     from bgdeploy.control.status import status as get_status
 
     a = _app()
     inflight = router_inflight(a)
+    if every:
+        statuses = all_statuses(a, inflight())
+        if as_json:
+            _print_json(statuses)
+        else:
+            from bgdeploy.ui.tables import services_table
+
+            out.print(services_table(statuses))
+        return
     if as_json:
         _print_json(get_status(a, inflight()))
         return
@@ -152,11 +165,17 @@ def doctor(
 def history(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Newest N events.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print a list of events.")] = False,
+    service: Annotated[
+        str | None,
+        typer.Option("--service", help="Another service of the registry (default: this one)."),
+    ] = None,
 ) -> None:
     """The deployment's events, newest first."""
+    from bgdeploy.control.app import App
     from bgdeploy.control.status import history as get_history
 
-    events = get_history(_app(), limit)
+    a = _app()
+    events = get_history(App(a.config, service) if service else a, limit)
     if as_json:
         _print_json(events)
         return
@@ -180,11 +199,16 @@ def logs(
     tail: Annotated[
         int | None, typer.Option("--tail", "-n", min=0, help="Only the last N lines first.")
     ] = None,
+    hooks: Annotated[
+        bool, typer.Option("--hooks", help="The hook log instead (every hook run, its output).")
+    ] = False,
 ) -> None:
-    """A boot's log (stdout and stderr of the daemon)."""
-    from bgdeploy.control.logs import log_path, read_lines
+    """A boot's log (stdout and stderr of the daemon), or with --hooks the hook log."""
+    from bgdeploy.control.logs import hooks_log_path, log_path, read_lines
 
-    path = log_path(_app(), boot)
+    if hooks and boot is not None:
+        raise typer.BadParameter("--hooks shows the hook log; leave out BOOT.")
+    path = hooks_log_path(_app()) if hooks else log_path(_app(), boot)
     try:
         for line in read_lines(path, tail=tail, follow=follow):
             sys.stdout.write(line)
@@ -279,7 +303,10 @@ def up(
         result = do_up(_app(), wait=wait, no_wait=no_wait, notice=_waiting, progress=progress)
     if result.deploy is not None:
         out.print(result.deploy.message)
-    out.print("Serving." if result.started or result.deploy else "Already up: nothing to do.")
+    if result.deploy is not None and result.deploy.held:
+        out.print("Router up; nothing is served until `bgdeploy promote` (deploy.auto_promote).")
+    else:
+        out.print("Serving." if result.started or result.deploy else "Already up: nothing to do.")
 
 
 @app.command()
@@ -301,14 +328,21 @@ def deploy(
     force: Annotated[
         bool, typer.Option("--force", help="Deploy even if quarantined or already active.")
     ] = False,
+    hold: Annotated[
+        bool | None,
+        typer.Option(
+            "--hold/--no-hold",
+            help="Stop at ready for `promote` (default: not deploy.auto_promote).",
+            show_default=False,
+        ),
+    ] = None,
     wait: Wait = None,
     no_wait: NoWait = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """One blue/green deploy: exit 0 switched, 1 aborted (active kept)."""
+    """One blue/green deploy: exit 0 switched (or held), 1 aborted (active kept)."""
     from bgdeploy.control.deploy import no_progress
     from bgdeploy.control.lifecycle import lifecycle
-    from bgdeploy.errors import BootError
 
     a = _app()
     progress = Progress()
@@ -326,9 +360,9 @@ def deploy(
             ) as deployer,
         ):
             result = deployer.deploy(
-                version, force=force, progress=no_progress if as_json else progress
+                version, force=force, hold=hold, progress=no_progress if as_json else progress
             )
-    except BootError as e:
+    except BgdeployError as e:
         if as_json:
             _print_json({"ok": False, "message": e.message})
         raise
@@ -471,6 +505,10 @@ def _state_dir_of_config() -> Path | None:
         return load_config(find_config_path(_opts.config)).state_dir
     except Exception:  # noqa: BLE001 - no state dir then: the crash log goes to the temp dir
         return None
+
+
+# The operator controls' commands live in their own module and add themselves to `app`.
+from bgdeploy import cli_controls  # noqa: E402, F401
 
 
 def main() -> None:

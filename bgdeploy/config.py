@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import textwrap
 import tomllib
 from collections.abc import Callable
@@ -72,6 +73,11 @@ def _resolve(base: Path, value: str) -> Path:
 
 
 STR = Kind("a string", lambda v: isinstance(v, str) and v != "")
+_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+SERVICE = Kind(
+    "a name of at most 40 letters, digits, '.', '_' or '-' (starting with a letter or digit)",
+    lambda v: isinstance(v, str) and _SERVICE_RE.fullmatch(v) is not None,
+)
 FILE = Kind("a string (a file path)", STR.accepts, lambda v, base: _resolve(base, v))
 URL_PATH = Kind("a string starting with '/'", lambda v: isinstance(v, str) and v.startswith("/"))
 PORT = Kind("a port number (1-65535)", lambda v: _is_int(v) and 1 <= v <= 65535)
@@ -104,6 +110,71 @@ PORT_RANGE = Kind(
 )
 
 
+BOOL = Kind("true or false", lambda v: isinstance(v, bool))
+METHOD = Kind(
+    "an HTTP method such as GET, HEAD or POST",
+    lambda v: isinstance(v, str) and v.isalpha() and v.isupper(),
+)
+HEADERS = Kind(
+    "a table of header names to string values",
+    lambda v: (
+        isinstance(v, dict)
+        and all(
+            isinstance(k, str)
+            and k != ""
+            and all(c.isalnum() or c in "-_" for c in k)
+            and isinstance(s, str)
+            and "\r" not in s
+            and "\n" not in s
+            for k, s in v.items()
+        )
+    ),
+)
+
+
+def _status_ranges(value: Any) -> tuple[tuple[int, int], ...] | None:
+    """200, "200-299", or a list of either -> inclusive ranges; None if malformed."""
+    items = value if isinstance(value, list) and value else [value]
+    ranges = []
+    for item in items:
+        if _is_int(item):
+            low = high = item
+        elif isinstance(item, str) and item.count("-") == 1:
+            a, b = (part.strip() for part in item.split("-"))
+            if not (a.isdigit() and b.isdigit()):
+                return None
+            low, high = int(a), int(b)
+        else:
+            return None
+        if not 100 <= low <= high <= 599:
+            return None
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+STATUS_SET = Kind(
+    'a status code, a range such as "200-299", or a list of them',
+    lambda v: _status_ranges(v) is not None,
+    lambda v, base: _status_ranges(v),
+)
+BODY_REGEX_PREFIX = "re:"
+
+
+def _body_match_ok(value: Any) -> bool:
+    if not isinstance(value, str) or value == "":
+        return False
+    if not value.startswith(BODY_REGEX_PREFIX):
+        return True
+    try:
+        re.compile(value[len(BODY_REGEX_PREFIX) :])
+    except re.error:
+        return False
+    return True
+
+
+BODY_MATCH = Kind('a substring, or "re:" and a valid regular expression', _body_match_ok)
+
+
 @dataclass(frozen=True)
 class Key:
     """One config key. A default of None means unset (TOML has no null): the key is optional.
@@ -126,6 +197,14 @@ class Key:
 SCHEMA: dict[str, dict[str, Key]] = {
     "": {
         "state_dir": Key(FILE, ".bgdeploy", "where the registry, logs, lock and router log live"),
+        "service": Key(
+            SERVICE,
+            None,
+            'this daemon\'s name in the registry, which can hold many (default: "default" '
+            "with a SQLite registry; the config folder's name with a PostgreSQL one)",
+            example="web",
+            shown='`"default"`, or the config folder\'s name on PostgreSQL',
+        ),
     },
     "router": {
         "host": Key(STR, "127.0.0.1", "the fixed address users and tools talk to, forever"),
@@ -140,6 +219,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
             NUMBER, 60.0, "idle keep-alive client connections are closed after this many seconds"
         ),
         "max_connections": Key(COUNT, 10000, "open client connections at most (then 503)"),
+        "preview_port": Key(
+            PORT,
+            None,
+            "every request to this port goes to the candidate held at ready (503 if none)",
+            example=47779,
+        ),
+        "upstream_timeout": Key(
+            NUMBER,
+            60.0,
+            "seconds to wait for each byte of a boot's answer: 504 if no head came, "
+            "else the connection is closed (upgrade tunnels are exempt)",
+        ),
+        "stream_idle_timeout": Key(
+            NUMBER, 600.0, "the same wait for server-sent event streams (text/event-stream)"
+        ),
+        "max_body": Key(
+            COUNT, 1024**3, "request bodies larger than this many bytes get 413, not forwarded"
+        ),
     },
     "registry": {
         "url": Key(
@@ -170,7 +267,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "health_path": Key(
             URL_PATH,
             "/healthz",
-            'GET this path answers 2xx when healthy (a JSON "version" in the body is checked)',
+            "this path answers as [health] expects (by default GET, any 2xx) when healthy; "
+            'a JSON "version" in the body is checked',
         ),
         "attach_path": Key(
             URL_PATH,
@@ -207,6 +305,52 @@ SCHEMA: dict[str, dict[str, Key]] = {
             COUNT, 3, "consecutive failed checks after a switch that roll back at once"
         ),
         "stable_checks": Key(COUNT, 5, "consecutive good checks after a switch that finalize"),
+        "startup_interval": Key(NUMBER, 0.1, "seconds between health checks of a starting boot"),
+        "method": Key(METHOD, "GET", "the health request's method"),
+        "headers": Key(
+            HEADERS, {}, "headers sent with each health request", example={"X-Token": "s3cret"}
+        ),
+        "host": Key(
+            STR,
+            None,
+            "Host header of health requests, for daemons that route by Host",
+            example="myapp.local",
+        ),
+        "expect_status": Key(
+            STATUS_SET,
+            "200-299",
+            'healthy statuses: a code, a range or a list, e.g. [200, 204, "300-399"]',
+        ),
+        "expect_body": Key(
+            BODY_MATCH,
+            None,
+            'the body must contain this, or match the regular expression after "re:"',
+            example='re:"status": ?"ok"',
+        ),
+    },
+    "deploy": {
+        "auto_promote": Key(
+            BOOL, True, "false: every deploy, automatic ones too, stops at ready for `promote`"
+        ),
+    },
+    "hooks": {
+        "pre_switch": Key(
+            ARGV,
+            None,
+            "argv run before each switch; a non-zero exit (or timeout) aborts the deploy "
+            "and keeps the active boot",
+            example=["./smoke-test"],
+        ),
+        "post_switch": Key(
+            ARGV, None, "argv run after each switch", example=["./notify", "switched"]
+        ),
+        "post_rollback": Key(
+            ARGV, None, "argv run after each rollback", example=["./notify", "rolled back"]
+        ),
+        "post_finalize": Key(
+            ARGV, None, "argv run after each finalize", example=["./notify", "finalized"]
+        ),
+        "timeout": Key(NUMBER, 30.0, "seconds a hook may run before its process group is killed"),
     },
 }
 
@@ -246,6 +390,10 @@ class RouterConfig:
     header_timeout: float
     idle_timeout: float
     max_connections: int
+    preview_port: int | None
+    upstream_timeout: float
+    stream_idle_timeout: float
+    max_body: int
 
 
 @dataclass(frozen=True)
@@ -269,6 +417,28 @@ class HealthConfig:
     timeout: float
     failure_threshold: int
     stable_checks: int
+    startup_interval: float
+    method: str
+    headers: dict[str, str]
+    host: str | None
+    expect_status: tuple[tuple[int, int], ...]  # inclusive ranges: "200-299" -> ((200, 299),)
+    expect_body: str | None
+
+
+@dataclass(frozen=True)
+@_section("deploy")
+class DeployConfig:
+    auto_promote: bool
+
+
+@dataclass(frozen=True)
+@_section("hooks")
+class HooksConfig:
+    pre_switch: list[str] | None
+    post_switch: list[str] | None
+    post_rollback: list[str] | None
+    post_finalize: list[str] | None
+    timeout: float
 
 
 @dataclass(frozen=True)
@@ -279,6 +449,9 @@ class Config:
     daemon: DaemonConfig
     router: RouterConfig = field(default_factory=RouterConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    service: str = "default"
 
     @property
     def base_dir(self) -> Path:
@@ -337,10 +510,13 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     return Config(
         path=path,
         state_dir=state_dir,
+        service=values[""]["service"] or default_service(url, path.parent),
         registry_url=_resolve_sqlite_url(url, path.parent),
         router=RouterConfig(**values["router"]),
         daemon=DaemonConfig(**values["daemon"]),
         health=HealthConfig(**values["health"]),
+        deploy=DeployConfig(**values["deploy"]),
+        hooks=HooksConfig(**values["hooks"]),
     )
 
 
@@ -369,6 +545,16 @@ def _parse_table(section: str, table: dict[str, Any], path: Path) -> dict[str, A
             value = copy.deepcopy(spec.default)
         values[key] = None if value is None else spec.kind.convert(value, path.parent)
     return values
+
+
+def default_service(url: str, base: Path) -> str:
+    """ "default" beside a SQLite registry: one file per config, and the name every
+    registry written before services existed uses. A PostgreSQL registry is shared by
+    design (hosts, daemons), so there each config folder is its own service."""
+    if not url.startswith(("postgresql:", "postgresql+")):
+        return "default"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base.name).strip("-._")[:40]
+    return name or "default"
 
 
 def _resolve_sqlite_url(url: str, base: Path) -> str:

@@ -1,23 +1,24 @@
 """Health checks and workspace attach calls against a boot (httpx).
 
-Healthy means a 2xx answer on ``health_path`` and, when the body is JSON with a
-``version``, that version equals the boot's: a daemon that reports another
+Healthy means an answer on ``health_path`` (sent with ``health.method``,
+``health.headers`` and ``health.host``) whose status is in ``health.expect_status``
+and whose body has ``health.expect_body`` if set, and, when the body is JSON with
+a ``version``, that version equals the boot's: a daemon that reports another
 version is the wrong binary.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 
-from bgdeploy.config import Config
+from bgdeploy.config import BODY_REGEX_PREFIX, Config
 from bgdeploy.errors import BootError
 from bgdeploy.registry.models import Boot
-
-POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,30 @@ class HealthResult:
 def check(
     client: httpx.Client, config: Config, boot: Boot, timeout: float | None = None
 ) -> HealthResult:
+    """One health request as ``[health]`` describes it; a failure names the expectation."""
+    hc = config.health
     url = f"http://127.0.0.1:{boot.port}{config.daemon.health_path}"
+    what = f"{hc.method} {config.daemon.health_path}"
+    headers = dict(hc.headers)
+    if hc.host:
+        headers["Host"] = hc.host
+    wait = timeout or hc.timeout
     try:
-        resp = client.get(url, timeout=timeout or config.health.timeout)
+        resp = client.request(hc.method, url, headers=headers, timeout=wait)
     except httpx.TimeoutException:
-        return HealthResult(
-            False, f"no answer from {url} within {timeout or config.health.timeout:g}s"
-        )
+        return HealthResult(False, f"{what}: no answer within {wait:g}s")
     except httpx.HTTPError as e:
-        return HealthResult(False, f"{url}: {type(e).__name__}")
-    if not 200 <= resp.status_code < 300:
-        return HealthResult(False, f"{url} answered {resp.status_code}")
+        return HealthResult(False, f"{what}: {type(e).__name__}")
+    if not any(low <= resp.status_code <= high for low, high in hc.expect_status):
+        return HealthResult(
+            False,
+            f"{what} answered {resp.status_code}, expected status {_ranges(hc.expect_status)}",
+        )
+    if hc.expect_body is not None and not _body_matches(hc.expect_body, resp.text):
+        return HealthResult(
+            False,
+            f"{what} answered {resp.status_code}, but the body {_describe_match(hc.expect_body)}",
+        )
     reported = _reported_version(resp)
     if reported is not None and reported != boot.version:
         return HealthResult(
@@ -48,7 +62,23 @@ def check(
             f"{url} reports version {reported}, expected {boot.version}",
             wrong_version=reported,
         )
-    return HealthResult(True, f"{url} answered {resp.status_code}")
+    return HealthResult(True, f"{what} answered {resp.status_code}")
+
+
+def _ranges(ranges: tuple[tuple[int, int], ...]) -> str:
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+
+def _body_matches(expect: str, body: str) -> bool:
+    if expect.startswith(BODY_REGEX_PREFIX):
+        return re.search(expect[len(BODY_REGEX_PREFIX) :], body) is not None
+    return expect in body
+
+
+def _describe_match(expect: str) -> str:
+    if expect.startswith(BODY_REGEX_PREFIX):
+        return f"does not match the regular expression {expect[len(BODY_REGEX_PREFIX) :]!r}"
+    return f"does not contain {expect!r}"
 
 
 def _reported_version(resp: httpx.Response) -> str | None:
@@ -103,7 +133,7 @@ def wait_healthy(
                     hint=f"Raise daemon.startup_timeout, or see `bgdeploy logs {boot.boot_id}`.",
                     log_tail=log_tail(),
                 )
-            time.sleep(POLL_S)
+            time.sleep(config.health.startup_interval)
 
 
 def attach(config: Config, boot: Boot, workspace: str) -> None:

@@ -34,6 +34,7 @@ class DeploymentFields:
     rollback_ts: datetime | None = None
     last_error: str | None = None
     updated_ts: datetime | None = None
+    held_ts: datetime | None = None
 
     @classmethod
     def from_row(cls, row: object) -> DeploymentFields:
@@ -75,9 +76,14 @@ class DeploymentMachine(StateMachine):
         # The previous generation's outcome stays in the events, not on the row.
         m.rollback_reason = m.rollback_ts = m.last_error = None
 
+    def on_candidate_ready(self, now: datetime, hold: bool = False) -> None:
+        # A held candidate waits at ready for `promote`; held_ts says since when.
+        self.model.held_ts = now if hold else None
+
     def on_abort(self, reason: str) -> None:
         self.model.candidate_boot_id = None
         self.model.last_error = reason
+        self.model.held_ts = None
 
     def on_switch(self, now: datetime) -> None:
         m = self.model
@@ -87,6 +93,7 @@ class DeploymentMachine(StateMachine):
             None,
         )
         m.switch_ts = now
+        m.held_ts = None
         m.health_fail_streak = m.health_ok_streak = 0
 
     def on_finalize(self) -> None:

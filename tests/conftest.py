@@ -1,4 +1,5 @@
-"""Shared fixtures: a real SQLite registry in tmp_path, config files, the CLI."""
+"""Shared fixtures: a real registry (SQLite in tmp_path, or the throw-away PostgreSQL
+server), config files, the CLI."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_DAEMON = REPO / "tools" / "demo_daemon.py"
 sys.path.insert(0, str(REPO / "tools"))  # loadgen and friends
 
+from pgserver import PgServer  # noqa: E402 - from tools/, on the path just above
 
 # Figures tests want shown at the end of every run (pytest captures their prints).
 REPORT: list[str] = []
@@ -49,6 +51,9 @@ STATUS_KEYS = {
     "quarantined_versions",
     "router",
     "lock",
+    "held",
+    "pause",
+    "maintenance",
 }
 BOOT_KEYS = {"boot_id", "version", "port", "pid", "state", "started_ts", "inflight"}
 
@@ -70,9 +75,38 @@ def poll_until(
         time.sleep(interval)
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throw-away PostgreSQL server for the whole run; skips the tests that need it,
+    saying why, where it cannot start."""
+    try:
+        server = PgServer()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"no PostgreSQL server for the registry tests: {e}")
+    try:
+        server.start()
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        server.destroy()
+        pytest.skip(f"the throw-away PostgreSQL server did not start: {e}")
+    yield server
+    server.destroy()
+
+
+REGISTRIES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=REGISTRIES)
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty registry: a SQLite file in tmp_path, or the emptied shared database
+    on the throw-away PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'registry.db'}"
+    return request.getfixturevalue("pg_server").clean_database()
+
+
 @pytest.fixture
-def registry(tmp_path: Path):
-    reg = Registry(f"sqlite:///{tmp_path / 'state' / 'registry.db'}")
+def registry(registry_url: str) -> Iterator[Registry]:
+    reg = Registry(registry_url)
     yield reg
     reg.close()
 

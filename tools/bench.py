@@ -8,7 +8,10 @@
    the ceiling of the router's design (asyncio Protocols on uvloop, one process).
 2. router vs direct, in front of the demo daemon, c=16.
 3. switch propagation: registry commit -> first response from the new boot,
-   p50/p99 over 50 switches.
+   p50/p99 over 50 switches, with a SQLite registry (data_version polling) and with
+   a PostgreSQL one (LISTEN/NOTIFY) on a throw-away server (tools/pgserver.py).
+   `python tools/bench.py --propagation` measures only these two, against two demo
+   daemons.
 Installs nginx-light and wrk with apt-get when they are missing. Loopback only;
 every load run is bounded by wrk's -d.
 """
@@ -161,16 +164,17 @@ def _latency(out: str, pct: str) -> float:
 class RouterUnderTest:
     """A real router process whose registry points at backends we name by port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, registry_url: str | None = None) -> None:
         from bgdeploy.config import load_config
         from bgdeploy.control.app import App
 
-        self.dir = workdir / "router"
+        self.dir = workdir / ("router" if registry_url is None else "router-pg")
         self.dir.mkdir()
         self.port, self.admin = free_port(), free_port()
+        registry = f'[registry]\nurl = "{registry_url}"\n' if registry_url else ""
         (self.dir / "bgdeploy.toml").write_text(
             f"[router]\nport = {self.port}\nadmin_port = {self.admin}\n"
-            f'[daemon]\ncommand = ["true"]\n[health]\ninterval = 3600.0\n'
+            f'[daemon]\ncommand = ["true"]\n[health]\ninterval = 3600.0\n{registry}'
         )
         self.app = App(load_config(self.dir / "bgdeploy.toml"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -236,6 +240,70 @@ def switch_propagation(router: RouterUnderTest, ports: tuple[int, int], n: int =
         samples.append((time.perf_counter() - t_commit) * 1000)
     conn.close()
     return samples
+
+
+def postgres_switch_propagation(work: Path, ports: tuple[int, int]) -> list[float] | str:
+    """Switch propagation with the registry on a throw-away PostgreSQL server; the
+    reason instead when no server can be started here."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from pgserver import PgServer
+
+    try:
+        server = PgServer()
+        server.start()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        return f"skipped: {e}"
+    router = None
+    try:
+        router = RouterUnderTest(work, server.new_database())
+        router.point_at(ports[1])  # the measured switches start with ports[0]
+        router.start()
+        return switch_propagation(router, ports)
+    finally:
+        if router is not None:
+            router.stop()
+            router.app.close()
+        server.destroy()
+
+
+def propagation_line(name: str, samples: list[float] | str) -> str:
+    head = f"switch propagation, {name} (registry commit -> first response from the new boot)"
+    if isinstance(samples, str):
+        return f"{head}: {samples}"
+    return (
+        f"{head}, {len(samples)} switches: p50 {statistics.median(samples):.1f} ms, "
+        f"p99 {pct(samples, 99):.1f} ms, max {max(samples):.1f} ms"
+    )
+
+
+def propagation_only() -> int:
+    """Both registries' switch propagation, against two demo daemons (no nginx, no wrk)."""
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="bgdeploy-bench-") as tmp:
+        work = Path(tmp)
+        router = None
+        try:
+            ports = (free_port(), free_port())
+            for port in ports:
+                demo = [str(REPO / "tools" / "demo_daemon.py"), "--port", str(port)]
+                procs.append(subprocess.Popen([sys.executable, *demo], stdout=subprocess.DEVNULL))
+                wait_port(port)
+            router = RouterUnderTest(work)
+            router.point_at(ports[1])  # the measured switches start with ports[0]
+            router.start()
+            sqlite = switch_propagation(router, ports)
+            router.stop()
+            router = None
+            pg = postgres_switch_propagation(work, ports)
+        finally:
+            if router is not None:
+                router.stop()
+            for p in procs:
+                p.terminate()
+                p.wait(timeout=10)
+    print(propagation_line("SQLite registry (data_version)", sqlite))
+    print(propagation_line("PostgreSQL registry (LISTEN/NOTIFY)", pg))
+    return 0
 
 
 def pct(values: list[float], p: float) -> float:
@@ -310,6 +378,9 @@ def main() -> int:
             direct, via = interleaved([(demo_port, None), (router.port, None)], 16)
 
             samples = switch_propagation(router, (b1, b2))
+            router.stop()
+            router = None
+            pg_samples = postgres_switch_propagation(work, (b1, b2))
         finally:
             if router is not None:
                 router.stop()
@@ -355,11 +426,8 @@ def main() -> int:
         f"(p99 {direct['p99']:.2f} ms), via router {via['rps']:.0f} req/s "
         f"(p99 {via['p99']:.2f} ms), router/direct {via['rps'] / direct['rps']:.2f}"
     )
-    print(
-        f"\nswitch propagation (registry commit -> first response from the new boot), "
-        f"{len(samples)} switches: p50 {statistics.median(samples):.1f} ms, "
-        f"p99 {pct(samples, 99):.1f} ms, max {max(samples):.1f} ms"
-    )
+    print("\n" + propagation_line("SQLite registry (data_version)", samples))
+    print(propagation_line("PostgreSQL registry (LISTEN/NOTIFY)", pg_samples))
     errs = [r for _, *runs in rows for r in runs if r["errors"]] + [
         r for r in (direct, via) if r["errors"]
     ]
@@ -369,4 +437,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(propagation_only() if "--propagation" in sys.argv[1:] else main())

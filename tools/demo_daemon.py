@@ -6,12 +6,16 @@
 Falls back to BGDEPLOY_PORT / BGDEPLOY_VERSION / BGDEPLOY_BOOT_ID. Endpoints:
   GET  /              {"version", "boot_id", "pid"} (what a person looks at)
   GET  /slow?ms=N     answers after N ms
-  GET  /sse           server-sent events, one per 100 ms (?count=N to stop after N)
+  GET  /sse           server-sent events, one per 100 ms (?count=N to stop after N,
+                      ?every=MS for another pace)
   GET  /ws            WebSocket echo
   POST /echo          returns the request body, streamed
   GET  /bytes?n=N     N bytes, streamed in 64 KiB chunks
   GET  /healthz       {"status": "ok", "version"}; 503 when unhealthy
   POST /workspaces    {"workspace": "<id>"} attaches a workspace
+  ANY  /probe         a health endpoint with expectations (--probe-* switches)
+  GET  /hang          never answers (until the daemon stops)
+  GET  /stall         sends the head and half of the body, then nothing
 On SIGTERM it stops accepting, finishes in-flight requests, then exits.
 """
 
@@ -57,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--health-version", default=None, help="report this version on /healthz (a wrong binary)"
     )
     p.add_argument("--refuse-attach", action="store_true")
+    p.add_argument("--probe-method", default=None, help="/probe answers 405 to other methods")
+    p.add_argument(
+        "--probe-header", default=None, metavar="NAME:VALUE", help="/probe answers 401 without it"
+    )
+    p.add_argument("--probe-host", default=None, help="/probe answers 421 to another Host")
+    p.add_argument("--probe-status", type=int, default=200, help="/probe's status otherwise")
+    p.add_argument("--probe-body", default="probe ok", help="/probe's body otherwise")
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument(
         "--spawn-child", action="store_true", help="start a child process that also ignores SIGTERM"
@@ -176,6 +187,7 @@ class Daemon:
 
     async def sse(self, request: web.Request) -> web.StreamResponse:
         count = int(request.query.get("count", "0"))
+        every = float(request.query.get("every", "100")) / 1000
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -187,7 +199,7 @@ class Daemon:
             )
             await resp.write(f"id: {n}\ndata: {payload}\n\n".encode())
             n += 1
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(every)
         await resp.write_eof()
         return resp
 
@@ -204,6 +216,30 @@ class Daemon:
         finally:
             self.websockets.discard(sock)
         return sock
+
+    async def probe(self, request: web.Request) -> web.Response:
+        a = self.args
+        if a.probe_method and request.method != a.probe_method:
+            return web.Response(status=405, text=f"method {request.method}")
+        if a.probe_header:
+            name, _, value = a.probe_header.partition(":")
+            if request.headers.get(name) != value:
+                return web.Response(status=401, text=f"missing {name}")
+        if a.probe_host and request.host != a.probe_host:
+            return web.Response(status=421, text=f"host {request.host}")
+        return web.Response(status=a.probe_status, text=a.probe_body)
+
+    async def hang(self, request: web.Request) -> web.Response:
+        await self.stopping.wait()
+        return web.Response(status=503, text="stopping")
+
+    async def stall(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = 1000
+        await resp.prepare(request)
+        await resp.write(b"x" * 500)
+        await self.stopping.wait()
+        return resp
 
     async def attach(self, request: web.Request) -> web.Response:
         try:
@@ -243,6 +279,9 @@ def build_app(d: Daemon) -> web.Application:
     app.router.add_get("/sse", d.sse)
     app.router.add_get("/ws", d.ws)
     app.router.add_post("/workspaces", d.attach)
+    app.router.add_route("*", "/probe", d.probe)
+    app.router.add_get("/hang", d.hang)
+    app.router.add_get("/stall", d.stall)
     app.on_shutdown.append(d.on_shutdown)
     return app
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bgdeploy.config import Config, find_config_path, load_config
 from bgdeploy.control.lock import LifecycleLock
-from bgdeploy.registry.store import Registry
-from bgdeploy.states import DEFAULT_SERVICE
+from bgdeploy.registry.store import Registry, is_postgres
+
+if TYPE_CHECKING:
+    from bgdeploy.control.pg_lock import PgLifecycleLock
 
 
 class App:
-    def __init__(self, config: Config, service: str = DEFAULT_SERVICE) -> None:
+    def __init__(self, config: Config, service: str | None = None) -> None:
         self.config = config
-        self.service = service
+        self.service = service or config.service
 
     @classmethod
     def load(cls, config_path: str | Path | None = None) -> App:
@@ -24,7 +27,13 @@ class App:
     def registry(self) -> Registry:
         return Registry(self.config.registry_url)
 
-    def lock(self) -> LifecycleLock:
+    def lock(self) -> LifecycleLock | PgLifecycleLock:
+        """An flock beside a SQLite registry; an advisory lock in a PostgreSQL one, which
+        every host sharing the registry sees."""
+        if is_postgres(self.config.registry_url):
+            from bgdeploy.control.pg_lock import PgLifecycleLock
+
+            return PgLifecycleLock(self.config.registry_url, self.service)
         return LifecycleLock(self.config.state_dir, self.service)
 
     def close(self) -> None:

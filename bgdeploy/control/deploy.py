@@ -25,6 +25,7 @@ from bgdeploy.control.lock import DrainClaim
 from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError, BootError, OperationFailed
 from bgdeploy.failpoints import failpoint
+from bgdeploy.hooks import HookResult, run_hook
 from bgdeploy.installed import installed_version
 from bgdeploy.machine import DeploymentFields
 from bgdeploy.registry.models import Boot, Quarantine, utcnow
@@ -53,6 +54,8 @@ class DeployResult:
     boot_id: str | None
     message: str
     steps: list[dict[str, object]] = field(default_factory=list)
+    held: bool = False  # stopped at ready, waiting for `promote`
+    applied: bool = True  # False: a stale or repeated promote/abort changed nothing
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -62,6 +65,8 @@ class DeployResult:
             "boot_id": self.boot_id,
             "message": self.message,
             "steps": self.steps,
+            "held": self.held,
+            "applied": self.applied,
         }
 
 
@@ -131,9 +136,18 @@ class Deployer:
     # -- deploy ------------------------------------------------------------------------------
 
     def deploy(
-        self, version: str | None = None, *, force: bool = False, progress: Progress = no_progress
+        self,
+        version: str | None = None,
+        *,
+        force: bool = False,
+        hold: bool | None = None,
+        progress: Progress = no_progress,
     ) -> DeployResult:
+        """Start, check and switch to a candidate; with ``hold`` (default: not
+        ``deploy.auto_promote``) stop at ready for `promote`."""
         app, reg = self.app, self.reg
+        if hold is None:
+            hold = not app.config.deploy.auto_promote
         version = version or installed_version(app.config)
         steps = Steps(progress)
         row = reg.deployment(app.service)
@@ -200,21 +214,61 @@ class Deployer:
             failpoint("after_workspaces_attached")
             steps("attached", f"{n} workspace{'s' if n != 1 else ''}")
         except BgdeployError as e:
-            self._abort(gen, boot_id, e.message)
+            self.abort_candidate(gen, boot_id, e.message)
             steps("aborted", e.message)
             raise BootError(
                 f"Deploy of {version} aborted: {e.message}",
                 hint=f"The active boot is unchanged. {e.hint or ''}".strip(),
                 log_tail=getattr(e, "log_tail", ""),
             ) from None
-        reg.transition(app.service, Ev.CANDIDATE_READY, generation=gen, state=St.STARTING)
+        reg.transition(
+            app.service,
+            Ev.CANDIDATE_READY,
+            generation=gen,
+            state=St.STARTING,
+            hold=hold,
+            reason="held at ready for `bgdeploy promote`" if hold else None,
+        )
         failpoint("after_candidate_ready_commit")
+        if hold:
+            steps("held", f"{boot_id} waits at ready (preview: X-Bgdeploy-Preview: 1)")
+            return DeployResult(
+                True,
+                gen,
+                version,
+                boot_id,
+                f"Generation {gen}: {version} is held at ready on {boot_id}; "
+                "`bgdeploy promote` switches to it, `bgdeploy abort` drops it.",
+                steps.done,
+                held=True,
+            )
+        return self.switch_candidate(gen, boot_id, version, steps)
+
+    def switch_candidate(
+        self, gen: int, boot_id: str, version: str, steps: Steps, reason: str | None = None
+    ) -> DeployResult:
+        """ready -> switched, behind the pre_switch gate; post_switch after."""
+        app, reg = self.app, self.reg
+        gate = self.run_hook("pre_switch", reg.deployment(app.service))
+        if gate is not None and not gate.ok:
+            reason = f"{gate.describe()} (see `bgdeploy logs --hooks`)"
+            self.abort_candidate(gen, boot_id, reason)
+            steps("aborted", reason)
+            raise OperationFailed(
+                f"Deploy of {version} aborted: {reason}.",
+                hint="The active boot is unchanged.",
+            )
+        candidate = reg.boot(boot_id)
+        assert candidate is not None
         try:
             sw = self._commit_once_attached(
-                boot, lambda: reg.transition(app.service, Ev.SWITCH, generation=gen, state=St.READY)
+                candidate,
+                lambda: reg.transition(
+                    app.service, Ev.SWITCH, generation=gen, state=St.READY, reason=reason
+                ),
             )
         except BgdeployError as e:
-            self._abort(gen, boot_id, e.message)
+            self.abort_candidate(gen, boot_id, e.message)
             steps("aborted", e.message)
             raise BootError(
                 f"Deploy of {version} aborted: {e.message}",
@@ -225,6 +279,7 @@ class Deployer:
         failpoint("after_switch_commit")
         followed = wait_router_follows(app, boot_id)
         steps("switched", f"{boot_id} active" + (" (router follows)" if followed else ""))
+        self.run_hook("post_switch", sw.row)
         return DeployResult(
             True,
             gen,
@@ -233,6 +288,36 @@ class Deployer:
             f"Generation {gen}: {version} is active on {boot_id}.",
             steps.done,
         )
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def run_hook(self, name: str, row: DeploymentFields) -> HookResult | None:
+        """Run a configured hook with the row's fields in its env; record it in history."""
+        if getattr(self.app.config.hooks, name) is None:
+            return None
+        fields: dict[str, object] = {
+            "service": row.service,
+            "generation": row.generation,
+            "state": row.state,
+            "rollback_reason": row.rollback_reason,
+        }
+        for role in ("active", "candidate", "old"):
+            boot = self.reg.boot(getattr(row, f"{role}_boot_id"))
+            if boot is not None:
+                fields.update(
+                    {
+                        f"{role}_boot_id": boot.boot_id,
+                        f"{role}_version": boot.version,
+                        f"{role}_port": boot.port,
+                    }
+                )
+        router = running_router(self.app)
+        if router is not None:
+            fields["router_url"] = router.url
+        result = run_hook(self.app.config, name, fields)
+        assert result is not None
+        self.reg.note(self.app.service, "hook", result.describe())
+        return result
 
     def _wait_healthy(self, boot: Boot) -> None:
         health.wait_healthy(
@@ -271,7 +356,7 @@ class Deployer:
             self._attach_workspaces(boot)
         raise _attach_race_lost(boot)
 
-    def _abort(self, generation: int, boot_id: str, reason: str) -> None:
+    def abort_candidate(self, generation: int, boot_id: str, reason: str) -> None:
         boot = self.reg.boot(boot_id)
         if boot is not None:
             self.sup.stop(boot, final_state=BootState.FAILED)
@@ -291,13 +376,16 @@ class Deployer:
     # -- finishing steps -------------------------------------------------------------------
 
     def settle(self, steps: Progress = no_progress) -> DeploymentFields:
-        """Bring a deployment left mid-way (by a dead process) to idle, safely."""
+        """Bring a deployment left mid-way (by a dead process) to idle, safely; a held
+        candidate is dropped for the new deploy."""
         row = self.reg.deployment(self.app.service)
         if row.state in (St.STARTING, St.READY) and row.candidate_boot_id:
-            self._abort(
+            self.abort_candidate(
                 row.generation,
                 row.candidate_boot_id,
-                "the deploying process stopped before the switch",
+                "replaced by a new deploy while held"
+                if row.held_ts is not None
+                else "the deploying process stopped before the switch",
             )
             steps(
                 "aborted", f"stale candidate {row.candidate_boot_id} of generation {row.generation}"
@@ -318,6 +406,8 @@ class Deployer:
         )
         failpoint("after_finalize_commit")
         self._keep(drain, res.applied)
+        if res.applied:
+            self.run_hook("post_finalize", res.row)
 
     def _claim(self, boot_id: str | None, demoted_by: Ev) -> Drain | None:
         """Claim the drain of a boot about to be demoted, before the demotion commits, so
@@ -412,6 +502,8 @@ class Deployer:
             self.app.service, Ev.ROLLBACK_DONE, generation=row.generation, state=St.ROLLING_BACK
         )
         self._keep(drain, res.applied)
+        if res.applied:
+            self.run_hook("post_rollback", row)
 
     def finish_drains(self, progress: Progress = no_progress) -> None:
         """Drain and stop the boots this deployer demoted. Call it without the lock."""

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import psutil
-from sqlalchemy import create_engine
 
 from bgdeploy.boots import Supervisor, port_holder, processes_of_state_dir
 from bgdeploy.config import Config, find_config_path, load_config
@@ -24,7 +23,7 @@ from bgdeploy.health import check as health_check
 from bgdeploy.installed import installed_version
 from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Boot, utcnow
-from bgdeploy.registry.store import sqlite_path
+from bgdeploy.registry.store import is_postgres, make_engine, safe_url, sqlite_path
 from bgdeploy.states import LIVE_BOOT_STATES, BootState, DeploymentState
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -97,12 +96,20 @@ def _schema(config: Config) -> Check:
             f"no registry yet at {path}",
             "Run `bgdeploy init` (or any command) to create it.",
         )
-    engine = create_engine(config.registry_url)
+    engine = make_engine(config.registry_url)
     try:
         current, head = migrate.check_head(engine)
     except BgdeployError as e:
         return Check("registry", FAIL, e.message, e.hint or "")
     except Exception as e:  # noqa: BLE001 - a corrupt file, a permission problem
+        if is_postgres(config.registry_url):
+            why = str(getattr(e, "orig", e)).strip().splitlines()[:1] or [type(e).__name__]
+            return Check(
+                "registry",
+                FAIL,
+                f"cannot reach the registry at {safe_url(config.registry_url)}: {why[0]}",
+                "Check registry.url and that the PostgreSQL server is running.",
+            )
         return Check(
             "registry",
             FAIL,
@@ -260,10 +267,12 @@ def _impossible(app: App) -> list[Check]:
 
 
 def _lock(app: App) -> Check:
-    holder = LifecycleLock(app.config.state_dir, app.service).holder()
+    lock = app.lock()
+    holder = lock.holder()
     if holder is None:
         return Check("lifecycle lock", PASS, "free")
-    if holder.pid and not psutil.pid_exists(holder.pid):
+    # An advisory lock's holder may be on another host, where its pid means nothing here.
+    if isinstance(lock, LifecycleLock) and holder.pid and not psutil.pid_exists(holder.pid):
         return Check(
             "lifecycle lock",
             FAIL,

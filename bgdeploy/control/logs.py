@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bgdeploy.control.app import App
 from bgdeploy.errors import OperationFailed
+from bgdeploy.hooks import hook_log_path
 
 FOLLOW_POLL_S = 0.2
 
@@ -31,6 +32,17 @@ def log_path(app: App, boot_id: str | None) -> Path:
     if not path.exists():
         raise OperationFailed(
             f"Boot {boot_id} has no log at {path} (it was pruned or never started)."
+        )
+    return path
+
+
+def hooks_log_path(app: App) -> Path:
+    """The hook log: every hook run, with its output."""
+    path = hook_log_path(app.config)
+    if not path.exists():
+        raise OperationFailed(
+            f"No hook has run yet (no {path}).",
+            hint="Hooks are set in [hooks] of bgdeploy.toml.",
         )
     return path
 

@@ -23,6 +23,7 @@ import httpx
 
 from bgdeploy import health
 from bgdeploy.boots import Supervisor
+from bgdeploy.control import hold
 from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Deployer, Drain, Inflight, drain_left
 from bgdeploy.control.lock import DrainClaim
@@ -88,7 +89,19 @@ class Reconciler:
     def step(self, report: ReconcileReport, dry_run: bool) -> None:
         row = self.app.registry.deployment(self.app.service)
         d = self.deployer
-        if row.state in (St.STARTING, St.READY):
+        if row.state == St.READY and row.held_ts is not None:
+            # Held for `promote`: it stays while it lives.
+            candidate = self.app.registry.boot(row.candidate_boot_id)
+            if candidate is None or not self.sup.is_running(candidate):
+                what = (
+                    f"held candidate {candidate.boot_id} {self.sup.describe_exit(candidate)}"
+                    if candidate is not None
+                    else "the held candidate is gone"
+                )
+                report.did(f"abort generation {row.generation}: {what}")
+                if not dry_run:
+                    hold.abort(d, what, row.generation)
+        elif row.state in (St.STARTING, St.READY):
             # A deploy whose process died (we hold the lock, so none is running).
             report.did(f"abort generation {row.generation}: the deploying process is gone")
             if not dry_run:

@@ -9,7 +9,8 @@ from typing import Any
 
 from bgdeploy.boots import process_matches
 from bgdeploy.control.app import App
-from bgdeploy.registry.models import Boot, Event, Router
+from bgdeploy.control.controls import read_controls
+from bgdeploy.registry.models import Boot, Event, Router, utcnow
 from bgdeploy.states import LIVE_BOOT_STATES, BootState
 from bgdeploy.timefmt import iso
 
@@ -80,7 +81,26 @@ def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:
         "quarantined_versions": reg.quarantined_versions(app.service),
         "router": router_dict(running_router(app)),
         "lock": holder.as_dict() if holder else None,
+        "held": None
+        if row.held_ts is None
+        else {
+            "since": iso(row.held_ts),
+            "seconds": round((utcnow() - row.held_ts).total_seconds(), 1),
+        },
+        **read_controls(app).as_dict(),
     }
+
+
+def all_statuses(app: App, inflight: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """The status object of every service in the registry (this config's one included,
+    even before its first deploy), by name. In-flight counts are this router's only."""
+    names = sorted({*app.registry.services(), app.service})
+    out = []
+    for name in names:
+        other = App(app.config, name)
+        other.__dict__["registry"] = app.registry  # one connection pool for them all
+        out.append(status(other, inflight if name == app.service else None))
+    return out
 
 
 def event_dict(ev: Event) -> dict[str, Any]:

@@ -15,11 +15,13 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, func, select
 
 from bgdeploy.errors import RegistryError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# pg_advisory_xact_lock key that lets one process at a time migrate a PostgreSQL registry.
+_MIGRATE_LOCK_KEY = 0x62676D67  # "bgmg"
 
 
 def alembic_config() -> AlembicConfig:
@@ -32,7 +34,9 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revision(engine: Engine | Connection) -> str | None:
+    if isinstance(engine, Connection):
+        return MigrationContext.configure(engine).get_current_revision()
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
@@ -45,19 +49,27 @@ def check_head(engine: Engine) -> tuple[str | None, str | None]:
         try:
             script.get_revision(current)
         except Exception:
+            where = engine.url.render_as_string(hide_password=True)
             raise RegistryError(
-                f"The registry is at schema revision {current}, which this bgdeploy does not "
-                f"know (its newest is {head}).",
+                f"The registry at {where} is at schema revision {current}, which this "
+                f"bgdeploy does not know (its newest is {head}).",
                 hint="It was written by a newer bgdeploy: upgrade bgdeploy, or point "
-                "registry.url at another file.",
+                "registry.url at another registry.",
             ) from None
     return current, head
 
 
 def ensure_head(engine: Engine, db_path: Path | None = None) -> None:
-    """Upgrade to head if behind; serialised across processes by a file lock."""
+    """Upgrade to head if behind; serialised across processes by a file lock (SQLite)
+    or a transaction-level advisory lock (PostgreSQL)."""
     current, head = check_head(engine)
     if current == head:
+        return
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(select(func.pg_advisory_xact_lock(_MIGRATE_LOCK_KEY)))
+            if current_revision(conn) != head:  # another process may have just done it
+                _upgrade_on(conn)
         return
     lock_fd = None
     if db_path is not None:
@@ -71,7 +83,11 @@ def ensure_head(engine: Engine, db_path: Path | None = None) -> None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    cfg = alembic_config()
     with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        _upgrade_on(conn, revision)
+
+
+def _upgrade_on(conn: Connection, revision: str = "head") -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, revision)

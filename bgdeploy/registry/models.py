@@ -71,6 +71,15 @@ class Deployment(Base):
     rollback_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set while a deploy held at `ready` waits for `bgdeploy promote` (or abort).
+    held_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Operator controls the router follows. They are not deploy transitions: set and
+    # cleared by `pause`/`resume` and `maintenance on/off`, whatever the state.
+    paused_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pause_max_s: Mapped[float | None] = mapped_column()
+    maintenance_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    maintenance_message: Mapped[str | None] = mapped_column(Text)
+    maintenance_retry_after: Mapped[int | None] = mapped_column(Integer)
 
 
 class Boot(Base):
@@ -84,6 +93,7 @@ class Boot(Base):
             "service",
             unique=True,
             sqlite_where=text("state = 'active'"),
+            postgresql_where=text("state = 'active'"),
         ),
     )
 
@@ -154,6 +164,7 @@ class Event(Base):
             "event",
             unique=True,
             sqlite_where=text("event IN ('switch', 'rollback')"),
+            postgresql_where=text("event IN ('switch', 'rollback')"),
         ),
     )
 

@@ -1,9 +1,17 @@
 """Registry access: engine set-up, fenced transitions, boots, workspaces, events.
 
-Every unit of work is one transaction. Writes open with ``BEGIN IMMEDIATE`` so
-that two processes never both read a row and then race to upgrade to a write
-lock (SQLite would answer the loser with "database is locked" at once, without
-waiting); with the busy timeout, writers simply queue.
+Every unit of work is one transaction. On SQLite, writes open with ``BEGIN
+IMMEDIATE`` so that two processes never both read a row and then race to upgrade
+to a write lock (SQLite would answer the loser with "database is locked" at once,
+without waiting); with the busy timeout, writers simply queue.
+
+On PostgreSQL, a transition locks its service's deployment row (``SELECT ... FOR
+UPDATE``) before reading it: writers of one service queue on that row exactly as
+SQLite writers queue on the file, and other services' writers do not wait at all.
+Serializable isolation would give the same answers but turn every collision into a
+retry; under the racing test's 8 writers on one row that is most of them, while a
+row lock just waits its turn. A switch's commit also sends ``NOTIFY bgdeploy_route``
+so routers that ``LISTEN`` see it at once.
 """
 
 from __future__ import annotations
@@ -11,22 +19,23 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from statemachine.exceptions import TransitionNotAllowed
 
-from bgdeploy.errors import IllegalTransition, RegistryError
+from bgdeploy.errors import BootError, ConfigError, IllegalTransition, RegistryError
 from bgdeploy.machine import DeploymentFields, DeploymentMachine
 from bgdeploy.registry import migrate
-from bgdeploy.registry.boot_records import BootRecords
 from bgdeploy.registry.models import Boot, Deployment, Event, Quarantine, Workspace, utcnow
 from bgdeploy.registry.workspaces import WorkspaceRecords, unattached
 from bgdeploy.states import (
@@ -39,7 +48,13 @@ from bgdeploy.states import (
 log = logging.getLogger("bgdeploy.registry")
 
 BUSY_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 5
 _WRITE = "bgdeploy_write"
+# The channel a PostgreSQL registry notifies on when a service's route changes;
+# the payload is the service name.
+ROUTE_CHANNEL = "bgdeploy_route"
+# pg_advisory_xact_lock key that serialises port allocation across processes and hosts.
+_PORTS_LOCK_KEY = 0x62676470  # "bgdp"
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,39 @@ def prepare_sqlite_file(path: Path) -> None:
             ) from None
 
 
+def safe_url(url: str) -> str:
+    """The URL for messages: its password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse has no password to hide
+        return url
+
+
+def libpq_url(url: str) -> str:
+    """A PostgreSQL URL as libpq (plain psycopg) takes it: no "+psycopg" driver suffix."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql:", "postgresql+"))
+
+
 def make_engine(url: str) -> Engine:
+    if is_postgres(url):
+        # pre_ping: after the server restarts, a pooled connection is replaced, not reused.
+        try:
+            return create_engine(
+                url,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "bgdeploy"},
+            )
+        except ImportError as e:
+            raise ConfigError(
+                f"The registry at {safe_url(url)} needs a PostgreSQL driver that is not "
+                f"installed ({e.name or e}).",
+                hint="Install it with: pip install 'bgdeploy[postgres]' (psycopg 3), and "
+                "write the URL as postgresql+psycopg://...",
+            ) from None
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
     if engine.dialect.name != "sqlite":
         return engine
@@ -117,6 +164,7 @@ class Registry:
         if path is not None:
             prepare_sqlite_file(path)
         self.engine = make_engine(url)
+        self.postgres = self.engine.dialect.name == "postgresql"
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(
             self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False
@@ -128,11 +176,25 @@ class Registry:
                 migrate.ensure_head(self.engine, path)
             else:
                 migrate.check_head(self.engine)
-        except DatabaseError as e:
+        except OperationalError as e:
+            if not self.postgres:
+                raise self._not_sqlite(e) from None
+            self.engine.dispose()
             raise RegistryError(
-                f"The registry at {url} is not a usable SQLite database ({e.orig}).",
-                hint="Move the file aside and run `bgdeploy init` to create a new registry.",
+                f"Cannot reach the registry at {safe_url(url)} ({_first_line(e.orig)}).",
+                hint="Check the host, port, user and password in registry.url, and that "
+                "the PostgreSQL server is running.",
             ) from None
+        except DatabaseError as e:
+            if self.postgres:
+                raise self._unusable("read", e) from None
+            raise self._not_sqlite(e) from None
+
+    def _not_sqlite(self, e: DatabaseError) -> RegistryError:
+        return RegistryError(
+            f"The registry at {self.url} is not a usable SQLite database ({e.orig}).",
+            hint="Move the file aside and run `bgdeploy init` to create a new registry.",
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -161,6 +223,8 @@ class Registry:
             with self._write.begin() as session:
                 yield session
         except OperationalError as e:
+            if self.postgres:
+                raise self._unreachable(e) from None
             raise RegistryError(
                 f"The registry could not be written ({e.orig}).",
                 hint="Another process may hold it for longer than the busy timeout; retry.",
@@ -170,9 +234,18 @@ class Registry:
         except DatabaseError as e:
             raise self._unusable("written", e) from None
 
-    def _unusable(self, verb: str, e: DatabaseError) -> RegistryError:
+    def _unreachable(self, e: DatabaseError) -> RegistryError:
         return RegistryError(
-            f"The registry at {self.url} could not be {verb} ({e.orig}).",
+            f"Lost the registry at {safe_url(self.url)} ({_first_line(e.orig)}).",
+            hint="Nothing half-done is kept: once the server is back, `bgdeploy reconcile` "
+            "finishes or undoes an interrupted deploy.",
+        )
+
+    def _unusable(self, verb: str, e: DatabaseError) -> RegistryError:
+        if self.postgres and isinstance(e, OperationalError):
+            return self._unreachable(e)
+        return RegistryError(
+            f"The registry at {safe_url(self.url)} could not be {verb} ({_first_line(e.orig)}).",
             hint="Run `bgdeploy doctor`; a damaged file can be moved aside and "
             "recreated with `bgdeploy init`.",
         )
@@ -187,7 +260,21 @@ class Registry:
         with self.writing() as s:
             return DeploymentFields.from_row(self._row(s, service))
 
+    def locked_deployment(self, s: Session, service: str) -> DeploymentFields:
+        """Inside ``writing()``: the row as it stands, held against transitions until the
+        unit of work ends."""
+        return DeploymentFields.from_row(self._row(s, service))
+
     def _row(self, s: Session, service: str) -> Deployment:
+        """The service's deployment row, created if missing; on PostgreSQL locked for
+        the rest of the transaction (on SQLite, BEGIN IMMEDIATE already holds the file)."""
+        if self.postgres:
+            s.execute(
+                pg_insert(Deployment)
+                .values(service=service, state=DeploymentState.IDLE.value, updated_ts=utcnow())
+                .on_conflict_do_nothing(index_elements=["service"])
+            )
+            return s.get(Deployment, service, with_for_update=True, populate_existing=True)
         row = s.get(Deployment, service)
         if row is None:
             row = Deployment(
@@ -207,6 +294,7 @@ class Registry:
         reason: str | None = None,
         version: str | None = None,
         restore_boot_id: str | None = None,
+        hold: bool = False,
     ) -> TransitionResult:
         """Apply one event as a compare-and-set on (service, generation, state).
 
@@ -227,6 +315,7 @@ class Registry:
                     "now": now,
                     "reason": reason,
                     "restore_boot_id": restore_boot_id,
+                    "hold": hold,
                 }
                 if ev is DeploymentEvent.BEGIN:
                     if version is None:
@@ -264,10 +353,15 @@ class Registry:
                     .values(**changes)
                     .execution_options(synchronize_session=False)
                 )
-                if res.rowcount != 1:  # pragma: no cover - BEGIN IMMEDIATE makes this unreachable
+                if (
+                    res.rowcount != 1
+                ):  # pragma: no cover - unreachable under the row lock / BEGIN IMMEDIATE
                     s.rollback()
                     return TransitionResult(False, before, "the row changed under us")
                 s.add(self._event(ev.value, before, after, reason, now))
+                if self.postgres and after.active_boot_id != before.active_boot_id:
+                    # Delivered to listeners when (and only if) this transaction commits.
+                    s.execute(select(func.pg_notify(ROUTE_CHANNEL, service)))
         except IntegrityError:
             current = self.deployment(service)
             return TransitionResult(
@@ -312,6 +406,7 @@ class Registry:
         """A new boot row (state starting) outside a transition: e.g. a fresh boot of
         the old version before a rollback whose old boot died."""
         with self.writing() as s:
+            self._row(s, service)  # boot ids of one service are chosen one at a time
             return self._new_boot(s, service, generation, version)
 
     def _new_boot(self, s: Session, service: str, generation: int, version: str) -> str:
@@ -439,6 +534,18 @@ class Registry:
             ts=now,
         )
 
+    def note(self, service: str, event_name: str, reason: str) -> None:
+        """Append an event that is not a transition (a hook ran, a pause began) to history,
+        under the current generation and state."""
+        with self.writing() as s:
+            row = DeploymentFields.from_row(self._row(s, service))
+            s.add(self._event(event_name, row, row, reason, utcnow()))
+
+    def services(self) -> list[str]:
+        """Every service the registry holds a deployment for, by name."""
+        with self.reading() as s:
+            return list(s.scalars(select(Deployment.service).order_by(Deployment.service)))
+
     # -- events and quarantine -----------------------------------------------------------
 
     def events(self, service: str, limit: int | None = None) -> list[Event]:
@@ -475,6 +582,10 @@ class Registry:
             return list(s.scalars(q))
 
 
+def _first_line(e: object) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def _stale(ev: object, generation: int, state: object, current: DeploymentFields) -> str:
     want = f"generation {generation}" + (f" in state {state}" if state is not None else "")
     return (
@@ -490,3 +601,57 @@ def _describe(row: DeploymentFields) -> str:
     if row.old_boot_id:
         parts.append(f"{row.old_boot_id} old")
     return ", ".join(parts)
+
+
+class BootRecords:
+    """Boot rows as the supervisor writes them (ports, pids, exits)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def assign_port(
+        self, boot_id: str, port_range: tuple[int, int], is_free: Callable[[int], bool]
+    ) -> int:
+        """Pick a port no live boot holds and ``is_free`` accepts, and record it, atomically.
+
+        The write transaction serialises allocators across processes, so two boots
+        started at the same moment never get the same port.
+        """
+        with self.registry.writing() as s:
+            if self.registry.postgres:
+                s.execute(select(func.pg_advisory_xact_lock(_PORTS_LOCK_KEY)))
+            taken = set(
+                s.scalars(
+                    select(Boot.port).where(
+                        Boot.port.is_not(None),
+                        Boot.boot_id != boot_id,
+                        Boot.state.in_([st.value for st in LIVE_BOOT_STATES]),
+                    )
+                )
+            )
+            low, high = port_range
+            for port in range(low, high + 1):
+                if port not in taken and is_free(port):
+                    s.execute(update(Boot).where(Boot.boot_id == boot_id).values(port=port))
+                    return port
+        raise BootError(
+            f"No free internal port in {low}-{high} for boot {boot_id}.",
+            hint="Widen daemon.port_range in bgdeploy.toml, or stop what holds those ports.",
+        )
+
+    def set_process(self, boot_id: str, pid: int, create_time: float, log_path: str) -> None:
+        with self.registry.writing() as s:
+            s.execute(
+                update(Boot)
+                .where(Boot.boot_id == boot_id)
+                .values(pid=pid, pid_create_time=create_time, log_path=log_path)
+            )
+
+    def mark_exited(self, boot_id: str, state: BootState, exit_code: int | None) -> None:
+        """A boot's process is gone: record how (stopped by us, or failed) and when."""
+        with self.registry.writing() as s:
+            s.execute(
+                update(Boot)
+                .where(Boot.boot_id == boot_id)
+                .values(state=state.value, exit_code=exit_code, stopped_ts=utcnow())
+            )

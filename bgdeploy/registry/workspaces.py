@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from bgdeploy.registry.models import Attachment, Deployment, Workspace, utcnow
+from bgdeploy.registry.models import Attachment, Workspace, utcnow
 
 if TYPE_CHECKING:
     from bgdeploy.registry.store import Registry
@@ -57,8 +57,9 @@ class WorkspaceRecords:
         bind the workspace to it. False (binding untouched) when the active boot changed."""
         with self.registry.writing() as s:
             _record(s, boot_id, workspace)
-            row = s.get(Deployment, service)
-            if row is None or row.active_boot_id != boot_id:
+            # locked against transitions until this unit of work ends (PostgreSQL)
+            row = self.registry.locked_deployment(s, service)
+            if row.active_boot_id != boot_id:
                 return False
             ws = s.get(Workspace, (service, workspace))
             if ws is None:

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bgdeploy.router.routes import RouteTable
+from bgdeploy.router.series import Series
 
 log = logging.getLogger("bgdeploy.router.admin")
 
@@ -44,6 +45,10 @@ class MetricsSnapshot:
         self.route_age = time.time() - table.route_changed_at
         self.connections = len(table.connections)
         self.active = table.active
+        self.preview = table.preview
+        self.paused = table.pause is not None
+        self.held = len(table.held)
+        self.maintenance = table.maintenance is not None
 
     def collect(self):  # noqa: ANN201 - prometheus-client collector protocol
         req = CounterMetricFamily(
@@ -89,6 +94,25 @@ class MetricsSnapshot:
         if self.active is not None:
             active.add_metric([self.active.boot_id, str(self.active.generation)], 1)
         yield active
+        preview = GaugeMetricFamily(
+            "bgdeploy_preview_boot_info",
+            "The candidate held at ready that preview requests go to.",
+            labels=["boot", "generation"],
+        )
+        if self.preview is not None:
+            preview.add_metric([self.preview.boot_id, str(self.preview.generation)], 1)
+        yield preview
+        yield GaugeMetricFamily(
+            "bgdeploy_paused", "1 while new requests are held (bgdeploy pause).", value=self.paused
+        )
+        yield GaugeMetricFamily(
+            "bgdeploy_held_requests", "Requests waiting for bgdeploy resume.", value=self.held
+        )
+        yield GaugeMetricFamily(
+            "bgdeploy_maintenance",
+            "1 while every new request gets the maintenance answer.",
+            value=self.maintenance,
+        )
 
 
 def metrics_text(table: RouteTable) -> bytes:
@@ -109,10 +133,13 @@ class Admin:
         table: RouteTable,
         status: Callable[[dict[str, int]], dict[str, Any]],
         history: Callable[[], list[dict[str, Any]]],
+        status_all: Callable[[dict[str, int]], list[dict[str, Any]]] | None = None,
     ):
         self.table = table
         self.status = status
         self.history = history
+        self.series = Series()
+        self.status_all = status_all
         self._cache: tuple[float, bytes] | None = None
 
     async def status_json(self) -> bytes:
@@ -125,6 +152,14 @@ class Admin:
         ).encode()
         self._cache = (now, body)
         return body
+
+    async def status_all_json(self) -> bytes:
+        """``/api/status?all=1``: every service of the registry (not cached: rare)."""
+        inflight = dict(self.table.inflight)
+        produce = self.status_all or (lambda inf: [self.status(inf)])
+        return json.dumps(
+            await asyncio.get_running_loop().run_in_executor(None, produce, inflight)
+        ).encode()
 
     async def history_json(self) -> bytes:
         events = await asyncio.get_running_loop().run_in_executor(None, self.history)
@@ -196,21 +231,32 @@ class AdminConnection(asyncio.Protocol):
         if method not in (b"GET", b"HEAD"):
             self._answer(405, b"read-only: GET only\n", close=close, extra=ALLOW)
             return
-        path = httptools.parse_url(self.url).path.decode(errors="replace")
+        parsed = httptools.parse_url(self.url)
+        path = parsed.path.decode(errors="replace")
+        every = b"all=1" in (parsed.query or b"").split(b"&")
         if path == "/api/status":
-            self._later(self.admin.status_json, JSON, head_only, close)
+            produce = self.admin.status_all_json if every else self.admin.status_json
+            self._later(produce, JSON, head_only, close)
         elif path == "/api/history":
             self._later(self.admin.history_json, JSON, head_only, close)
         elif path == "/api/route":
-            route = self.admin.table.active
+            table = self.admin.table
+            route = table.active
             body = json.dumps(
                 {
                     "boot_id": route.boot_id if route else None,
                     "generation": route.generation if route else None,
                     "inflight": dict(self.admin.table.inflight),
                     "requests_total": sum(self.admin.table.requests.values()),
+                    "preview_boot_id": table.preview.boot_id if table.preview else None,
+                    "paused": table.pause is not None,
+                    "held_requests": len(table.held),
+                    "maintenance": table.maintenance is not None,
                 }
             ).encode()
+            self._answer(200, body, JSON, head_only=head_only, close=close)
+        elif path == "/api/series":
+            body = json.dumps(self.admin.series.as_dict()).encode()
             self._answer(200, body, JSON, head_only=head_only, close=close)
         elif path == "/metrics":
             self._answer(

@@ -34,19 +34,27 @@ class Limits:
         max_head: int = 64 * 1024,
         header_timeout: float = default("router", "header_timeout"),
         idle_timeout: float = default("router", "idle_timeout"),
+        upstream_timeout: float = default("router", "upstream_timeout"),
+        stream_idle_timeout: float = default("router", "stream_idle_timeout"),
+        max_body: int = default("router", "max_body"),
     ) -> None:
         self.max_head = max_head
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.upstream_timeout = upstream_timeout
+        self.stream_idle_timeout = stream_idle_timeout
+        self.max_body = max_body
 
 
 class ClientConnection(FlowControl):
     """One downstream connection: parses requests, runs exchanges in order."""
 
-    def __init__(self, table: RouteTable, limits: Limits) -> None:
+    def __init__(self, table: RouteTable, limits: Limits, *, preview: bool = False) -> None:
         super().__init__()
         self.table = table
         self.limits = limits
+        self.preview = preview  # accepted on router.preview_port: every request previews
+        self._body_seen = 0  # bytes of the current chunked request body, against max_body
         self.parser = httptools.HttpRequestParser(self)
         self.current: Exchange | None = None  # being parsed (request side)
         self.active: Exchange | None = None  # being answered
@@ -142,6 +150,9 @@ class ClientConnection(FlowControl):
         body = len(data) - end - 4
         if body > length:
             return False  # a pipelined request: the slow path queues it
+        if length > self.limits.max_body:
+            self._reject(413, f"Request body larger than {self.limits.max_body} bytes.")
+            return True
         head += b"\r\nX-Forwarded-For: " + self._forwarded + host + b"\r\n\r\n"
         if body:
             head += data[end + 4 :]
@@ -179,6 +190,10 @@ class ClientConnection(FlowControl):
         method = p.get_method()
         self.http11 = p.get_http_version() == "1.1"
         upgrade = p.should_upgrade()
+        if self._too_large(headers):
+            self._reject(413, f"Request body larger than {self.limits.max_body} bytes.")
+            return
+        self._body_seen = 0
         head, chunked = request_head(method, url, headers, upgrade, self._forwarded)
         ex = Exchange(self, method, head, chunked, p.should_keep_alive(), upgrade)
         self.current = ex
@@ -191,6 +206,10 @@ class ClientConnection(FlowControl):
 
     def on_body(self, body: bytes) -> None:
         if self.current is not None:
+            self._body_seen += len(body)
+            if self._body_seen > self.limits.max_body:  # chunked: no length to check up front
+                self._reject(413, f"Request body larger than {self.limits.max_body} bytes.")
+                return
             self.current.request_body(body)
 
     def on_message_complete(self) -> None:
@@ -199,6 +218,13 @@ class ClientConnection(FlowControl):
         if ex is not None:
             self.current = None
             ex.request_done()
+
+    def _too_large(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        for name, value in headers:
+            if name.lower() == b"content-length":
+                value = value.strip()
+                return value.isdigit() and int(value) > self.limits.max_body
+        return False
 
     # ours
     def write(self, data: bytes) -> None:
@@ -245,6 +271,8 @@ class ClientConnection(FlowControl):
         super().resume_reading()
 
     def _reject(self, status: int, text: str) -> None:
+        if self._closing:
+            return
         self._closing = True
         self.table.count_status("-", status)
         if self.active is not None and self.active.response_started:
@@ -277,3 +305,5 @@ class ClientConnection(FlowControl):
             self._reject(408, "Request head not received in time.")
         elif self.is_idle() and now - self.last_activity > self.limits.idle_timeout:
             self.close()
+        elif self.active is not None and self.active.upstream is not None:
+            self.active.check_upstream(now)

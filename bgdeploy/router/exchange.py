@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bgdeploy.router.controls import answer, is_preview, wants_json
 from bgdeploy.router.flow import HIGH_WATER
 from bgdeploy.router.http11 import response_fields, simple_response
 from bgdeploy.router.upstream import Upstream
@@ -48,6 +49,7 @@ class Exchange:
         "done",
         "interim",
         "counted",
+        "streaming",
     )
 
     def __init__(
@@ -81,12 +83,26 @@ class Exchange:
         self.done = False
         self.interim = False
         self.counted = False
+        self.streaming = False  # a text/event-stream answer: stream_idle_timeout applies
 
     # -- request side ---------------------------------------------------------------------
 
     def start(self) -> None:
         table = self.client.table
         route = table.active
+        if self.attempts == 0 and (table.controlled or self.client.preview):
+            if self.client.preview or (table.preview is not None and is_preview(self.head)):
+                route = table.preview
+                if route is None:
+                    self.fail(503, "No candidate is held at ready: there is nothing to preview.")
+                    return
+            elif table.maintenance is not None:
+                m = table.maintenance
+                self.refuse(answer(503, m.retry_after, m.message, wants_json(self.head)))
+                return
+            elif table.pause is not None:
+                table.held.hold(self, table.clock + table.pause.max_s)
+                return
         if route is None:
             self.fail(503, "No active boot: bgdeploy has not deployed a daemon yet.")
             return
@@ -133,6 +149,7 @@ class Exchange:
         self.upstream = up
         up.exchange = self
         up.uses += 1
+        up.last_read = self.client.table.clock
         pending = self.pending
         if pending:
             self.pending = None
@@ -149,6 +166,8 @@ class Exchange:
 
     def request_done(self) -> None:
         self.request_complete = True
+        if self.upstream is not None:  # the wait for the answer starts now
+            self.upstream.last_read = self.client.table.clock
         if self.chunked_request:
             self._send(b"0\r\n\r\n")
 
@@ -186,6 +205,10 @@ class Exchange:
             self.client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
             return
         lines, content_length, te_chunked = response_fields(status, reason, headers)
+        self.streaming = any(
+            n.lower() == b"content-type" and v.lower().startswith(b"text/event-stream")
+            for n, v in headers
+        )
         if status == 101 or status == 204 or status == 304:
             self.bodyless = True
         if status == 101:
@@ -280,13 +303,38 @@ class Exchange:
         else:
             self.fail(502, f"Upstream boot {up.boot_id} answered with {what}.")
 
+    def check_upstream(self, now: float) -> None:
+        """From the sweep: an answer (or, once started, its body) overdue by the upstream
+        timeout gets 504, or its connection closed. Tunnels may idle."""
+        up = self.upstream
+        if up is None or up.tunnel or not self.request_complete or self.done:
+            return
+        limits = self.client.limits
+        limit = limits.stream_idle_timeout if self.streaming else limits.upstream_timeout
+        if now - up.last_read <= limit:
+            return
+        table = self.client.table
+        table.upstream_error(up.boot_id, "timeout")
+        up.exchange, self.upstream = None, None
+        up.close()
+        if self.response_started:
+            self.done = True
+            self._release_count()
+            self.client.close()  # a body that stopped part-way: closing is the only signal
+        else:
+            self.fail(504, f"Upstream boot {up.boot_id} sent no answer within {limit:g}s.")
+
     def fail(self, status: int, text: str) -> None:
+        self.refuse(simple_response(status, text), status)
+
+    def refuse(self, answer: bytes, status: int = 503) -> None:
+        """Answer with a response of ours and close the connection."""
         if self.done:
             return
         self.done = True
         self._release_count()
         self.client.table.count_status(self.route.boot_id if self.route else "-", status)
-        self.client.write(simple_response(status, text))
+        self.client.write(answer)
         self.client.close_after_write()
 
     def _release_count(self) -> None:

@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass
+from math import ceil
 from typing import TYPE_CHECKING
 
 from bgdeploy.registry.models import Boot, Deployment
@@ -21,7 +22,9 @@ from bgdeploy.registry.store import Registry, sqlite_path
 
 if TYPE_CHECKING:
     from bgdeploy.router.client import ClientConnection
+    from bgdeploy.router.pg_watch import PgRouteWatcher
 
+from bgdeploy.router.controls import HeldRequests, Maintenance, Pause
 from bgdeploy.router.upstream import Pools
 
 log = logging.getLogger("bgdeploy.router")
@@ -35,6 +38,16 @@ class Route:
     boot_id: str
     port: int
     generation: int
+
+
+@dataclass(frozen=True)
+class RouteState:
+    """What the registry row tells the router: where requests go, and the operator controls."""
+
+    active: Route | None
+    preview: Route | None = None  # the candidate held at ready
+    pause: Pause | None = None
+    maintenance: Maintenance | None = None
 
 
 class RouteTable:
@@ -54,8 +67,33 @@ class RouteTable:
         self.route_changed_at = time.time()
         self.connections: set[ClientConnection] = set()
         self.max_connections = max_connections
+        self.preview: Route | None = None
+        self.pause: Pause | None = None
+        self.maintenance: Maintenance | None = None
+        self.held = HeldRequests()
+        # Any of the three set: one attribute for the request path to check.
+        self.controlled = False
 
     # -- routing -----------------------------------------------------------------------
+
+    def apply(self, state: RouteState) -> None:
+        """The registry's word: route, preview, pause and maintenance (resume releases)."""
+        self.set_active(state.active)
+        if state.preview != self.preview:
+            log.info("preview: %s", state.preview.boot_id if state.preview else None)
+            self.preview = state.preview
+        if state.maintenance != self.maintenance:
+            log.info("maintenance: %s", "on" if state.maintenance else "off")
+            self.maintenance = state.maintenance
+        was_paused, self.pause = self.pause, state.pause
+        self.controlled = (
+            self.preview is not None or self.pause is not None or self.maintenance is not None
+        )
+        if was_paused is not None and state.pause is None:
+            log.info("resume: %d held requests released in order", len(self.held))
+            self.held.release()
+        elif was_paused is None and state.pause is not None:
+            log.info("pause: new requests are held (at most %gs)", state.pause.max_s)
 
     def set_active(self, route: Route | None) -> None:
         old = self.active
@@ -104,26 +142,62 @@ class RouteTable:
 
     def sweep(self) -> None:
         now = self.clock = time.monotonic()
+        if self.held:
+            self.held.expire(now, ceil(self.pause.max_s) if self.pause else 1)
         for conn in list(self.connections):
             conn.sweep(now)
 
 
-def read_route(registry: Registry, service: str) -> Route | None:
-    row = registry.deployment(service)
-    if row.active_boot_id is None:
-        return None
-    boot = registry.boot(row.active_boot_id)
-    if boot is None or boot.port is None:
-        return None
-    return Route(boot.boot_id, boot.port, row.generation)
+def read_route(registry: Registry, service: str) -> RouteState:
+    """The route state through the store (a registry that is not a SQLite file)."""
+    with registry.reading() as s:
+        row = s.get(Deployment, service)
+        if row is None:
+            return RouteState(None)
+        active = s.get(Boot, row.active_boot_id) if row.active_boot_id else None
+        held = s.get(Boot, row.candidate_boot_id) if row.held_ts and row.candidate_boot_id else None
+        return route_state(
+            (
+                row.active_boot_id,
+                active.port if active else None,
+                row.generation,
+                held.boot_id if held else None,
+                held.port if held else None,
+                row.paused_ts is not None,
+                row.pause_max_s,
+                row.maintenance_ts is not None,
+                row.maintenance_message,
+                row.maintenance_retry_after,
+            )
+        )
 
 
-# The route in one indexed read, on the watcher's own connection (table names from the
-# models, whose schema test_registry checks against the migrations).
+# The route state in one indexed read, on the watcher's own connection (table names
+# from the models, whose schema test_registry checks against the migrations).
 ROUTE_SQL = (
-    f"SELECT d.active_boot_id, b.port, d.generation FROM {Deployment.__tablename__} AS d "
-    f"LEFT JOIN {Boot.__tablename__} AS b ON b.boot_id = d.active_boot_id WHERE d.service = ?"
+    "SELECT d.active_boot_id, b.port, d.generation, c.boot_id, c.port, "
+    "d.paused_ts IS NOT NULL, d.pause_max_s, d.maintenance_ts IS NOT NULL, "
+    "d.maintenance_message, d.maintenance_retry_after "
+    f"FROM {Deployment.__tablename__} AS d "
+    f"LEFT JOIN {Boot.__tablename__} AS b ON b.boot_id = d.active_boot_id "
+    f"LEFT JOIN {Boot.__tablename__} AS c "
+    "ON c.boot_id = d.candidate_boot_id AND d.held_ts IS NOT NULL "
+    "WHERE d.service = ?"
 )
+
+
+def route_state(row: tuple | None) -> RouteState:  # type: ignore[type-arg]
+    if row is None:
+        return RouteState(None)
+    active_id, port, generation, held_id, held_port, paused, pause_max, maint, msg, retry = row
+    return RouteState(
+        active=Route(active_id, port, generation) if active_id and port else None,
+        preview=Route(held_id, held_port, generation) if held_id and held_port else None,
+        pause=Pause(float(pause_max or 30.0)) if paused else None,
+        maintenance=Maintenance(msg or "Down for maintenance.", int(retry or 60))
+        if maint
+        else None,
+    )
 
 
 class RegistryWatcher:
@@ -145,9 +219,9 @@ class RegistryWatcher:
 
     def refresh(self) -> Route | None:
         """Read the route now (blocking) and apply it; for start-up."""
-        route = read_route(self.registry, self.service) if self._open() is None else self._read()
-        self.table.set_active(route)
-        return route
+        state = read_route(self.registry, self.service) if self._open() is None else self._read()
+        self.table.apply(state)
+        return state.active
 
     def _open(self) -> sqlite3.Connection | None:
         """The watcher's own connection; None when the registry is not a SQLite file."""
@@ -165,12 +239,9 @@ class RegistryWatcher:
         conn = self._open()
         return None if conn is None else conn.execute("PRAGMA data_version").fetchone()[0]
 
-    def _read(self) -> Route | None:
+    def _read(self) -> RouteState:
         assert self._conn is not None
-        row = self._conn.execute(ROUTE_SQL, (self.service,)).fetchone()
-        if row is None or row[0] is None or row[1] is None:
-            return None
-        return Route(row[0], row[1], row[2])
+        return route_state(self._conn.execute(ROUTE_SQL, (self.service,)).fetchone())
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -189,7 +260,7 @@ class RegistryWatcher:
                             route = await loop.run_in_executor(
                                 None, read_route, self.registry, self.service
                             )
-                        self.table.set_active(route)
+                        self.table.apply(route)
                         last_version, last_read = version, now
                     self.last_error = None
                 except Exception as e:  # noqa: BLE001 - keep the last route whatever happens
@@ -199,3 +270,15 @@ class RegistryWatcher:
         finally:
             if self._conn is not None:
                 self._conn.close()
+
+
+def watcher_for(
+    registry: Registry, service: str, table: RouteTable
+) -> RegistryWatcher | PgRouteWatcher:
+    """``data_version`` polling on SQLite; LISTEN/NOTIFY on PostgreSQL (psycopg, the
+    optional extra, is imported only then)."""
+    if registry.postgres:
+        from bgdeploy.router.pg_watch import PgRouteWatcher
+
+        return PgRouteWatcher(registry.url, service, table)
+    return RegistryWatcher(registry, service, table)

@@ -28,12 +28,13 @@ from bgdeploy.errors import OperationFailed
 from bgdeploy.registry.models import Router, utcnow
 from bgdeploy.router.admin import Admin, AdminConnection
 from bgdeploy.router.client import ClientConnection, Limits
-from bgdeploy.router.routes import RegistryWatcher, RouteTable
+from bgdeploy.router.routes import RouteTable, watcher_for
 
 log = logging.getLogger("bgdeploy.router")
 
 TICK_S = 0.1  # the route table's coarse clock
 SWEEP_TICKS = 5  # cut slow and idle clients every 0.5 s
+SAMPLE_S = 1.0  # the dashboard chart's resolution
 
 ControlTick = Callable[[App, Callable[[], dict[str, int]]], Any]
 
@@ -78,9 +79,12 @@ class RouterProcess:
         limits = Limits(
             header_timeout=cfg.header_timeout,
             idle_timeout=cfg.idle_timeout,
+            upstream_timeout=cfg.upstream_timeout,
+            stream_idle_timeout=cfg.stream_idle_timeout,
+            max_body=cfg.max_body,
         )
         registry = self.app.registry
-        watcher = RegistryWatcher(registry, self.app.service, table)
+        watcher = watcher_for(registry, self.app.service, table)
         try:
             watcher.refresh()
         except Exception as e:  # noqa: BLE001 - start serving anyway; the watcher retries
@@ -88,13 +92,26 @@ class RouterProcess:
         server = await self._listen(
             loop, lambda: ClientConnection(table, limits), cfg.host, cfg.port, "router"
         )
-        admin = Admin(table, self._status, self._history)
+        admin = Admin(table, self._status, self._history, self._status_all)
+        listeners = [server]
         try:
             admin_server = await self._listen(
                 loop, lambda: AdminConnection(admin), cfg.host, cfg.admin_port, "admin listener"
             )
+            listeners.append(admin_server)
+            if cfg.preview_port is not None:
+                listeners.append(
+                    await self._listen(
+                        loop,
+                        lambda: ClientConnection(table, limits, preview=True),
+                        cfg.host,
+                        cfg.preview_port,
+                        "preview listener",
+                    )
+                )
         except OperationFailed:
-            server.close()
+            for listener in listeners:
+                listener.close()
             raise
         self._record(True)
         # Everything loaded so far (SQLAlchemy, Typer, rich, ... about 90k objects) lives
@@ -107,6 +124,7 @@ class RouterProcess:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
         sweeper = loop.create_task(self._sweep(table))
+        sampler = loop.create_task(self._sample(table, admin))
         control = threading.Thread(target=self._control_loop, name="bgdeploy-control", daemon=True)
         control.start()
         log.info(
@@ -123,12 +141,15 @@ class RouterProcess:
             log.info("router stopping: draining in-flight requests")
             self.stopping.set()
             server.close()
+            for listener in listeners[2:]:
+                listener.close()
             for conn in list(table.connections):
                 if conn.is_idle():
                     conn.close()
             await self._drain(table)
             admin_server.close()
             sweeper.cancel()
+            sampler.cancel()
             watching.cancel()
             self._record(False)
             log.info("router stopped")
@@ -165,6 +186,12 @@ class RouterProcess:
             else:
                 table.sweep()
 
+    async def _sample(self, table: RouteTable, admin: Admin) -> None:
+        """The dashboard chart's data: the response counters once a second."""
+        while True:
+            admin.series.sample(table.requests)
+            await asyncio.sleep(SAMPLE_S)
+
     async def _drain(self, table: RouteTable) -> None:
         deadline = time.monotonic() + self.config.daemon.drain_timeout
         while table.inflight and time.monotonic() < deadline:
@@ -179,6 +206,11 @@ class RouterProcess:
         from bgdeploy.control.status import status
 
         return status(self.app, inflight)
+
+    def _status_all(self, inflight: dict[str, int]) -> list[dict[str, Any]]:
+        from bgdeploy.control.status import all_statuses
+
+        return all_statuses(self.app, inflight)
 
     def _history(self) -> list[dict[str, Any]]:
         from bgdeploy.control.status import history
@@ -206,8 +238,15 @@ class RouterProcess:
         if self.control_tick is None:
             return
         interval = self.config.health.interval
+        failing = False  # a registry outage fails every pass: say so once, and the end once
         while not self.stopping.wait(interval):
             try:
                 self.control_tick(self.app, self.inflight)
             except Exception as e:  # noqa: BLE001 - the loop must outlive one bad pass
-                log.warning("control loop pass failed: %s", e)
+                if not failing:
+                    log.warning("control loop pass failed (quiet until one works): %s", e)
+                failing = True
+            else:
+                if failing:
+                    log.warning("control loop passes work again")
+                failing = False

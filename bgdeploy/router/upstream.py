@@ -71,12 +71,14 @@ class Upstream(FlowControl):
         self._head_done = False
         self._partial = False  # httptools holds part of an answer
         self._body_left = 0  # bytes still due of a fast answer's body
+        self.last_read = 0.0  # the route table's clock at the last byte (for upstream_timeout)
 
     def feeder(self) -> ClientConnection | None:
         return self.exchange.client if self.exchange is not None else None
 
     # asyncio
     def data_received(self, data: bytes) -> None:
+        self.last_read = self.table.clock
         ex = self.exchange
         if ex is None:
             self.close()  # bytes on an idle connection: the connection is not trustworthy

@@ -83,6 +83,35 @@ def status_renderable(st: dict[str, Any]) -> Group:
     if st["last_error"]:
         facts.add_row("last error", Text(st["last_error"], "red"))
     facts.add_row("quarantined", ", ".join(st["quarantined_versions"]) or "none")
+    if st["held"]:
+        facts.add_row(
+            "held",
+            Text(
+                f"{st['candidate']['boot_id'] if st['candidate'] else 'candidate'} held at "
+                f"ready for {st['held']['seconds']:.0f}s (preview: X-Bgdeploy-Preview: 1; "
+                "bgdeploy promote / abort)",
+                "cyan",
+            ),
+        )
+    if st["pause"]:
+        facts.add_row(
+            "paused",
+            Text(
+                f"since {st['pause']['since']}, new requests held for at most "
+                f"{st['pause']['max_seconds']:g}s (bgdeploy resume)",
+                "yellow",
+            ),
+        )
+    if st["maintenance"]:
+        m = st["maintenance"]
+        facts.add_row(
+            "maintenance",
+            Text(
+                f"on since {m['since']}: 503, Retry-After {m['retry_after']} "
+                f"({m['message']}) (bgdeploy maintenance off)",
+                "yellow",
+            ),
+        )
     router = st["router"]
     facts.add_row(
         "router",
@@ -98,6 +127,26 @@ def status_renderable(st: dict[str, Any]) -> Group:
         else "free",
     )
     return Group(head, Text(""), boots, Text(""), status_tree(st), Text(""), facts)
+
+
+def services_table(statuses: list[dict[str, Any]]) -> Table:
+    """`status --all`: one row per service of the registry."""
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    for col in ("service", "gen", "state", "active", "version", "candidate", "router", "lock"):
+        table.add_column(col, no_wrap=True)
+    for st in statuses:
+        active, candidate = st["active"], st["candidate"]
+        table.add_row(
+            Text(st["service"], "bold"),
+            str(st["generation"]),
+            Text(st["state"], STATE_STYLES.get(st["state"], "")),
+            active["boot_id"] if active else "-",
+            active["version"] if active else "-",
+            candidate["boot_id"] if candidate else "-",
+            st["router"]["url"] if st["router"] else "-",
+            f"pid {st['lock']['pid']}" if st["lock"] else "free",
+        )
+    return table
 
 
 def history_table(events: list[dict[str, Any]]) -> Table:

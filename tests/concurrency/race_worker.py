@@ -32,6 +32,7 @@ def main() -> None:
     applied: dict[str, int] = {}
     noops = 0
     errors: list[str] = []
+    started = time.monotonic()
     for i in range(rounds):
         try:
             row = reg.deployment("default")
@@ -58,9 +59,14 @@ def main() -> None:
                 applied[event] = applied.get(event, 0) + 1
             else:
                 noops += 1
+                # A no-op answers with the current row, which therefore differs from the
+                # view it was refused for (else the transition would have applied).
+                if (res.row.generation, res.row.state) == (generation, row.state):
+                    errors.append(f"{event} refused with the row it was asked about: {res.message}")
         except Exception as e:  # noqa: BLE001 - every error is reported to the test
             errors.append(f"{type(e).__name__}: {e}")
-    print(json.dumps({"applied": applied, "noops": noops, "errors": errors}))
+    seconds = time.monotonic() - started
+    print(json.dumps({"applied": applied, "noops": noops, "errors": errors, "seconds": seconds}))
 
 
 if __name__ == "__main__":

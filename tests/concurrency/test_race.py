@@ -1,4 +1,5 @@
-"""8 OS processes x 50 rounds race begin/switch/rollback/abort on one registry file."""
+"""8 OS processes x 50 rounds race begin/switch/rollback/abort on one registry: a SQLite
+file, and a database on the throw-away PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -11,21 +12,23 @@ from sqlalchemy import select
 
 from bgdeploy.registry.models import Boot, Event
 from bgdeploy.registry.store import Registry
-from tests.conftest import run_together
+from tests.conftest import REPORT, run_together
 
 WORKERS = 8
 ROUNDS = 50
 
 
 @pytest.mark.slow
-def test_racing_processes_never_double_switch_or_lose_updates(tmp_path):
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
+def test_racing_processes_never_double_switch_or_lose_updates(tmp_path, registry_url):
+    url = registry_url
     Registry(url).close()  # migrated before the race; the race is about transitions
     go = tmp_path / "go"
     worker = Path(__file__).with_name("race_worker.py")
     argvs = [[url, str(ROUNDS), str(seed), str(go)] for seed in range(WORKERS)]
     outputs = run_together(worker, argvs, go, timeout=300)
     results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    # Each worker times its own rounds (after the go file), so start-up is not counted.
+    race_s = max(r["seconds"] for r in results)
 
     errors = [e for r in results for e in r["errors"]]
     assert errors == [], errors[:5]  # no "database is locked", no illegal transition
@@ -58,3 +61,8 @@ def test_racing_processes_never_double_switch_or_lose_updates(tmp_path):
     assert row.generation == applied["begin"] == max(e.generation for e in events)
     # Exactly one active boot, and it is the one the row names.
     assert [b.boot_id for b in active] == ([row.active_boot_id] if row.active_boot_id else [])
+    dialect = url.split(":", 1)[0].split("+", 1)[0]
+    REPORT.append(
+        f"race ({dialect}): {WORKERS} processes x {ROUNDS} rounds in {race_s:.1f} s, "
+        f"{sum(applied.values())} transitions applied, 0 double switches, 0 lost updates"
+    )

@@ -18,7 +18,7 @@ from tests.conftest import REPO, demo_command, poll_until, write_config
 
 FAST = """
 [daemon]
-health_path = "/healthz"
+health_path = "{health_path}"
 attach_path = "/workspaces"
 port_range = [{low}, {high}]
 startup_timeout = {startup}
@@ -30,6 +30,7 @@ interval = {interval}
 timeout = 1.0
 stable_checks = {stable}
 failure_threshold = {threshold}
+{health_extra}
 """
 
 
@@ -63,6 +64,8 @@ def make_app(
     stable: int = 1000,
     threshold: int = 3,
     daemon_extra: str = "",
+    health_extra: str = "",
+    health_path: str = "/healthz",
 ) -> App:
     low, high = free_port_block()
     cmd = command or demo_command("--boot-id", "{boot_id}", *flags)
@@ -77,6 +80,8 @@ def make_app(
             stable=stable,
             threshold=threshold,
             daemon_extra=daemon_extra,
+            health_extra=health_extra,
+            health_path=health_path,
         )
         + extra
     )
@@ -188,16 +193,20 @@ class RouterRun:
 
 @pytest.fixture
 def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
-    """An app whose router runs for real; everything is stopped afterwards."""
+    """An app whose router runs for real; everything is stopped afterwards.
+    ``registry_url=`` puts its registry elsewhere (the PostgreSQL server)."""
     made: list[tuple[App, RouterRun]] = []
 
     def factory(**kw: object) -> tuple[App, RouterRun]:
         extra = str(kw.pop("extra", ""))
         router = (
             f"\n[router]\nport = {free_port()}\nadmin_port = {free_port()}\n"
-            f"header_timeout = {kw.pop('header_timeout', 10.0)}\n"
+            f"header_timeout = {kw.pop('header_timeout', 10.0)}\n{kw.pop('router_extra', '')}\n"
         )
         router_env = kw.pop("router_env", None)
+        url = kw.pop("registry_url", None)
+        if url is not None:
+            extra += f'\n[registry]\nurl = "{url}"\n'
         app = make_app(tmp_path, extra=extra + router, **kw)
         run = RouterRun(app).start(router_env)
         made.append((app, run))

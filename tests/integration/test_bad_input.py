@@ -158,3 +158,22 @@ def test_usage_errors_exit_2(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     proc = run_bgdeploy("frobnicate", cwd=tmp_path)
     assert proc.returncode == 2 and "No such command" in proc.stderr
+    for argv in (
+        ["pause", "--max", "0"],
+        ["maintenance", "on", "--retry-after", "0"],
+        ["maintenance", "sideways"],
+        ["promote", "--generation", "zero"],
+        ["logs", "blue-1", "--hooks"],
+    ):
+        proc = run_bgdeploy(*argv, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr)
+    assert not (tmp_path / ".bgdeploy").exists()  # a usage error touches nothing
+
+
+def test_promote_and_abort_with_nothing_held_are_no_ops_that_say_so(tmp_path):
+    write_config(tmp_path)
+    for verb in ("promote", "abort"):
+        proc = run_bgdeploy(verb, cwd=tmp_path)
+        assert proc.returncode == 0 and f"{verb} is a no-op" in proc.stdout, proc.stderr
+    proc = run_bgdeploy("logs", "--hooks", cwd=tmp_path)
+    assert_clean_error(proc, 1, "No hook has run yet")

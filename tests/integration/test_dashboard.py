@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -56,8 +57,79 @@ def test_dashboard_shows_the_state_and_the_active_boot_change(stack, tmp_path):
         )
         assert page.text_content("[data-testid=old-boot]") == first.boot_id
         page.wait_for_selector("#events li.switch", timeout=10_000)
+        # One service: no services table. A second one in the registry: both listed.
+        assert not page.is_visible("[data-testid=services]")
+        app.registry.transition("other", "begin", generation=0, state="idle", version="9.0")
+        page.wait_for_selector("[data-testid=services]", state="visible", timeout=10_000)
+        rows = page.text_content("#service-rows")
+        assert app.service in rows and "other" in rows and "starting" in rows
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
+    assert shot.stat().st_size > 10_000
+    print(f"\nscreenshot: {shot}")
+
+
+# Pixels of the chart's line colours (the first boots' green and blue), counted in the page.
+COUNT_LINE_PIXELS = """() => {
+  const c = document.getElementById('chart');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    const [r, g, b, a] = [d[i], d[i + 1], d[i + 2], d[i + 3]];
+    if (a > 200 && ((r < 70 && g > 140 && b < 90) || (r < 80 && g > 110 && b > 220))) n++;
+  }
+  return n;
+}"""
+
+
+@pytest.mark.slow
+def test_dashboard_shows_held_pause_maintenance_and_draws_the_traffic_chart(stack, cli, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed here (make test installs it where apt-get works)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from loadgen import LoadGen
+
+    app, router = stack()
+    cfg = ("--config", app.config.path)
+    first = deploy(app, "1.0")
+    load = LoadGen(router.url, clients=2, seconds=120).start()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(router.admin_url + "/")
+            second = deploy(app, "2.0")
+            # The chart draws both boots' traffic and marks the two switches.
+            page.wait_for_function(
+                "(() => { const c = document.getElementById('chart');"
+                f" return c.dataset.boots?.includes('{first.boot_id}')"
+                f" && c.dataset.boots?.includes('{second.boot_id}')"
+                " && Number(c.dataset.marks) >= 2 && Number(c.dataset.points) >= 4; })()",
+                timeout=20_000,
+            )
+            assert page.evaluate(COUNT_LINE_PIXELS) > 200
+            legend = page.text_content("#legend")
+            assert first.boot_id in legend and second.boot_id in legend
+            # A held candidate, a pause and maintenance each show.
+            held = cli(*cfg, "deploy", "--version", "3.0", "--hold", "--json")
+            held_boot = json.loads(held.out)["boot_id"]
+            page.wait_for_selector("[data-testid=held]", timeout=10_000)
+            assert held_boot in page.text_content("[data-testid=held]")
+            assert page.text_content("[data-testid=candidate-boot]") == held_boot
+            assert cli(*cfg, "pause", "--max", "30").code == 0
+            page.wait_for_selector("[data-testid=paused]", timeout=10_000)
+            assert cli(*cfg, "resume").code == 0
+            page.wait_for_selector("[data-testid=paused]", state="detached", timeout=10_000)
+            assert cli(*cfg, "maintenance", "on", "--message", "Upgrading disks").code == 0
+            page.wait_for_selector("[data-testid=maintenance]", timeout=10_000)
+            assert "Upgrading disks" in page.text_content("[data-testid=maintenance]")
+            shot = tmp_path / "dashboard-controls.png"
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+    finally:
+        load.stop()
     assert shot.stat().st_size > 10_000
     print(f"\nscreenshot: {shot}")

@@ -22,7 +22,7 @@ from tests.conftest import REPO, REPORT, poll_until, run_bgdeploy
 from tests.integration.conftest import locked
 
 DEPLOY_PATH = FAILPOINTS[:6]
-RECOVERED: list[str] = []
+RECOVERED: dict[str, list[str]] = {}  # per registry kind
 ROUTER_RECOVERED: list[str] = []
 
 
@@ -31,7 +31,8 @@ def campaign_figures():
     """Print N/N at the end of the run. Each campaign test asserts its own recovery (no
     test here passes by skipping): a failpoint missing from N failed or was deselected."""
     yield
-    for who, recovered in (("CLI", RECOVERED), ("router", ROUTER_RECOVERED)):
+    campaigns = [(f"CLI ({kind})", names) for kind, names in RECOVERED.items()]
+    for who, recovered in (*campaigns, ("router", ROUTER_RECOVERED)):
         if recovered:
             REPORT.append(
                 f"{who} killed at each failpoint: "
@@ -75,7 +76,7 @@ def provoke(app, tmp_path, name: str) -> tuple[str, ...]:
     if name in ("after_finalize_commit", "after_old_boot_stopped"):
         return ("deploy", "--version", "3.0")  # settles (finalizes) generation 2 first
     if name == "after_restore_boot_spawn":
-        old = app.registry.boot(app.registry.deployment("default").old_boot_id)
+        old = app.registry.boot(app.registry.deployment(app.service).old_boot_id)
         os.killpg(old.pid, signal.SIGKILL)  # the old boot died meanwhile
         poll_until(
             lambda: not Supervisor(app.config, app.registry).is_running(old),
@@ -98,7 +99,7 @@ def reconcile_until_quiet(app, passes: int = 6) -> None:
 def check_invariants(app, router) -> None:
     reg = app.registry
     sup = Supervisor(app.config, reg)
-    row = reg.deployment("default")
+    row = reg.deployment(app.service)
     with reg.reading() as s:
         active = list(s.scalars(select(Boot).where(Boot.state == "active")))
         events = list(s.scalars(select(Event).order_by(Event.id)))
@@ -146,9 +147,12 @@ def _served_by(router) -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAILPOINTS)
-def test_cli_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, name):
+def test_cli_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, name, registry_url):
+    """On SQLite and on PostgreSQL, where the advisory lock must vanish with the CLI."""
     app, router = stack(
-        flags=["--fail-health-file", str(tmp_path / "unhealthy-{version}")], startup=3
+        flags=["--fail-health-file", str(tmp_path / "unhealthy-{version}")],
+        startup=3,
+        registry_url=registry_url,
     )
     args = provoke(app, tmp_path, name)
     died = run_bgdeploy(
@@ -157,7 +161,7 @@ def test_cli_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, name):
     assert died.returncode == -signal.SIGKILL, (died.returncode, died.stdout, died.stderr)
     reconcile_until_quiet(app)
     check_invariants(app, router)
-    RECOVERED.append(name)
+    RECOVERED.setdefault(registry_url.split(":", 1)[0].split("+", 1)[0], []).append(name)
 
 
 def router_provoke(app, router, tmp_path, name: str) -> None:
@@ -173,7 +177,7 @@ def router_provoke(app, router, tmp_path, name: str) -> None:
     if name in ("after_finalize_commit", "after_old_boot_stopped"):
         return  # stable checks -> the control loop finalizes
     if name == "after_restore_boot_spawn":
-        old = app.registry.boot(app.registry.deployment("default").old_boot_id)
+        old = app.registry.boot(app.registry.deployment(app.service).old_boot_id)
         os.killpg(old.pid, signal.SIGKILL)
     (tmp_path / "unhealthy-2.0").touch()  # failed checks -> the control loop rolls back
 

@@ -28,8 +28,8 @@ def read_sse_events(lines, n: int) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_ten_switches_under_load_fail_no_request(stack):
-    app, router = stack()
+def test_ten_switches_under_load_fail_no_request(stack, registry_url):
+    app, router = stack(registry_url=registry_url)
     first = deploy(app, "1.0")
     assert first.ok and router.route() == first.boot_id
 
@@ -76,7 +76,8 @@ def test_ten_switches_under_load_fail_no_request(stack):
     finally:
         stats = load.stop()
     REPORT.append(
-        f"zero-downtime: {stats.requests} requests over {SWITCHES} switches: "
+        f"zero-downtime ({registry_url.split(':', 1)[0].split('+', 1)[0]}): "
+        f"{stats.requests} requests over {SWITCHES} switches: "
         f"{stats.failures} failed, {stats.mismatches} mismatched"
     )
     assert stats.failures == 0, stats.errors

@@ -54,6 +54,17 @@ def test_relative_state_dir_version_file_and_registry_resolve_against_config_fol
     assert cfg.daemon.version_file == tmp_path / "VERSION"
 
 
+def test_health_expectations_parse_to_ranges(tmp_path):
+    raw = {
+        "daemon": {"command": ["d"]},
+        "health": {"expect_status": [204, "300-302"], "expect_body": "re:ok$"},
+    }
+    cfg = parse_config(raw, tmp_path / "bgdeploy.toml")
+    assert cfg.health.expect_status == ((204, 204), (300, 302))
+    assert cfg.health.expect_body == "re:ok$"
+    assert load_config(write_config(tmp_path)).health.expect_status == ((200, 299),)
+
+
 def test_starter_config_is_valid(tmp_path):
     path = tmp_path / "bgdeploy.toml"
     path.write_text(STARTER_CONFIG)
@@ -80,6 +91,23 @@ def test_starter_config_is_valid(tmp_path):
             {"daemon": {"command": ["d"]}, "health": {"stable_checks": True}},
             "`health.stable_checks`",
         ),
+        (
+            {"daemon": {"command": ["d"]}, "health": {"expect_status": "2xx"}},
+            "`health.expect_status`",
+        ),
+        (
+            {"daemon": {"command": ["d"]}, "health": {"expect_status": [200, 700]}},
+            "`health.expect_status`",
+        ),
+        (
+            {"daemon": {"command": ["d"]}, "health": {"expect_body": "re:(ok"}},
+            "`health.expect_body`",
+        ),
+        ({"daemon": {"command": ["d"]}, "health": {"method": "get"}}, "`health.method`"),
+        ({"daemon": {"command": ["d"]}, "health": {"headers": {"X Bad": "1"}}}, "`health.headers`"),
+        ({"daemon": {"command": ["d"]}, "deploy": {"auto_promote": "no"}}, "`deploy.auto_promote`"),
+        ({"daemon": {"command": ["d"]}, "hooks": {"pre_switch": "./smoke"}}, "`hooks.pre_switch`"),
+        ({"daemon": {"command": ["d"]}, "router": {"max_body": 0}}, "`router.max_body`"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, raw, needle):

@@ -2,30 +2,50 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import socket
 import sqlite3
 import stat
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
+from pgserver import PASSWORD
+from sqlalchemy import create_engine, text
 
 from bgdeploy.errors import RegistryError
 from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Base
 from bgdeploy.registry.store import Registry
-from tests.conftest import STATUS_KEYS, run_bgdeploy, write_config
+from tests.conftest import REGISTRIES, STATUS_KEYS, run_bgdeploy, write_config
 
 
-def test_empty_database_upgrades_to_head_and_models_agree(tmp_path):
-    url = f"sqlite:///{tmp_path / 'r.db'}"
+@pytest.mark.parametrize("db", REGISTRIES)
+def test_empty_database_upgrades_to_head_and_models_agree(tmp_path, request, db):
+    if db == "sqlite":
+        url = f"sqlite:///{tmp_path / 'r.db'}"
+    else:
+        url = request.getfixturevalue("pg_server").new_database(migrated=False)
     engine = create_engine(url)
     migrate.upgrade(engine)
     assert migrate.current_revision(engine) == migrate.head_revision()
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        # The guarantees live in the partial unique indexes: both are partial here too.
+        partial = conn.execute(
+            text(
+                "SELECT name, sql FROM sqlite_master WHERE name LIKE 'uq_%'"
+                if db == "sqlite"
+                else "SELECT indexname, indexdef FROM pg_indexes WHERE indexname LIKE 'uq_%'"
+            )
+        ).all()
+    engine.dispose()
     assert diff == []
+    assert sorted(name for name, sql in partial if "WHERE" in sql.upper()) == [
+        "uq_boots_one_active_per_service",
+        "uq_events_once_per_generation",
+    ]
 
 
 def test_registry_file_0600_folder_0700_and_wal(tmp_path):
@@ -98,3 +118,53 @@ def test_status_table_and_history(tmp_path, cli):
     events = json.loads(res.out)
     assert events[0]["event"] == "begin" and events[0]["to_state"] == "starting"
     assert {"generation", "event", "from_state", "to_state", "reason", "ts"} <= set(events[0])
+
+
+@pytest.mark.parametrize("fault", ["wrong password", "nothing listening"])
+def test_unreachable_postgres_is_one_sentence_without_the_password(tmp_path, pg_server, fault):
+    if fault == "wrong password":
+        url = pg_server.url(password="not-the-password")
+    else:
+        with socket.socket() as s:  # a free port: nothing answers there
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"postgresql+psycopg://postgres:not-the-password@127.0.0.1:{port}/postgres"
+    write_config(tmp_path, f'\n[registry]\nurl = "{url}"\n')
+    proc = run_bgdeploy("status", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith(
+        "Error: Cannot reach the registry at postgresql+psycopg://postgres:***@"
+    )
+    assert lines[1].startswith("Hint: ") and "Traceback" not in proc.stderr
+    assert "not-the-password" not in proc.stderr + proc.stdout
+
+
+def test_postgres_registry_from_a_newer_schema_is_refused_untouched(pg_server):
+    url = pg_server.clean_database()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    try:
+        with pytest.raises(RegistryError, match="revision 9999") as info:
+            Registry(url)
+        assert "postgres:***@" in info.value.message and PASSWORD not in info.value.message
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "9999"
+    finally:
+        with engine.begin() as conn:  # the shared database goes back for the next tests
+            conn.execute(
+                text("UPDATE alembic_version SET version_num = :v"), {"v": migrate.head_revision()}
+            )
+        engine.dispose()
+
+
+def test_postgres_url_without_its_driver_says_how_to_install_it(tmp_path):
+    if importlib.util.find_spec("pg8000") is not None:
+        pytest.skip("pg8000 is installed here; the test needs a driver that is not")
+    write_config(tmp_path, '\n[registry]\nurl = "postgresql+pg8000://u:hunter2@127.0.0.1:1/x"\n')
+    proc = run_bgdeploy("status", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("Error: The registry at postgresql+pg8000://u:***@")
+    assert "bgdeploy[postgres]" in proc.stderr
+    assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr

@@ -4,6 +4,9 @@ After every step: at most one active boot and it is the one the row names; switc
 rollback at most once per generation; the events replay into the row; a transition
 applies only for an actor whose view was current; generation counts the begins; every
 workspace is bound to a boot that recorded a successful attach for it (invariant 4).
+
+It runs on a SQLite file and on the throw-away PostgreSQL server (fewer examples there:
+each step is a few network round trips).
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlalchemy import select
 
 from bgdeploy.errors import IllegalTransition
@@ -52,12 +61,15 @@ class RegistryMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="bgdeploy-ex-"))
-        shutil.copy(template_db(), self.dir / "registry.db")
-        self.reg = Registry(f"sqlite:///{self.dir / 'registry.db'}")
+        self.reg = Registry(self.fresh_url())
         row = self.reg.deployment("default")
         self.views = [(row.generation, row.state)] * ACTORS
         self.applied: Counter[str] = Counter()
         self.refused = 0
+
+    def fresh_url(self) -> str:
+        shutil.copy(template_db(), self.dir / "registry.db")
+        return f"sqlite:///{self.dir / 'registry.db'}"
 
     def teardown(self) -> None:
         self.reg.close()
@@ -176,6 +188,22 @@ TestRegistryMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_registry_machine_on_postgresql(pg_server):
+    class PgRegistryMachine(RegistryMachine):
+        def fresh_url(self) -> str:
+            return pg_server.clean_database()
+
+    run_state_machine_as_test(
+        PgRegistryMachine,
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=20,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -259,3 +259,19 @@ def test_failed_or_stopped_boots_are_not_demoted_back_to_life(registry):
     assert registry.boot("green-2").state == "stopped"
     assert registry.boot("green-2").draining_ts is None
     assert registry.boot(restore).state == "active"
+
+
+@pytest.mark.parametrize("then", ["switch", "abort"])
+def test_a_held_candidate_records_since_when_until_switched_or_aborted(registry, then):
+    drive_to(registry, "idle")
+    fire(registry, "begin", version="2.0")
+    assert fire(registry, "candidate_ready", hold=True).applied
+    held = registry.deployment(SVC)
+    assert held.state == "ready" and held.held_ts is not None
+    assert fire(registry, then, reason="operator").applied
+    assert registry.deployment(SVC).held_ts is None
+
+
+def test_an_unheld_candidate_has_no_held_time(registry):
+    drive_to(registry, "ready")
+    assert registry.deployment(SVC).held_ts is None

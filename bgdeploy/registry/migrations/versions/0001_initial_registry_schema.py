@@ -41,6 +41,7 @@ def upgrade() -> None:
             ["service"],
             unique=True,
             sqlite_where=sa.text("state = 'active'"),
+            postgresql_where=sa.text("state = 'active'"),
         )
 
     op.create_table(
@@ -67,6 +68,7 @@ def upgrade() -> None:
             ["service", "generation", "event"],
             unique=True,
             sqlite_where=sa.text("event IN ('switch', 'rollback')"),
+            postgresql_where=sa.text("event IN ('switch', 'rollback')"),
         )
 
     op.create_table(

@@ -1,0 +1,108 @@
+"""Operator controls on the request path: preview, pause and maintenance.
+
+The registry row carries them (``bgdeploy promote``'s held candidate, ``pause``,
+``maintenance on``) and the watcher hands them to the route table with the route,
+so every worker follows them and a reloaded router starts with them.
+
+- preview: a request with ``X-Bgdeploy-Preview: 1``, or any request on
+  ``router.preview_port``, goes to the candidate held at ready;
+- pause: new requests wait in arrival order, unforwarded, until resume (then
+  they go to the route of that moment) or until the pause's ``max`` (then 503);
+- maintenance: every new request gets 503, ``Retry-After`` and a short page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bgdeploy.router.http11 import REASONS
+
+if TYPE_CHECKING:
+    from bgdeploy.router.exchange import Exchange
+
+PREVIEW_HEADER = b"\r\nx-bgdeploy-preview: 1\r\n"
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    message: str
+    retry_after: int
+
+
+@dataclass(frozen=True)
+class Pause:
+    max_s: float
+
+
+def is_preview(head: bytes) -> bool:
+    """The head (as forwarded, CRLF lines) asks for the held candidate."""
+    return PREVIEW_HEADER in head.lower()
+
+
+def wants_json(head: bytes) -> bool:
+    h = head.lower()
+    i = h.find(b"\r\naccept:")
+    return i >= 0 and b"application/json" in h[i : h.find(b"\r\n", i + 2)]
+
+
+def answer(status: int, retry_after: int, message: str, as_json: bool) -> bytes:
+    """A 503 of ours with Retry-After: a short HTML page, or JSON for API clients."""
+    if as_json:
+        ctype = b"application/json"
+        body = json.dumps({"error": message, "retry_after": retry_after}).encode()
+    else:
+        ctype = b"text/html; charset=utf-8"
+        text = html.escape(message)
+        body = (
+            "<!doctype html><html><head><meta charset=utf-8>"
+            "<meta name=viewport content='width=device-width'>"
+            f"<title>{REASONS[status].decode()}</title></head>"
+            "<body style='font-family:system-ui,sans-serif;max-width:36em;margin:4em auto'>"
+            f"<h1>{REASONS[status].decode()}</h1><p>{text}</p>"
+            f"<p><small>Please retry in {retry_after} s.</small></p></body></html>\n"
+        ).encode()
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nRetry-After: %d\r\n"
+        b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+        % (status, REASONS[status], ctype, len(body), retry_after)
+        + body
+    )
+
+
+class HeldRequests:
+    """Requests that arrived while paused, oldest first, each with its deadline."""
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[float, Exchange]] = deque()
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def hold(self, ex: Exchange, deadline: float) -> None:
+        self.queue.append((deadline, ex))
+
+    def release(self) -> None:
+        """Resume: start every held request, in arrival order, on the current route."""
+        queue, self.queue = self.queue, deque()
+        for _, ex in queue:
+            if not (ex.done or ex.client.closed):
+                ex.start()
+
+    def expire(self, now: float, retry_after: int) -> None:
+        """Held past the pause's max: 503 with Retry-After (the oldest expire first)."""
+        queue = self.queue
+        while queue and (queue[0][0] <= now or queue[0][1].done or queue[0][1].client.closed):
+            _, ex = queue.popleft()
+            if not (ex.done or ex.client.closed):
+                ex.refuse(
+                    answer(
+                        503,
+                        retry_after,
+                        "The service is paused and this request waited as long as it may.",
+                        wants_json(ex.head),
+                    )
+                )
