@@ -69,7 +69,7 @@ def test_a_command_waits_for_the_control_loop_and_no_wait_exits_3(stack, tmp_pat
     )
     (tmp_path / "VERSION").write_text("1.0\n")
     deploy(app, "1.0")
-    (tmp_path / "faults-2.0.json").write_text(json.dumps({"start_delay": 6}))
+    (tmp_path / "faults-2.0.json").write_text(json.dumps({"start_delay": 12}))
     (tmp_path / "VERSION").write_text("2.0\n")  # the control loop deploys it, slowly
     poll_until(
         lambda: app.registry.deployment("default").state == "starting",
