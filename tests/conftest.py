@@ -27,6 +27,30 @@ from pgserver import PgServer  # noqa: E402 - from tools/, on the path just abov
 REPORT: list[str] = []
 
 
+def pytest_sessionstart(session) -> None:  # noqa: ANN001 - pytest hook
+    """Refuse to test a compiled router module older than its source: it would test old code."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    from bgdeploy.router import NO_EXTENSIONS
+
+    if NO_EXTENSIONS:
+        return  # the sources themselves are under test
+    router = REPO / "bgdeploy" / "router"
+    stale = {
+        so.name
+        for suffix in EXTENSION_SUFFIXES
+        for so in router.glob(f"*{suffix}")
+        for source in router.glob(f"{so.name.split('.')[0]}.p[yx]*")
+        if so.stat().st_mtime < source.stat().st_mtime
+    }
+    if stale:
+        pytest.exit(
+            f"compiled router modules older than their sources: {', '.join(sorted(stale))}. "
+            "Rebuild them with `make install`.",
+            returncode=2,
+        )
+
+
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
     if REPORT:
         terminalreporter.section("bgdeploy figures")

@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
 """`make bench`: the router against references measured in the same run.
 
-1. router vs an nginx reverse proxy (1 worker, upstream keepalive), both in front
-   of the same nginx backend (1 worker, 100-byte answer): wrk at c=1, 16, 64; with
-   the CPU time each proxy process spends per request (user + system). A third
-   column, a byte relay with no HTTP handling (tools/relay_reference.py), shows
-   the ceiling of the router's design (asyncio Protocols on uvloop, one process).
-2. router vs direct, in front of the demo daemon, c=16.
-3. switch propagation: registry commit -> first response from the new boot,
-   p50/p99 over 50 switches, with a SQLite registry (data_version polling) and with
-   a PostgreSQL one (LISTEN/NOTIFY) on a throw-away server (tools/pgserver.py).
-   `python tools/bench.py --propagation` measures only these two, against two demo
-   daemons.
-Installs nginx-light and wrk with apt-get when they are missing. Loopback only;
-every load run is bounded by wrk's -d.
+1. In front of one nginx backend (1 worker, 100-byte answer): nginx
+   (worker_processes 1), HAProxy (nbthread 1), Caddy (GOMAXPROCS=1), the router's
+   compiled build and its pure-Python build (BGDEPLOY_NO_EXTENSIONS=1), and a byte
+   relay with no HTTP handling (tools/relay_reference.py, the ceiling of the
+   router's design); wrk at c=16 and c=64, with the CPU time each proxy (and its
+   children) spends per request, user + system.
+2. The same proxies in front of a fast Python backend (tools/uvicorn_app.py), and
+   direct, at c=16 and c=64.
+3. Router vs direct in front of the demo daemon, c=16.
+4. Switch propagation: registry commit -> first response from the new boot,
+   p50/p99 over 50 switches, with a SQLite registry (inotify on its files) and with
+   a PostgreSQL one (LISTEN/NOTIFY) on a throw-away server (tools/pgserver.py);
+   and each router build's CPU while idle. `python tools/bench.py --propagation`
+   measures only the two propagations, against two demo daemons.
+5. The router's own Python work per request of each build (tools/router_cost.py).
+`make bench` installs nginx, wrk, HAProxy and Caddy with apt-get where it can.
+Loopback only; every load run is bounded by wrk's -d.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import time
 from pathlib import Path
 
 import psutil
+from bench_peers import nginx_proxies, start_caddy, start_haproxy, start_nginx
 
 REPO = Path(__file__).resolve().parents[1]
 DURATION = os.environ.get("BENCH_DURATION", "3s")
@@ -38,6 +43,8 @@ DURATION = os.environ.get("BENCH_DURATION", "3s")
 # median run (by req/s) of each side is reported.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 BODY = "x" * 99 + "\n"
+TOOLS = ("nginx", "wrk", "haproxy", "caddy")
+IDLE_S = 10.0
 
 
 def free_port() -> int:
@@ -46,47 +53,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_tools() -> None:
-    missing = [
-        t
-        for t in ("nginx", "wrk")
-        if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()
-    ]
-    if not missing:
-        return
-    print(f"installing {', '.join(missing)} with apt-get ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    pkgs = ["nginx-light" if t == "nginx" else t for t in missing]
-    subprocess.run(["apt-get", "install", "-y", "-qq", *pkgs], check=True, env=env)
-
-
-def nginx_bin() -> str:
-    return shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def start_nginx(workdir: Path, name: str, servers: str) -> subprocess.Popen[bytes]:
-    d = workdir / name
-    d.mkdir()
-    (d / "nginx.conf").write_text(f"""
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  {servers}
-}}
-""")
-    proc = subprocess.Popen(
-        [nginx_bin(), "-p", str(d), "-c", str(d / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc
+def check_tools() -> None:
+    missing = [t for t in TOOLS if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
+    if missing:
+        raise SystemExit(
+            f"bench: {', '.join(missing)} not found; install them (`make bench` does, with "
+            "apt-get, when run as root)."
+        )
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
@@ -103,8 +76,7 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 def wrk(port: int, conns: int, pid: int | None = None, path: str = "/") -> dict[str, float]:
     """One wrk run; with pid, also that process's CPU time per request (us)."""
     threads = 1 if conns == 1 else 2
-    proc = psutil.Process(pid) if pid else None
-    before = proc.cpu_times() if proc else None
+    before = cpu_seconds(pid) if pid else None
     out = subprocess.run(
         [
             "wrk",
@@ -132,11 +104,18 @@ def wrk(port: int, conns: int, pid: int | None = None, path: str = "/") -> dict[
         "user_us": float("nan"),
         "sys_us": float("nan"),
     }
-    if proc is not None and before is not None and count:
-        after = proc.cpu_times()
-        result["user_us"] = (after.user - before.user) / count * 1e6
-        result["sys_us"] = (after.system - before.system) / count * 1e6
+    if pid and before is not None and count:
+        after = cpu_seconds(pid)
+        result["user_us"] = (after[0] - before[0]) / count * 1e6
+        result["sys_us"] = (after[1] - before[1]) / count * 1e6
     return result
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process and its live children (workers)."""
+    proc = psutil.Process(pid)
+    times = [p.cpu_times() for p in (proc, *proc.children(recursive=True))]
+    return sum(t.user for t in times), sum(t.system for t in times)
 
 
 def interleaved(targets: list[tuple[int, int | None]], conns: int) -> list[dict]:
@@ -164,11 +143,18 @@ def _latency(out: str, pct: str) -> float:
 class RouterUnderTest:
     """A real router process whose registry points at backends we name by port."""
 
-    def __init__(self, workdir: Path, registry_url: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str = "router",
+        env: dict[str, str] | None = None,
+        registry_url: str | None = None,
+    ) -> None:
         from bgdeploy.config import load_config
         from bgdeploy.control.app import App
 
-        self.dir = workdir / ("router" if registry_url is None else "router-pg")
+        self.env = {**os.environ, **(env or {})}
+        self.dir = workdir / name
         self.dir.mkdir()
         self.port, self.admin = free_port(), free_port()
         registry = f'[registry]\nurl = "{registry_url}"\n' if registry_url else ""
@@ -213,6 +199,7 @@ class RouterUnderTest:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=REPO,
+            env=self.env,
         )
         wait_port(self.port)
 
@@ -255,7 +242,7 @@ def postgres_switch_propagation(work: Path, ports: tuple[int, int]) -> list[floa
         return f"skipped: {e}"
     router = None
     try:
-        router = RouterUnderTest(work, server.new_database())
+        router = RouterUnderTest(work, "router-pg", registry_url=server.new_database())
         router.point_at(ports[1])  # the measured switches start with ports[0]
         router.start()
         return switch_propagation(router, ports)
@@ -301,7 +288,7 @@ def propagation_only() -> int:
             for p in procs:
                 p.terminate()
                 p.wait(timeout=10)
-    print(propagation_line("SQLite registry (data_version)", sqlite))
+    print(propagation_line("SQLite registry (inotify)", sqlite))
     print(propagation_line("PostgreSQL registry (LISTEN/NOTIFY)", pg))
     return 0
 
@@ -312,51 +299,56 @@ def pct(values: list[float], p: float) -> float:
 
 
 def main() -> int:
-    ensure_tools()
+    check_tools()
     procs: list[subprocess.Popen[bytes]] = []
-    router = None
+    routers: list[RouterUnderTest] = []
     with tempfile.TemporaryDirectory(prefix="bgdeploy-bench-") as tmp:
         work = Path(tmp)
         try:
-            b1, b2, proxy = free_port(), free_port(), free_port()
+            b1, b2, uv = free_port(), free_port(), free_port()
             backend = (
                 f'server {{ listen 127.0.0.1:{b1}; location / {{ return 200 "{BODY}"; }} }}'
                 f'\n  server {{ listen 127.0.0.1:{b2}; location / {{ return 200 "{BODY}"; }} }}'
             )
             procs.append(start_nginx(work, "backend", backend))
-            procs.append(
-                start_nginx(
-                    work,
-                    "proxy",
-                    f"""
-  upstream be {{ server 127.0.0.1:{b1}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{proxy};
-    location / {{ proxy_pass http://be; proxy_http_version 1.1;
-                 proxy_set_header Connection ""; }} }}""",
-                )
-            )
-            for p in (b1, b2, proxy):
+            script = str(REPO / "tools" / "uvicorn_app.py")
+            procs.append(subprocess.Popen([sys.executable, script, str(uv)]))
+            # Each peer proxies one port to the nginx backend and one to uvicorn.
+            peers = {name: (free_port(), free_port()) for name in ("nginx", "haproxy", "caddy")}
+            pairs = {name: [(p, b1), (q, uv)] for name, (p, q) in peers.items()}
+            starts = {"nginx": None, "haproxy": start_haproxy, "caddy": start_caddy}
+            pids = {}
+            for name, start in starts.items():
+                if start is None:
+                    proc = start_nginx(work, "proxy", nginx_proxies(pairs[name]))
+                else:
+                    proc = start(work, pairs[name])
+                procs.append(proc)
+                pids[name] = proc.pid
+            for p in (b1, b2, uv, *(x for pair in peers.values() for x in pair)):
                 wait_port(p)
-            router = RouterUnderTest(work)
-            router.point_at(b1)
-            router.start()
+            for name, env in (("compiled", {}), ("pure", {"BGDEPLOY_NO_EXTENSIONS": "1"})):
+                router = RouterUnderTest(work, f"router-{name}", env)
+                router.point_at(b1)
+                router.start()
+                routers.append(router)
             relay_port = free_port()
             relay_script = str(REPO / "tools" / "relay_reference.py")
             relay = subprocess.Popen([sys.executable, relay_script, str(b1), str(relay_port)])
             procs.append(relay)
             wait_port(relay_port)
-            nginx_worker = psutil.Process(procs[1].pid).children()[0].pid
-            assert router.proc is not None
+            compiled, pure = routers
+            names = ["nginx", "haproxy", "caddy", "router compiled", "router pure-python"]
+            targets = [(peers[n][0], pids[n]) for n in ("nginx", "haproxy", "caddy")]
+            targets += [(r.port, r.proc.pid) for r in routers]
+            rows = [(c, interleaved([*targets, (relay_port, relay.pid)], c)) for c in (16, 64)]
 
-            rows = []
-            for c in (1, 16, 64):
-                targets = [
-                    (proxy, nginx_worker),
-                    (router.port, router.proc.pid),
-                    (relay_port, relay.pid),
-                ]
-                ng, ro, rl = interleaved(targets, c)
-                rows.append((c, ng, ro, rl))
+            for r in routers:
+                r.point_at(uv)
+            time.sleep(0.2)
+            uv_targets = [(uv, None), *((peers[n][1], None) for n in peers)]
+            uv_targets += [(r.port, None) for r in routers]
+            uv_rows = [(c, interleaved(uv_targets, c)) for c in (16, 64)]
 
             demo_port = free_port()
             demo = subprocess.Popen(
@@ -373,67 +365,91 @@ def main() -> int:
             )
             procs.append(demo)
             wait_port(demo_port)
-            router.point_at(demo_port)
+            compiled.point_at(demo_port)
             time.sleep(0.2)
-            direct, via = interleaved([(demo_port, None), (router.port, None)], 16)
+            direct, via = interleaved([(demo_port, None), (compiled.port, None)], 16)
 
-            samples = switch_propagation(router, (b1, b2))
-            router.stop()
-            router = None
+            samples = switch_propagation(compiled, (b1, b2))
+            idle = idle_cpu([r.proc.pid for r in routers])
+            for r in routers:
+                r.stop()
+            routers = []
             pg_samples = postgres_switch_propagation(work, (b1, b2))
         finally:
-            if router is not None:
-                router.stop()
+            for r in routers:
+                r.stop()
             for p in procs:
                 p.terminate()
                 p.wait(timeout=10)
 
     print(
-        "\nrouter vs nginx reverse proxy (1 worker, upstream keepalive), nginx backend, "
-        f"100-byte GET, wrk -d{DURATION}, median of {ROUNDS} interleaved runs each"
+        f"\nproxies in front of one nginx backend, 100-byte keep-alive GET, one worker/thread "
+        f"each, wrk -t2 -d{DURATION}, median of {ROUNDS} interleaved runs"
     )
     print(
-        f"{'c':>3}  {'nginx req/s':>11} {'p50 ms':>7} {'p99 ms':>7}   {'router req/s':>12} "
-        f"{'p50 ms':>7} {'p99 ms':>7}   {'req/s ratio':>11} {'p99 ratio':>9}"
+        f"{'c':>3}  {'proxy':<19} {'req/s':>7} {'/nginx':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'p99/nginx':>9}  {'cpu us/req u+s':>14} {'cpu/nginx':>9}  runs req/s"
     )
-    for c, ng, ro, _ in rows:
-        print(
-            f"{c:>3}  {ng['rps']:>11.0f} {ng['p50']:>7.3f} {ng['p99']:>7.3f}   "
-            f"{ro['rps']:>12.0f} {ro['p50']:>7.3f} {ro['p99']:>7.3f}   "
-            f"{ro['rps'] / ng['rps']:>11.2f} {ro['p99'] / ng['p99']:>9.2f}"
-            f"   (runs: nginx {ng['spread']}, router {ro['spread']})"
-        )
-    print(
-        "\nCPU time per request of each proxy process (user + system, us), and the "
-        "ceiling of the router's design:\na byte relay on the same asyncio + uvloop "
-        "(tools/relay_reference.py: no HTTP handling, no routing)"
-    )
-    print(
-        f"{'c':>3}  {'nginx cpu/req':>14}  {'router cpu/req':>15}  {'relay cpu/req':>14}"
-        f"  {'relay req/s':>11} {'p99 ms':>7}  {'relay/nginx':>11}"
-    )
-
-    def cpu(r: dict) -> str:
-        return f"{r['user_us']:.0f}+{r['sys_us']:.0f}"
-
-    for c, ng, ro, rl in rows:
-        print(
-            f"{c:>3}  {cpu(ng):>14}  {cpu(ro):>15}  {cpu(rl):>14}"
-            f"  {rl['rps']:>11.0f} {rl['p99']:>7.3f}  {rl['rps'] / ng['rps']:>11.2f}"
-        )
+    for c, results in rows:
+        ng = results[0]
+        for name, r in zip([*names, "byte relay"], results, strict=True):
+            print(
+                f"{c:>3}  {name:<19} {r['rps']:>7.0f} {r['rps'] / ng['rps']:>7.2f} "
+                f"{r['p50']:>7.3f} {r['p99']:>7.3f} {r['p99'] / ng['p99']:>9.2f}  "
+                f"{cpu(r):>14} {cpu_total(r) / cpu_total(ng):>9.2f}  {r['spread']}"
+            )
+    print("\nin front of uvicorn (tools/uvicorn_app.py, 1 worker), same 100-byte answer")
+    print(f"{'c':>3}  {'path':<19} {'req/s':>7} {'/direct':>7} {'p99 ms':>7}  runs req/s")
+    for c, results in uv_rows:
+        for name, r in zip(["direct", *names], results, strict=True):
+            print(
+                f"{c:>3}  {name:<19} {r['rps']:>7.0f} {r['rps'] / results[0]['rps']:>7.2f} "
+                f"{r['p99']:>7.3f}  {r['spread']}"
+            )
     print(
         f"\nin front of the demo daemon, c=16: direct {direct['rps']:.0f} req/s "
         f"(p99 {direct['p99']:.2f} ms), via router {via['rps']:.0f} req/s "
         f"(p99 {via['p99']:.2f} ms), router/direct {via['rps'] / direct['rps']:.2f}"
     )
-    print("\n" + propagation_line("SQLite registry (data_version)", samples))
+    print("\n" + propagation_line("SQLite registry (inotify)", samples))
     print(propagation_line("PostgreSQL registry (LISTEN/NOTIFY)", pg_samples))
-    errs = [r for _, *runs in rows for r in runs if r["errors"]] + [
-        r for r in (direct, via) if r["errors"]
-    ]
+    print(
+        f"idle router over {IDLE_S:.0f} s: compiled {idle[0]:.2f}% of a core, "
+        f"pure-python {idle[1]:.2f}% of a core"
+    )
+    print("\nthe router's own Python per request, no sockets (tools/router_cost.py):")
+    for env in ({}, {"BGDEPLOY_NO_EXTENSIONS": "1"}):
+        cost = subprocess.run(
+            [sys.executable, str(REPO / "tools" / "router_cost.py")],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        print("  " + cost.stdout.strip())
+    errs = [r for _, results in rows + uv_rows for r in results if r["errors"]]
+    errs += [r for r in (direct, via) if r["errors"]]
     if errs:
         print(f"\nnon-2xx answers seen: {errs}")
     return 0
+
+
+def cpu(r: dict) -> str:
+    return f"{r['user_us']:.1f}+{r['sys_us']:.1f}"
+
+
+def cpu_total(r: dict) -> float:
+    return r["user_us"] + r["sys_us"]
+
+
+def idle_cpu(pids: list[int]) -> list[float]:
+    """Each process's CPU (with its children) over IDLE_S seconds of no traffic, % of a core."""
+    before = [sum(cpu_seconds(p)) for p in pids]
+    t0 = time.monotonic()
+    time.sleep(IDLE_S)
+    elapsed = time.monotonic() - t0
+    return [(sum(cpu_seconds(p)) - b) / elapsed * 100 for p, b in zip(pids, before, strict=True)]
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from bgdeploy.installed import installed_version
 from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Boot, utcnow
 from bgdeploy.registry.store import is_postgres, make_engine, safe_url, sqlite_path
+from bgdeploy.router import build_of
 from bgdeploy.states import LIVE_BOOT_STATES, BootState, DeploymentState
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -141,7 +142,11 @@ def _router(app: App) -> Check:
                 f"router pid {row.pid} does not answer on its admin listener ({type(e).__name__})",
                 "Restart it: bgdeploy down && bgdeploy up.",
             )
-        return Check("router", PASS, f"pid {row.pid} serves {row.url}")
+        return Check(
+            "router",
+            PASS,
+            f"pid {row.pid} serves {row.url}; router build: {build_of(row.pid)}",
+        )
     holder = port_holder(cfg.host, cfg.port)
     if holder:
         return Check(

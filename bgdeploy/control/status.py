@@ -11,6 +11,7 @@ from bgdeploy.boots import process_matches
 from bgdeploy.control.app import App
 from bgdeploy.control.controls import read_controls
 from bgdeploy.registry.models import Boot, Event, Router, utcnow
+from bgdeploy.router import build_of
 from bgdeploy.states import LIVE_BOOT_STATES, BootState
 from bgdeploy.timefmt import iso
 
@@ -54,7 +55,12 @@ def running_router(app: App) -> Router | None:
 def router_dict(router: Router | None) -> dict[str, Any] | None:
     if router is None:
         return None
-    return {"pid": router.pid, "url": router.url, "admin_url": router.admin_url}
+    return {
+        "pid": router.pid,
+        "url": router.url,
+        "admin_url": router.admin_url,
+        "build": build_of(router.pid),
+    }
 
 
 def status(app: App, inflight: dict[str, int] | None = None) -> dict[str, Any]:

@@ -1,1 +1,69 @@
-"""The router: the fixed ingress that forwards each request to the active boot."""
+"""The router: the fixed ingress that forwards each request to the active boot.
+
+The request path (client, exchange, upstream, fastpath, http11, flow) has two
+builds of one source: the .py files, and extension modules compiled from those
+same files by Cython at install time (setup.py; the .pxd files only declare the
+compiled classes' attributes). Python imports a compiled module ahead of its
+source; ``BGDEPLOY_NO_EXTENSIONS=1`` in the environment of a process makes it
+import the sources instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec
+from pathlib import Path
+
+HERE = Path(__file__).parent
+NO_EXTENSIONS = os.environ.get("BGDEPLOY_NO_EXTENSIONS", "") not in ("", "0")
+
+
+class SourceFinder:
+    """Finds this package's modules in their .py files, never in a compiled twin."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        package, _, leaf = name.rpartition(".")
+        source = HERE / f"{leaf}.py"
+        if package != __name__ or not source.is_file():
+            return None
+        return importlib.util.spec_from_file_location(name, source)
+
+
+if NO_EXTENSIONS:
+    sys.meta_path.insert(0, SourceFinder)
+
+
+def build() -> str:
+    """The build of the request path this process runs: "compiled" or "pure-python"."""
+    from bgdeploy.router import client
+
+    return "compiled" if client.__file__.endswith(tuple(EXTENSION_SUFFIXES)) else "pure-python"
+
+
+def build_of(pid: int) -> str | None:
+    """The build a running router runs, from the modules it and its children have mapped.
+
+    None when the process is gone. Reading /proc/PID/maps costs far less than
+    asking the process, and needs no admin endpoint.
+    """
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children()
+    except psutil.Error:
+        return None
+    marker = f"{os.sep}bgdeploy{os.sep}router{os.sep}"
+    for proc in procs:
+        try:
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            path = line.rpartition(" ")[2]
+            if marker in path and path.endswith(tuple(EXTENSION_SUFFIXES)):
+                return "compiled"
+    return "pure-python"

@@ -14,8 +14,13 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
-class FlowControl(asyncio.Protocol):
-    """A connection that pauses its feeder while its own write buffer is full."""
+class FlowControl:
+    """A connection that pauses its feeder while its own write buffer is full.
+
+    An asyncio protocol by its methods, but no ``asyncio.Protocol`` subclass: the
+    compiled build makes it an extension type (flow.pxd), which cannot derive
+    from a Python class.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -29,6 +34,9 @@ class FlowControl(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+
+    def eof_received(self) -> bool | None:
+        return None  # the peer half-closed: close the transport, as asyncio.Protocol does
 
     def pause_writing(self) -> None:
         other = self.feeder()

@@ -1,14 +1,16 @@
 """Where requests go: the route table (event loop side) and the registry watcher (thread).
 
-The watcher polls ``PRAGMA data_version`` on its own SQLite connection every
-few milliseconds: the number changes exactly when another connection commits,
-so the route follows a commit within one poll, and an unchanged registry costs
-one tiny query. If the registry cannot be read, the last route stays.
+The watcher asks ``PRAGMA data_version`` on its own SQLite connection whenever
+inotify says the database or its WAL was written (every few milliseconds where
+inotify is missing): the number changes exactly when another connection commits,
+so the route follows a commit at once, and an idle registry costs nothing. If
+the registry cannot be read, the last route stays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from bgdeploy.registry.models import Boot, Deployment
 from bgdeploy.registry.store import Registry, sqlite_path
+from bgdeploy.router.wake import FileWaker
 
 if TYPE_CHECKING:
     from bgdeploy.router.client import ClientConnection
@@ -29,7 +32,11 @@ from bgdeploy.router.upstream import Pools
 
 log = logging.getLogger("bgdeploy.router")
 
-WATCH_POLL_S = 0.01
+WATCH_POLL_S = 0.01  # without inotify, and for a moment after each write
+# A WAL commit becomes visible with its shared-memory index, just after its last
+# write to the WAL file (and mmap writes wake no inotify): so after a write, poll
+# this long before sleeping again.
+WAKE_FOLLOW_S = 0.05
 SLOW_POLL_S = 1.0  # read the row anyway this often (belt and braces)
 
 
@@ -203,7 +210,8 @@ def route_state(row: tuple | None) -> RouteState:  # type: ignore[type-arg]
 class RegistryWatcher:
     """Follows ``active_boot_id`` in the registry and pushes it into the route table.
 
-    Every 10 ms it asks ``PRAGMA data_version`` on its own SQLite connection, never
+    On each write to the SQLite files (inotify; every 10 ms without it) it asks
+    ``PRAGMA data_version`` on its own SQLite connection, never
     waiting for a lock; after a change (and once a second anyway) it reads the route
     with one small query on that connection. Both take microseconds, so they run on
     the event loop: no thread, and so no GIL hand-offs in the middle of forwarding.
@@ -243,13 +251,33 @@ class RegistryWatcher:
         assert self._conn is not None
         return route_state(self._conn.execute(ROUTE_SQL, (self.service,)).fetchone())
 
+    def _waker(self, loop: asyncio.AbstractEventLoop) -> FileWaker | None:
+        """Wake-ups on writes to the registry file or its WAL; None: poll instead."""
+        path = sqlite_path(self.registry.url)
+        if path is None:
+            return None
+        try:
+            return FileWaker(loop, path.parent, {path.name, path.name + "-wal"})
+        except OSError as e:
+            log.info("no inotify on %s (%s): polling the registry", path.parent, e)
+            return None
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         last_version: int | None = None
         last_read = 0.0
+        waker = self._waker(loop)
+        follow_until = 0.0
         try:
             while True:
-                await asyncio.sleep(WATCH_POLL_S)
+                if waker is None or time.monotonic() < follow_until:
+                    await asyncio.sleep(WATCH_POLL_S)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waker.changed.wait(), SLOW_POLL_S)
+                if waker is not None and waker.changed.is_set():
+                    waker.changed.clear()  # before the read: a later write wakes us again
+                    follow_until = time.monotonic() + WAKE_FOLLOW_S
                 try:
                     version = self._data_version()
                     now = time.monotonic()
@@ -264,10 +292,13 @@ class RegistryWatcher:
                         last_version, last_read = version, now
                     self.last_error = None
                 except Exception as e:  # noqa: BLE001 - keep the last route whatever happens
+                    follow_until = time.monotonic() + WAKE_FOLLOW_S  # e.g. busy: try again soon
                     if self.last_error != str(e):
                         log.warning("registry unreadable, keeping the last route: %s", e)
                     self.last_error = str(e)
         finally:
+            if waker is not None:
+                waker.close()
             if self._conn is not None:
                 self._conn.close()
 

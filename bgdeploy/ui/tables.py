@@ -119,6 +119,8 @@ def status_renderable(st: dict[str, Any]) -> Group:
         if router
         else Text("not running (bgdeploy up)", "yellow"),
     )
+    if router:
+        facts.add_row("router build", router["build"] or "unknown")
     lock = st["lock"]
     facts.add_row(
         "lock",

@@ -1,0 +1,9 @@
+# Declarations for the compiled build only: Cython reads them with upstream.py, Python never does.
+# Each attribute the class sets must be declared here (the extension type has no __dict__).
+from bgdeploy.router.flow cimport FlowControl
+
+
+cdef class Upstream(FlowControl):
+    cdef public object boot_id, boot_line, table, exchange, parser, uses
+    cdef public object _headers, _reason, _body_left, last_read
+    cdef public bint tunnel, keep_alive, _head_done, _partial
