@@ -13,6 +13,7 @@ import shlex
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -222,6 +223,18 @@ Wait = Annotated[
         "--wait", min=0, help="Wait up to SECONDS for the lifecycle lock.", metavar="SECONDS"
     ),
 ]
+NoWait = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait",
+        help="Exit 3 at once when the lock is busy, even if bgdeploy's own control loop "
+        "holds it (by default that is waited for).",
+    ),
+]
+
+
+def _waiting(text: str) -> None:
+    err.print(f"[dim]{escape(text[:1].upper() + text[1:])}…[/]")
 
 
 NEXT_ACTIVITY = {
@@ -233,6 +246,7 @@ NEXT_ACTIVITY = {
     "starting": "waiting for the candidate to become healthy",
     "healthy": "attaching workspaces",
     "attached": "switching traffic",
+    "draining": "waiting for requests in flight to finish",
 }
 
 
@@ -275,6 +289,7 @@ def up(
     ] = False,
     no_deploy: Annotated[bool, typer.Option("--no-deploy", hidden=True)] = False,
     wait: Wait = None,
+    no_wait: NoWait = False,
 ) -> None:
     """Start the router and deploy the installed version if nothing is active."""
     if foreground:
@@ -285,7 +300,7 @@ def up(
     from bgdeploy.routerd import up as do_up
 
     with Progress() as progress:
-        result = do_up(_app(), wait=wait, progress=progress)
+        result = do_up(_app(), wait=wait, no_wait=no_wait, notice=_waiting, progress=progress)
     if result.deploy is not None:
         out.print(result.deploy.message)
     if result.deploy is not None and result.deploy.held:
@@ -295,12 +310,12 @@ def up(
 
 
 @app.command()
-def down(wait: Wait = None) -> None:
+def down(wait: Wait = None, no_wait: NoWait = False) -> None:
     """Drain and stop the router and every boot."""
     from bgdeploy.control.router_ctl import down as do_down
 
     with Progress() as progress:
-        n = do_down(_app(), wait=wait, progress=progress)
+        n = do_down(_app(), wait=wait, no_wait=no_wait, notice=_waiting, progress=progress)
     out.print(f"Down: router stopped, {n} boot{'s' if n != 1 else ''} stopped.")
 
 
@@ -343,27 +358,35 @@ def deploy(
         ),
     ] = None,
     wait: Wait = None,
+    no_wait: NoWait = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """One blue/green deploy: exit 0 switched (or held), 1 aborted (active kept)."""
-    from bgdeploy.control.deploy import Deployer
+    from bgdeploy.control.deploy import no_progress
+    from bgdeploy.control.lifecycle import lifecycle
 
     a = _app()
-    lock = a.lock()
-    lock.acquire(wait=wait, command=f"bgdeploy deploy{' --version ' + version if version else ''}")
     progress = Progress()
+    command = f"bgdeploy deploy{' --version ' + version if version else ''}"
     try:
-        if as_json:
-            result = Deployer(a).deploy(version, force=force, hold=hold)
-        else:
-            with progress:
-                result = Deployer(a).deploy(version, force=force, hold=hold, progress=progress)
+        with (
+            progress if not as_json else nullcontext(),
+            lifecycle(
+                a,
+                command,
+                wait=wait,
+                no_wait=no_wait,
+                notice=_waiting,
+                progress=no_progress if as_json else progress,
+            ) as deployer,
+        ):
+            result = deployer.deploy(
+                version, force=force, hold=hold, progress=no_progress if as_json else progress
+            )
     except BgdeployError as e:
         if as_json:
             _print_json({"ok": False, "message": e.message})
         raise
-    finally:
-        lock.release()
     if as_json:
         _print_json(result.as_dict())
     else:
@@ -374,16 +397,20 @@ def deploy(
 def rollback(
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in history).")] = "manual",
     wait: Wait = None,
+    no_wait: NoWait = False,
 ) -> None:
     """Back to the old boot now (or, when idle, a blue/green deploy of the previous version)."""
-    from bgdeploy.control.deploy import Deployer, previous_version
+    from bgdeploy.control.deploy import previous_version
+    from bgdeploy.control.lifecycle import lifecycle
     from bgdeploy.states import DeploymentState
 
     a = _app()
-    lock = a.lock()
-    lock.acquire(wait=wait, command="bgdeploy rollback")
-    try:
-        d = Deployer(a)
+    with (
+        Progress() as progress,
+        lifecycle(
+            a, "bgdeploy rollback", wait=wait, no_wait=no_wait, notice=_waiting, progress=progress
+        ) as d,
+    ):
         row = a.registry.deployment(a.service)
         if row.state == DeploymentState.SWITCHED:
             after = d.rollback(row, f"manual: {reason}")
@@ -392,12 +419,8 @@ def rollback(
                 f"{after.active_boot_id} is active."
             )
             return
-        version = previous_version(a)
-        with Progress() as progress:
-            result = d.deploy(version, force=True, progress=progress)
+        result = d.deploy(previous_version(a), force=True, progress=progress)
         out.print(f"[bold green]{escape(result.message)}[/]")
-    finally:
-        lock.release()
 
 
 @app.command()

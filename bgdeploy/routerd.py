@@ -18,6 +18,7 @@ from bgdeploy import __version__
 from bgdeploy.config import Config, load_config
 from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Progress, no_progress
+from bgdeploy.control.lifecycle import Notice, no_notice
 from bgdeploy.control.reconcile import Reconciler
 from bgdeploy.control.router_ctl import UpResult
 from bgdeploy.control.router_ctl import up as start_up
@@ -113,7 +114,14 @@ def _reload(app: App) -> dict[str, Any]:
     return answer
 
 
-def up(app: App, *, wait: float | None = None, progress: Progress = no_progress) -> UpResult:
+def up(
+    app: App,
+    *,
+    wait: float | None = None,
+    no_wait: bool = False,
+    notice: Notice = no_notice,
+    progress: Progress = no_progress,
+) -> UpResult:
     """`bgdeploy up`: start the router (or reload it onto the installed code), then deploy."""
     info = running_info(app)
     if info is not None and _outdated(info):
@@ -124,7 +132,7 @@ def up(app: App, *, wait: float | None = None, progress: Progress = no_progress)
             f"reloaded: code {', '.join(running)} -> {__version__} "
             f"(supervisor pid {answer['supervisor']})",
         )
-    return start_up(app, wait=wait, progress=progress)
+    return start_up(app, wait=wait, no_wait=no_wait, notice=notice, progress=progress)
 
 
 def _outdated(info: dict[str, Any]) -> bool:

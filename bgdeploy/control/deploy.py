@@ -2,7 +2,12 @@
 
 Every function here expects the caller to hold the lifecycle lock; each state
 change is one fenced transition, so a crash between steps leaves a row that the
-next ``reconcile`` can finish or undo.
+next ``reconcile`` can finish or undo. Draining a boot that lost the route is the
+one long wait (up to drain_timeout + stop_timeout), and it needs no lock: the
+registry no longer routes to the boot, which is recorded ``draining``. So finalize
+and rollback only commit and list the boot in ``draining``; the caller drains it
+with ``finish_drains`` after releasing the lock, and if that caller dies, the next
+reconcile pass stops the boot (``control.drain``).
 """
 
 from __future__ import annotations
@@ -12,18 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-from sqlalchemy import select
 
 from bgdeploy import health
 from bgdeploy.boots import Supervisor, log_tail
 from bgdeploy.control.app import App
+from bgdeploy.control.lock import DrainClaim
 from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError, BootError, OperationFailed
 from bgdeploy.failpoints import failpoint
 from bgdeploy.hooks import HookResult, run_hook
 from bgdeploy.installed import installed_version
 from bgdeploy.machine import DeploymentFields
-from bgdeploy.registry.models import Boot, Quarantine, Workspace
+from bgdeploy.registry.models import Boot, Quarantine, utcnow
+from bgdeploy.registry.store import TransitionResult
 from bgdeploy.states import BootState
 from bgdeploy.states import DeploymentEvent as Ev
 from bgdeploy.states import DeploymentState as St
@@ -31,6 +37,9 @@ from bgdeploy.states import DeploymentState as St
 Progress = Callable[[str, str], None]  # (step, detail)
 Inflight = Callable[[], dict[str, int]]
 ROUTER_FOLLOW_TIMEOUT_S = 2.0
+# Rounds of "attach what is missing, then try the switch": another round is needed
+# only when a workspace was attached to the old boot between the two.
+ATTACH_ROUNDS = 10
 
 
 def no_progress(step: str, detail: str) -> None:
@@ -121,6 +130,8 @@ class Deployer:
         self.reg = app.registry
         self.sup = supervisor or Supervisor(app.config, app.registry)
         self.inflight = inflight or router_inflight(app)
+        # Boots this deployer demoted to draining and claimed, to drain without the lock.
+        self.draining: list[Drain] = []
 
     # -- deploy ------------------------------------------------------------------------------
 
@@ -199,7 +210,7 @@ class Deployer:
             self._wait_healthy(boot)
             failpoint("after_candidate_healthy")
             steps("healthy", f"{boot_id} answers {app.config.daemon.health_path}")
-            n = self._attach_workspaces(boot, row.active_boot_id)
+            n = self._attach_workspaces(boot)
             failpoint("after_workspaces_attached")
             steps("attached", f"{n} workspace{'s' if n != 1 else ''}")
         except BgdeployError as e:
@@ -247,7 +258,22 @@ class Deployer:
                 f"Deploy of {version} aborted: {reason}.",
                 hint="The active boot is unchanged.",
             )
-        sw = reg.transition(app.service, Ev.SWITCH, generation=gen, state=St.READY, reason=reason)
+        candidate = reg.boot(boot_id)
+        assert candidate is not None
+        try:
+            sw = self._commit_once_attached(
+                candidate,
+                lambda: reg.transition(
+                    app.service, Ev.SWITCH, generation=gen, state=St.READY, reason=reason
+                ),
+            )
+        except BgdeployError as e:
+            self.abort_candidate(gen, boot_id, e.message)
+            steps("aborted", e.message)
+            raise BootError(
+                f"Deploy of {version} aborted: {e.message}",
+                hint="The active boot is unchanged.",
+            ) from None
         if not sw.applied:
             raise OperationFailed(f"The switch did not apply: {sw.message}")
         failpoint("after_switch_commit")
@@ -302,20 +328,33 @@ class Deployer:
             log_tail=lambda: log_tail(boot.log_path),
         )
 
-    def _attach_workspaces(self, boot: Boot, active_boot_id: str | None) -> int:
-        if active_boot_id is None:
-            return 0
-        with self.reg.reading() as s:
-            names = list(
-                s.scalars(
-                    select(Workspace.workspace).where(
-                        Workspace.service == self.app.service, Workspace.boot_id == active_boot_id
-                    )
-                )
-            )
-        for name in names:
-            health.attach(self.app.config, boot, name)
-        return len(names)
+    def _attach_workspaces(self, boot: Boot) -> int:
+        """Attach every bound workspace that ``boot`` has not attached yet; raise on the
+        first refusal. Each success is recorded: only then may a binding name the boot."""
+        records = self.reg.workspaces
+        done = 0
+        for _ in range(ATTACH_ROUNDS):
+            missing = records.unattached(self.app.service, boot.boot_id)
+            if not missing:
+                return done
+            for name in missing:
+                health.attach(self.app.config, boot, name)
+                records.record_attach(boot.boot_id, name)
+                done += 1
+        raise _attach_race_lost(boot)
+
+    def _commit_once_attached(
+        self, boot: Boot, commit: Callable[[], TransitionResult]
+    ) -> TransitionResult:
+        """Commit a switch or rollback to ``boot``; the registry refuses it while a bound
+        workspace is not attached to ``boot`` (one attached to the old boot a moment ago),
+        so attach those and try again."""
+        for _ in range(ATTACH_ROUNDS):
+            res = commit()
+            if res.applied or not res.unattached:
+                return res
+            self._attach_workspaces(boot)
+        raise _attach_race_lost(boot)
 
     def abort_candidate(self, generation: int, boot_id: str, reason: str) -> None:
         boot = self.reg.boot(boot_id)
@@ -360,71 +399,171 @@ class Deployer:
         return self.reg.deployment(self.app.service)
 
     def finalize(self, row: DeploymentFields) -> None:
-        """switched -> idle: the old boot is drained, then stopped."""
+        """switched -> idle: the old boot is recorded draining (drained by finish_drains)."""
+        drain = self._claim(row.old_boot_id, Ev.FINALIZE)
         res = self.reg.transition(
             self.app.service, Ev.FINALIZE, generation=row.generation, state=St.SWITCHED
         )
         failpoint("after_finalize_commit")
-        if res.applied and row.old_boot_id:
-            self.drain_and_stop(row.old_boot_id, BootState.STOPPED)
-            failpoint("after_old_boot_stopped")
+        self._keep(drain, res.applied)
         if res.applied:
             self.run_hook("post_finalize", res.row)
 
+    def _claim(self, boot_id: str | None, demoted_by: Ev) -> Drain | None:
+        """Claim the drain of a boot about to be demoted, before the demotion commits, so
+        that no reconcile pass starts draining it first."""
+        if boot_id is None:
+            return None
+        claim = DrainClaim(self.app.config.state_dir, boot_id)
+        return Drain(boot_id, demoted_by, claim) if claim.try_claim() else None
+
+    def _keep(self, drain: Drain | None, applied: bool) -> None:
+        if drain is None:
+            return
+        if applied:
+            self.draining.append(drain)
+        else:
+            drain.claim.release()
+
     def rollback(self, row: DeploymentFields, reason: str) -> DeploymentFields:
         """switched -> rolling_back -> idle: the old boot (or a fresh one of its version)
-        takes the route at once; the failed boot is drained, stopped and quarantined."""
+        takes the route at once, once it has attached every workspace; the failed boot is
+        quarantined and recorded draining (drained by finish_drains).
+
+        If the target cannot serve (a fresh boot unhealthy, an attach refused), nothing is
+        committed: ``last_error`` and a ``rollback_failed`` event say why, and it raises.
+        """
         old = self.reg.boot(row.old_boot_id)
+        if old is None:
+            raise OperationFailed(f"Generation {row.generation} has no old boot to roll back to.")
+        drain = self._claim(row.active_boot_id, Ev.ROLLBACK)
+        try:
+            return self._rollback_to(row, old, reason, drain)
+        finally:
+            if drain is not None and drain not in self.draining:
+                drain.claim.release()
+
+    def _rollback_to(
+        self, row: DeploymentFields, old: Boot, reason: str, drain: Drain | None
+    ) -> DeploymentFields:
         restore = None
-        if old is None or not self.sup.is_running(old):
-            if old is None:
-                raise OperationFailed(
-                    f"Generation {row.generation} has no old boot to roll back to."
-                )
+        target = old
+        if not self.sup.is_running(old):
             restore = self.reg.create_boot(self.app.service, row.generation, old.version)
-            fresh = self.sup.spawn(restore)
+            target = self.sup.spawn(restore)
             failpoint("after_restore_boot_spawn")
-            try:
-                self._wait_healthy(fresh)
-            except BootError:
-                self.sup.stop(fresh, final_state=BootState.FAILED)
-                raise
-        res = self.reg.transition(
-            self.app.service,
-            Ev.ROLLBACK,
-            generation=row.generation,
-            state=St.SWITCHED,
-            reason=reason,
-            restore_boot_id=restore,
-        )
+        try:
+            if restore is not None:
+                self._wait_healthy(target)
+            self._attach_workspaces(target)
+            res = self._commit_once_attached(
+                target,
+                lambda: self.reg.transition(
+                    self.app.service,
+                    Ev.ROLLBACK,
+                    generation=row.generation,
+                    state=St.SWITCHED,
+                    reason=reason,
+                    restore_boot_id=restore,
+                ),
+            )
+        except BgdeployError as e:
+            if restore is not None:
+                self.sup.stop(target, final_state=BootState.FAILED)
+            why = f"rollback to {target.boot_id} ({target.version}) not done: {e.message}"
+            self.reg.record_failure(
+                self.app.service, row.generation, St.SWITCHED, "rollback_failed", why
+            )
+            raise BootError(
+                f"Generation {row.generation}: {why}",
+                hint=f"{row.active_boot_id} stays active. {e.hint or ''}".strip(),
+            ) from None
         if not res.applied:
             return res.row
+        self._record_if_dead(row.active_boot_id)
         failpoint("after_rollback_commit")
         if res.row.active_boot_id:
             wait_router_follows(self.app, res.row.active_boot_id)
-        self.complete_rollback(res.row)
+        self.complete_rollback(res.row, drain)
         return self.reg.deployment(self.app.service)
 
-    def complete_rollback(self, row: DeploymentFields) -> None:
-        if row.old_boot_id:
-            self.drain_and_stop(row.old_boot_id, BootState.STOPPED)
-            failpoint("after_failed_boot_stopped")
+    def _record_if_dead(self, boot_id: str | None) -> None:
+        """A boot that lost the route because its process died is failed, not draining."""
+        boot = self.reg.boot(boot_id)
+        if boot is not None and boot.state == BootState.DRAINING and not self.sup.is_running(boot):
+            self.reg.boot_records.mark_exited(boot.boot_id, BootState.FAILED, None)
+
+    def complete_rollback(self, row: DeploymentFields, drain: Drain | None = None) -> None:
+        """rolling_back -> idle: the route already left the failed boot, so the rollback is
+        done; the failed boot is drained after the lock is released."""
+        if drain is None:  # a rollback left half-way by a process that died
+            drain = self._claim(row.old_boot_id, Ev.ROLLBACK)
         res = self.reg.transition(
             self.app.service, Ev.ROLLBACK_DONE, generation=row.generation, state=St.ROLLING_BACK
         )
+        self._keep(drain, res.applied)
         if res.applied:
             self.run_hook("post_rollback", row)
 
-    def drain_and_stop(self, boot_id: str, final_state: BootState) -> None:
-        """Wait until the router reports nothing in flight on the boot (up to
-        drain_timeout), then stop it (SIGTERM, SIGKILL after stop_timeout)."""
+    def finish_drains(self, progress: Progress = no_progress) -> None:
+        """Drain and stop the boots this deployer demoted. Call it without the lock."""
+        while self.draining:
+            drain = self.draining.pop(0)
+            try:
+                progress("draining", f"{drain.boot_id}: waiting for its requests in flight")
+                if self.drain_and_stop(drain.boot_id):
+                    drain.stopped()
+                    progress("stopped", drain.boot_id)
+            finally:
+                drain.claim.release()
+
+    def drain_and_stop(self, boot_id: str) -> bool:
+        """Wait until the router reports nothing in flight on a draining boot (until
+        drain_timeout after it lost the route), then stop it (SIGTERM, SIGKILL after
+        stop_timeout). False when it is not draining any more (someone else stopped it)."""
         boot = self.reg.boot(boot_id)
-        if boot is None:
-            return
-        deadline = time.monotonic() + self.app.config.daemon.drain_timeout
+        if boot is None or boot.state != BootState.DRAINING:
+            return False
+        deadline = time.monotonic() + drain_left(self.app, boot)
         while self.inflight().get(boot_id, 0) > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.sup.stop(boot, final_state=final_state)
+        boot = self.reg.boot(boot_id)
+        if boot is None or boot.state != BootState.DRAINING:
+            return False
+        self.sup.stop(boot, final_state=BootState.STOPPED)
+        return True
+
+
+@dataclass
+class Drain:
+    """A boot this process claimed to drain, and the event that took its route (None:
+    a drain whose claimant died, picked up by a reconcile pass)."""
+
+    boot_id: str
+    demoted_by: Ev | None
+    claim: DrainClaim
+
+    def stopped(self) -> None:
+        if self.demoted_by is Ev.FINALIZE:
+            failpoint("after_old_boot_stopped")
+        elif self.demoted_by is Ev.ROLLBACK:
+            failpoint("after_failed_boot_stopped")
+
+
+def drain_left(app: App, boot: Boot) -> float:
+    """Seconds left of a draining boot's drain_timeout (0 when unknown or past)."""
+    if boot.draining_ts is None:
+        return 0.0
+    elapsed = (utcnow() - boot.draining_ts).total_seconds()
+    return max(0.0, app.config.daemon.drain_timeout - elapsed)
+
+
+def _attach_race_lost(boot: Boot) -> OperationFailed:
+    return OperationFailed(
+        f"Workspaces kept being attached while {boot.boot_id} caught up; gave up "
+        f"after {ATTACH_ROUNDS} rounds.",
+        hint="Run the command again.",
+    )
 
 
 def previous_version(app: App) -> str:

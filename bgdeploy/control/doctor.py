@@ -23,6 +23,7 @@ from bgdeploy.errors import BgdeployError
 from bgdeploy.health import check as health_check
 from bgdeploy.installed import installed_version
 from bgdeploy.registry import migrate
+from bgdeploy.registry.models import Boot, utcnow
 from bgdeploy.registry.store import make_engine, safe_url
 from bgdeploy.registry.urls import is_postgres, sqlite_path
 from bgdeploy.router import build_of
@@ -237,7 +238,7 @@ def _orphans(app: App) -> Check:
     for boot in reg.boots(app.service):
         if boot.pid and sup.is_running(boot):
             known_pids.add(boot.pid)
-            if boot.boot_id not in referenced:
+            if boot.boot_id not in referenced and not _still_draining(app, boot):
                 orphans.append(f"{boot.boot_id} (pid {boot.pid})")
     for proc in processes_of_state_dir(app.config.state_dir):
         if proc.pid not in known_pids and os.getpgid(proc.pid) == proc.pid:
@@ -250,6 +251,15 @@ def _orphans(app: App) -> Check:
             "Run `bgdeploy reconcile` (it stops them).",
         )
     return Check("orphans", PASS, "every running daemon is the active, candidate or old boot")
+
+
+def _still_draining(app: App, boot: Boot) -> bool:
+    """A boot that lost the route is drained and stopped within drain_timeout +
+    stop_timeout (by the command that took the route, or a reconcile pass)."""
+    if boot.state != BootState.DRAINING or boot.draining_ts is None:
+        return False
+    d = app.config.daemon
+    return (utcnow() - boot.draining_ts).total_seconds() < d.drain_timeout + d.stop_timeout
 
 
 def _impossible(app: App) -> list[Check]:

@@ -127,3 +127,36 @@ class LifecycleLock:
 
 def _own_command() -> str:
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]
+
+
+class DrainClaim:
+    """Who drains a boot that lost the route: an flock on ``locks/drain-<boot_id>.lock``.
+
+    Draining needs no lifecycle lock, so the command that demoted a boot and any
+    reconcile pass could both try to finish it; the claim makes it one of them. The
+    demoting command claims the boot before it commits the demotion; a reconcile
+    pass claims only boots nobody holds. The kernel drops the claim when its holder
+    dies, so a boot whose drainer died is claimed and stopped by the next pass.
+    """
+
+    def __init__(self, state_dir: Path, boot_id: str) -> None:
+        self.path = state_dir / "locks" / f"drain-{boot_id}.lock"
+        self._fd: int | None = None
+
+    def try_claim(self) -> bool:
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing drops the flock

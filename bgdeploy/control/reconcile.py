@@ -3,6 +3,12 @@
 The router's control loop runs ``reconcile`` every ``health.interval``; so does
 ``bgdeploy reconcile`` (once, or with --watch). A busy lifecycle lock means
 someone else is acting: the pass skips quietly.
+
+Draining boots (they lost the route) are finished after the lock is released, in
+every pass: one is stopped once the router reports nothing in flight on it, or
+once its drain_timeout is over. No pass waits for a drain, so a drain holds up
+neither the lock nor the next health check; and a boot whose drainer died is
+still stopped (invariant 5).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from bgdeploy import health
 from bgdeploy.boots import Supervisor
 from bgdeploy.control import hold
 from bgdeploy.control.app import App
-from bgdeploy.control.deploy import Deployer, Inflight
+from bgdeploy.control.deploy import Deployer, Drain, Inflight, drain_left
+from bgdeploy.control.lock import DrainClaim
 from bgdeploy.errors import BgdeployError, LockBusy
 from bgdeploy.installed import installed_version
 from bgdeploy.states import BootState
@@ -56,6 +63,7 @@ class Reconciler:
         self.deployer = Deployer(app, self.sup, inflight)
         self.auto_deploy = auto_deploy
         self._http = httpx.Client()
+        self.drains: dict[str, Drain] = {}  # boots this process claimed to drain
 
     def run(self, *, dry_run: bool = False, wait: float | None = None) -> ReconcileReport:
         report = ReconcileReport()
@@ -64,11 +72,16 @@ class Reconciler:
             lock.acquire(wait=wait, command=self.holder)
         except LockBusy as e:
             report.skipped = e.message
-            return report
-        try:
-            self.step(report, dry_run)
-        finally:
-            lock.release()
+        else:
+            try:
+                self.step(report, dry_run)
+            finally:
+                lock.release()
+        # This pass's own demotions join the drains it finishes below, without waiting.
+        for drain in self.deployer.draining:
+            self.drains[drain.boot_id] = drain
+        self.deployer.draining.clear()
+        self._finish_drains(report, dry_run)
         return report
 
     def step(self, report: ReconcileReport, dry_run: bool) -> None:
@@ -135,7 +148,10 @@ class Reconciler:
                 f"{streaks.health_fail_streak} consecutive failed health checks (last: {detail})"
             )
             report.did(f"roll back generation {row.generation}: {reason}")
-            self.deployer.rollback(streaks, reason)
+            try:
+                self.deployer.rollback(streaks, reason)
+            except BgdeployError as e:
+                report.did(f"rollback failed: {e.message}")
         elif streaks.health_ok_streak >= cfg.health.stable_checks:
             report.did(
                 f"finalize generation {row.generation} after "
@@ -196,8 +212,8 @@ class Reconciler:
         row = reg.deployment(self.app.service)
         referenced = {row.active_boot_id, row.candidate_boot_id, row.old_boot_id}
         for boot in reg.boots(self.app.service, live_only=True):
-            if boot.boot_id in referenced:
-                continue
+            if boot.boot_id in referenced or boot.state == BootState.DRAINING:
+                continue  # a draining boot is _finish_drains' to stop
             running = self.sup.is_running(boot)
             report.did(f"{'stop orphaned' if running else 'record exit of'} boot {boot.boot_id}")
             if dry_run:
@@ -205,11 +221,47 @@ class Reconciler:
             if running:
                 self.sup.stop(boot)
             else:
-                reg.boot_records.mark_exited(
-                    boot.boot_id,
-                    BootState.STOPPED if boot.state == BootState.DRAINING else BootState.FAILED,
-                    None,
-                )
+                reg.boot_records.mark_exited(boot.boot_id, BootState.FAILED, None)
+
+    def _finish_drains(self, report: ReconcileReport, dry_run: bool) -> None:
+        """Stop each draining boot whose requests finished or whose drain_timeout is over,
+        among those this process claimed or nobody (alive) has claimed."""
+        reg = self.app.registry
+        inflight: dict[str, int] | None = None
+        draining = [
+            b for b in reg.boots(self.app.service, live_only=True) if b.state == BootState.DRAINING
+        ]
+        for gone in set(self.drains) - {b.boot_id for b in draining}:
+            self.drains.pop(gone).claim.release()  # stopped by someone else (`down`)
+        for boot in draining:
+            if dry_run:
+                report.did(f"finish the drain of boot {boot.boot_id}")
+                continue
+            drain = self.drains.get(boot.boot_id) or self._claim(boot.boot_id)
+            if drain is None:
+                continue  # a live process drains it
+            if self.sup.is_running(boot):
+                if inflight is None:
+                    inflight = self.deployer.inflight()
+                busy = inflight.get(boot.boot_id, 0)
+                if busy and drain_left(self.app, boot) > 0:
+                    continue  # still finishing its requests: a later pass looks again
+                late = f" ({busy} in flight at the end of drain_timeout)" if busy else ""
+                report.did(f"stop drained boot {boot.boot_id}{late}")
+                self.sup.stop(boot, final_state=BootState.STOPPED)
+            else:
+                report.did(f"record exit of drained boot {boot.boot_id}")
+                reg.boot_records.mark_exited(boot.boot_id, BootState.STOPPED, None)
+            self.drains.pop(boot.boot_id, None)
+            drain.claim.release()
+            drain.stopped()
+
+    def _claim(self, boot_id: str) -> Drain | None:
+        claim = DrainClaim(self.app.config.state_dir, boot_id)
+        if not claim.try_claim():
+            return None
+        drain = self.drains[boot_id] = Drain(boot_id, None, claim)
+        return drain
 
     def _prune_logs(self) -> None:
         logs = self.app.config.logs_dir

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -11,11 +12,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-import psutil
-
-from bgdeploy.boots import Supervisor, log_tail
+from bgdeploy.boots import Supervisor, log_tail, process_matches
 from bgdeploy.control.app import App
-from bgdeploy.control.deploy import Deployer, DeployResult, Progress, no_progress
+from bgdeploy.control.deploy import DeployResult, Progress, no_progress
+from bgdeploy.control.lifecycle import Notice, lifecycle, no_notice, take_lock
 from bgdeploy.control.status import running_router
 from bgdeploy.errors import EXIT_LOCK_BUSY, OperationFailed
 from bgdeploy.states import BootState
@@ -94,7 +94,14 @@ def start_router_background(app: App) -> tuple[int, bool]:
     )
 
 
-def up(app: App, *, wait: float | None = None, progress: Progress = no_progress) -> UpResult:
+def up(
+    app: App,
+    *,
+    wait: float | None = None,
+    no_wait: bool = False,
+    notice: Notice = no_notice,
+    progress: Progress = no_progress,
+) -> UpResult:
     row = running_router(app)
     pid, started = (row.pid, False) if row is not None else start_router_background(app)
     progress(
@@ -107,33 +114,40 @@ def up(app: App, *, wait: float | None = None, progress: Progress = no_progress)
     active = app.registry.boot(deployment.active_boot_id)
     result = None
     if active is None or not sup.is_running(active):
-        lock = app.lock()
-        lock.acquire(wait=wait, command="bgdeploy up")
-        try:
+        with lifecycle(
+            app, "bgdeploy up", wait=wait, no_wait=no_wait, notice=notice, progress=progress
+        ) as deployer:
             # Another `up` may have deployed while this one waited for the lock.
             active = app.registry.boot(app.registry.deployment(app.service).active_boot_id)
             if active is None or not sup.is_running(active):
-                result = Deployer(app, sup).deploy(force=active is not None, progress=progress)
-        finally:
-            lock.release()
+                result = deployer.deploy(force=active is not None, progress=progress)
     return UpResult(pid, started, result)
 
 
-def down(app: App, *, wait: float | None = None, progress: Progress = no_progress) -> int:
+def down(
+    app: App,
+    *,
+    wait: float | None = None,
+    no_wait: bool = False,
+    notice: Notice = no_notice,
+    progress: Progress = no_progress,
+) -> int:
     """Drain and stop the router, then every boot. Returns how many boots were stopped."""
     cfg = app.config
-    lock = app.lock()
-    lock.acquire(wait=wait, command="bgdeploy down")
+    lock = take_lock(app, "bgdeploy down", wait=wait, no_wait=no_wait, notice=notice)
     try:
         row = running_router(app)
         if row is not None:
             os.kill(row.pid, signal.SIGTERM)
-            try:
-                psutil.Process(row.pid).wait(cfg.daemon.drain_timeout + cfg.daemon.stop_timeout)
-            except psutil.TimeoutExpired:
-                os.kill(row.pid, signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
+            # Polled by pid and start time: an exited router that its parent has not
+            # reaped yet (a zombie) has stopped, though psutil's wait would not say so.
+            deadline = time.monotonic() + cfg.daemon.drain_timeout + cfg.daemon.stop_timeout
+            while process_matches(row.pid, row.pid_create_time):
+                if time.monotonic() >= deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(row.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.05)
             progress("router", f"pid {row.pid} stopped")
         sup = Supervisor(cfg, app.registry)
         stopped = 0

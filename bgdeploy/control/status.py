@@ -16,7 +16,21 @@ from bgdeploy.control.app import App
 from bgdeploy.control.controls import read_controls
 from bgdeploy.registry.models import Boot, Event, Router, utcnow
 from bgdeploy.router import build_of
+from bgdeploy.states import LIVE_BOOT_STATES, BootState
 from bgdeploy.timefmt import iso
+
+
+def seen_state(boot: Boot) -> str:
+    """The boot's state as its process tells it: one recorded live whose process is gone
+    shows as the reconcile pass will record it (stopped if it was draining, else failed),
+    so that status never calls a dead process active."""
+    if (
+        boot.state in LIVE_BOOT_STATES
+        and boot.pid
+        and not process_matches(boot.pid, boot.pid_create_time)
+    ):
+        return BootState.STOPPED if boot.state == BootState.DRAINING else BootState.FAILED
+    return boot.state
 
 
 def boot_dict(boot: Boot | None, inflight: dict[str, int] | None = None) -> dict[str, Any] | None:
@@ -27,7 +41,7 @@ def boot_dict(boot: Boot | None, inflight: dict[str, int] | None = None) -> dict
         "version": boot.version,
         "port": boot.port,
         "pid": boot.pid,
-        "state": boot.state,
+        "state": seen_state(boot),
         "started_ts": iso(boot.started_ts),
         "inflight": (inflight or {}).get(boot.boot_id, 0),
     }

@@ -1,4 +1,11 @@
-"""Workspaces: bound to the active boot only after its attach call succeeded."""
+"""Workspaces: bound to the active boot only after its attach call succeeded.
+
+`attach` takes no lifecycle lock (so a deploy never locks it out); the registry
+fences it instead: the binding is written only if the boot that attached the
+workspace is still the active boot, in the same transaction that a switch or
+rollback would need to see it. A deploy that meets a workspace attached to the
+old boot meanwhile attaches it to its candidate before the switch.
+"""
 
 from __future__ import annotations
 
@@ -6,47 +13,34 @@ from bgdeploy import health
 from bgdeploy.boots import Supervisor
 from bgdeploy.control.app import App
 from bgdeploy.errors import OperationFailed
-from bgdeploy.registry.models import Workspace, utcnow
+
+# A switch between reading the active boot and binding sends us round again.
+ATTACH_TRIES = 3
 
 
 def attach(app: App, workspace: str) -> str:
     reg = app.registry
-    row = reg.deployment(app.service)
-    boot = reg.boot(row.active_boot_id)
-    if boot is None or not Supervisor(app.config, reg).is_running(boot):
-        raise OperationFailed(
-            "There is no running active boot to attach the workspace to.",
-            hint="Run `bgdeploy up` first.",
-        )
-    health.attach(app.config, boot, workspace)  # raises unless the daemon said yes
-    with reg.writing() as s:
-        current = reg.locked_deployment(s, app.service)
-        if current.active_boot_id != boot.boot_id:
+    sup = Supervisor(app.config, reg)
+    for _ in range(ATTACH_TRIES):
+        boot = reg.boot(reg.deployment(app.service).active_boot_id)
+        if boot is None or not sup.is_running(boot):
             raise OperationFailed(
-                "The active boot changed while attaching; nothing recorded.",
-                hint="Run the command again.",
+                "There is no running active boot to attach the workspace to.",
+                hint="Run `bgdeploy up` first.",
             )
-        ws = s.get(Workspace, (app.service, workspace))
-        if ws is None:
-            s.add(
-                Workspace(
-                    service=app.service,
-                    workspace=workspace,
-                    boot_id=boot.boot_id,
-                    attached_ts=utcnow(),
-                )
-            )
-        else:
-            ws.boot_id, ws.attached_ts = boot.boot_id, utcnow()
-    return boot.boot_id
+        health.attach(app.config, boot, workspace)  # raises unless the daemon said yes
+        if reg.workspaces.bind(app.service, workspace, boot.boot_id):
+            return boot.boot_id
+    raise OperationFailed(
+        f"The active boot changed {ATTACH_TRIES} times while attaching {workspace!r}; "
+        "it is not bound.",
+        hint="Run the command again.",
+    )
 
 
 def detach(app: App, workspace: str) -> None:
-    with app.registry.writing() as s:
-        ws = s.get(Workspace, (app.service, workspace))
-        if ws is None:
-            raise OperationFailed(
-                f"Workspace {workspace!r} is not attached.",
-                hint="`bgdeploy status` lists the active boot.",
-            )
-        s.delete(ws)
+    if not app.registry.workspaces.unbind(app.service, workspace):
+        raise OperationFailed(
+            f"Workspace {workspace!r} is not attached.",
+            hint="`bgdeploy status` lists the active boot.",
+        )

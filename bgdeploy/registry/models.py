@@ -110,6 +110,8 @@ class Boot(Base):
     started_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     stopped_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
     exit_code: Mapped[int | None] = mapped_column(Integer)
+    # When the boot lost the route: its drain ends drain_timeout later, whoever finishes it.
+    draining_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Workspace(Base):
@@ -120,6 +122,20 @@ class Workspace(Base):
     service: Mapped[str] = mapped_column(String(64), primary_key=True)
     workspace: Mapped[str] = mapped_column(String(512), primary_key=True)
     boot_id: Mapped[str] = mapped_column(ForeignKey("boots.boot_id"))
+    attached_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Attachment(Base):
+    """A successful attach call: this boot attached this workspace (invariant 4).
+
+    A workspace is bound only to a boot with an attachment for it; boot ids are never
+    reused, so an attachment stays true for the life of its boot.
+    """
+
+    __tablename__ = "attachments"
+
+    boot_id: Mapped[str] = mapped_column(ForeignKey("boots.boot_id"), primary_key=True)
+    workspace: Mapped[str] = mapped_column(String(512), primary_key=True)
     attached_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

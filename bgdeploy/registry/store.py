@@ -38,6 +38,7 @@ from bgdeploy.machine import DeploymentFields, DeploymentMachine
 from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Boot, Deployment, Event, Quarantine, Workspace, utcnow
 from bgdeploy.registry.urls import is_postgres, sqlite_path
+from bgdeploy.registry.workspaces import WorkspaceRecords, unattached
 from bgdeploy.states import (
     LIVE_BOOT_STATES,
     BootState,
@@ -62,6 +63,8 @@ class TransitionResult:
     applied: bool
     row: DeploymentFields
     message: str
+    # A switch or rollback refused because its target boot has not attached these.
+    unattached: tuple[str, ...] = ()
 
 
 def prepare_sqlite_file(path: Path) -> None:
@@ -189,6 +192,10 @@ class Registry:
     def boot_records(self) -> BootRecords:
         return BootRecords(self)
 
+    @property
+    def workspaces(self) -> WorkspaceRecords:
+        return WorkspaceRecords(self)
+
     # -- units of work -------------------------------------------------------------
 
     @contextmanager
@@ -314,6 +321,15 @@ class Registry:
                         f"{before.state} (generation {before.generation})."
                     ) from None
                 after.updated_ts = now
+                missing = self._unattached_target(s, ev, after)
+                if missing:
+                    return TransitionResult(
+                        False,
+                        before,
+                        f"{ev.value} refused: {after.active_boot_id} has not attached "
+                        f"{', '.join(missing)}",
+                        unattached=tuple(missing),
+                    )
                 self._apply_boot_effects(s, ev, before, after)
                 changes = {k: v for k, v in after.as_dict().items() if k != "service"}
                 res = s.execute(
@@ -402,12 +418,39 @@ class Registry:
         s.flush()
         return boot_id
 
+    def _unattached_target(
+        self, s: Session, ev: DeploymentEvent, after: DeploymentFields
+    ) -> list[str]:
+        """Invariant 4: a switch or rollback moves every binding to the new active boot,
+        so that boot must have attached every workspace first."""
+        if ev not in (DeploymentEvent.SWITCH, DeploymentEvent.ROLLBACK) or not after.active_boot_id:
+            return []
+        return unattached(s, after.service, after.active_boot_id)
+
+    def record_failure(
+        self, service: str, generation: int, state: str, event_name: str, reason: str
+    ) -> bool:
+        """An attempted step that did not commit (e.g. a rollback whose target could not
+        attach a workspace): ``last_error`` and an event say why; the state is unchanged."""
+        with self.writing() as s:
+            row = self._row(s, service)
+            before = DeploymentFields.from_row(row)
+            if (before.generation, before.state) != (generation, state):
+                return False
+            now = utcnow()
+            row.last_error, row.updated_ts = reason, now
+            s.add(self._event(event_name, before, before, reason, now))
+        log.warning("generation %d: %s: %s", generation, event_name, reason)
+        return True
+
     def _apply_boot_effects(
         self, s: Session, ev: DeploymentEvent, before: DeploymentFields, after: DeploymentFields
     ) -> None:
         """Boot states and workspace bindings that follow an event, in the same transaction.
 
         Demotions run before promotions: the partial unique index allows one active boot.
+        A demotion applies only to a live boot: one recorded failed or stopped has no
+        process, and never comes back as standby or draining.
         """
 
         def set_state(boot_id: str | None, state: BootState, only_live: bool = False) -> None:
@@ -416,20 +459,23 @@ class Registry:
             q = update(Boot).where(Boot.boot_id == boot_id)
             if only_live:
                 q = q.where(Boot.state.in_([st.value for st in LIVE_BOOT_STATES]))
-            s.execute(q.values(state=state.value).execution_options(synchronize_session=False))
+            values: dict[str, Any] = {"state": state.value}
+            if state is BootState.DRAINING:
+                values["draining_ts"] = utcnow()
+            s.execute(q.values(**values).execution_options(synchronize_session=False))
 
         if ev is DeploymentEvent.CANDIDATE_READY:
             set_state(before.candidate_boot_id, BootState.HEALTHY, only_live=True)
         elif ev is DeploymentEvent.ABORT:
             set_state(before.candidate_boot_id, BootState.FAILED, only_live=True)
         elif ev is DeploymentEvent.SWITCH:
-            set_state(after.old_boot_id, BootState.STANDBY)
+            set_state(after.old_boot_id, BootState.STANDBY, only_live=True)
             set_state(after.active_boot_id, BootState.ACTIVE)
             self._rebind_workspaces(s, after.service, after.active_boot_id)
         elif ev is DeploymentEvent.FINALIZE:
             set_state(before.old_boot_id, BootState.DRAINING, only_live=True)
         elif ev is DeploymentEvent.ROLLBACK:
-            set_state(after.old_boot_id, BootState.DRAINING)
+            set_state(after.old_boot_id, BootState.DRAINING, only_live=True)
             set_state(after.active_boot_id, BootState.ACTIVE)
             self._rebind_workspaces(s, after.service, after.active_boot_id)
         elif ev is DeploymentEvent.ROLLBACK_DONE and before.old_boot_id:

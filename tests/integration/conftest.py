@@ -23,7 +23,7 @@ attach_path = "/workspaces"
 port_range = [{low}, {high}]
 startup_timeout = {startup}
 stop_timeout = {stop}
-drain_timeout = 5.0
+drain_timeout = {drain}
 {daemon_extra}
 [health]
 interval = {interval}
@@ -57,6 +57,7 @@ def make_app(
     flags: list[str] = (),
     startup: float = 20.0,
     stop: float = 5.0,
+    drain: float = 5.0,
     extra: str = "",
     command: list[str] | None = None,
     interval: float = 0.2,
@@ -74,6 +75,7 @@ def make_app(
             high=high,
             startup=startup,
             stop=stop,
+            drain=drain,
             interval=interval,
             stable=stable,
             threshold=threshold,
@@ -243,15 +245,12 @@ def stop_orphaned_workers(app: App) -> None:
 
 
 def locked(app: App, fn: Callable[..., object]) -> object:
-    """Run fn(Deployer(app)) holding the lifecycle lock, as a CLI command does."""
-    from bgdeploy.control.deploy import Deployer
+    """Run fn(deployer) holding the lifecycle lock, then drain what it demoted, as a CLI
+    command does."""
+    from bgdeploy.control.lifecycle import lifecycle
 
-    lock = app.lock()
-    lock.acquire(wait=60)
-    try:
-        return fn(Deployer(app))
-    finally:
-        lock.release()
+    with lifecycle(app, "test", wait=60) as deployer:
+        return fn(deployer)
 
 
 def deploy(app: App, version: str, **kw: object):  # noqa: ANN201 - DeployResult

@@ -62,7 +62,10 @@ def test_blue_green_switch_then_health_failures_roll_back(stack, tmp_path):
         # within failure_threshold x interval + 1 s of turning unhealthy (3 x 0.2 + 1)
         assert (row.rollback_ts - unhealthy_since).total_seconds() <= 3 * 0.2 + 1
         poll_until(lambda: router.route() == blue.boot_id, 5, what="the router to follow")
-        assert reg.boot(green.boot_id).state == "stopped"
+        # rollback_done commits once the route moved; the drain and stop follow, unlocked
+        poll_until(
+            lambda: reg.boot(green.boot_id).state == "stopped", 15, what="green to be stopped"
+        )
         assert reg.quarantined_versions("default") == ["2.0"]
         events = [e.event for e in reversed(reg.events("default"))]
         assert events[-2:] == ["rollback", "rollback_done"]

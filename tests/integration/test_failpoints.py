@@ -115,7 +115,16 @@ def check_invariants(app, router) -> None:
     # no orphaned process: every running boot is referenced by the row
     referenced = {row.active_boot_id, row.candidate_boot_id, row.old_boot_id}
     for b in boots:
-        if sup.is_running(b):
+        if sup.is_running(b) and b.state == "draining":
+            # Lost the route; a live process (the router's control loop) is draining it,
+            # without the lifecycle lock: it stops within drain_timeout + stop_timeout.
+            d = app.config.daemon
+            poll_until(
+                lambda b=b: not sup.is_running(b),
+                d.drain_timeout + d.stop_timeout + 5,
+                what=f"{b.boot_id} to be drained",
+            )
+        elif sup.is_running(b):
             assert b.boot_id in referenced, f"orphaned boot {b.boot_id} ({b.state})"
         if b.pid is None:
             assert processes_of_boot(b.boot_id, app.config.state_dir) == []

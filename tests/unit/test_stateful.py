@@ -2,7 +2,8 @@
 
 After every step: at most one active boot and it is the one the row names; switch and
 rollback at most once per generation; the events replay into the row; a transition
-applies only for an actor whose view was current; generation counts the begins.
+applies only for an actor whose view was current; generation counts the begins; every
+workspace is bound to a boot that recorded a successful attach for it (invariant 4).
 
 It runs on a SQLite file and on the throw-away PostgreSQL server (fewer examples there:
 each step is a few network round trips).
@@ -18,7 +19,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlalchemy import select
 
 from bgdeploy.errors import IllegalTransition
@@ -26,6 +33,16 @@ from bgdeploy.registry.models import Boot, Event
 from bgdeploy.registry.store import Registry
 
 ACTORS = 3
+WORKSPACES = ["ws-a", "ws-b"]
+# The events that move a deployment on from each state (so that examples reach far:
+# `fire` covers the aborts and every illegal event).
+FORWARD = {
+    "idle": ["begin"],
+    "starting": ["candidate_ready"],
+    "ready": ["switch"],
+    "switched": ["finalize", "rollback"],
+    "rolling_back": ["rollback_done"],
+}
 EVENTS = ["begin", "candidate_ready", "abort", "switch", "finalize", "rollback", "rollback_done"]
 _TEMPLATE: Path | None = None
 
@@ -48,6 +65,7 @@ class RegistryMachine(RuleBasedStateMachine):
         row = self.reg.deployment("default")
         self.views = [(row.generation, row.state)] * ACTORS
         self.applied: Counter[str] = Counter()
+        self.refused = 0
 
     def fresh_url(self) -> str:
         shutil.copy(template_db(), self.dir / "registry.db")
@@ -56,6 +74,15 @@ class RegistryMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.reg.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @initialize(deployed=st.booleans())
+    def first_deploy(self, deployed: bool) -> None:
+        """Half the examples start with generation 1 switched and a workspace bound to it,
+        so that the later switches and rollbacks have bindings to move."""
+        if deployed:
+            for _ in ("begin", "candidate_ready", "switch"):
+                self.forward(0, 0)
+            self.attach("ws-a", "active")
 
     @rule(actor=st.integers(0, ACTORS - 1))
     def observe(self, actor: int) -> None:
@@ -83,9 +110,19 @@ class RegistryMachine(RuleBasedStateMachine):
             assert fresh, "a transition applied for a stale view"
             self.applied[event] += 1
             self.views[actor] = (res.row.generation, res.row.state)
+        elif res.unattached:
+            assert fresh and event in ("switch", "rollback")
+            self.refused += 1
         else:
             assert not fresh
             assert res.row.generation == current.generation
+
+    @rule(actor=st.integers(0, ACTORS - 1), choice=st.integers(0, 1))
+    def forward(self, actor: int, choice: int) -> None:
+        """An actor with a current view moves the deployment on."""
+        self.observe(actor)
+        options = FORWARD[self.views[actor][1]]
+        self.fire(actor, options[choice % len(options)])
 
     @rule(actor=st.integers(0, ACTORS - 1), ok=st.booleans())
     def health(self, actor: int, ok: bool) -> None:
@@ -93,6 +130,31 @@ class RegistryMachine(RuleBasedStateMachine):
         before = self.reg.deployment("default")
         res = self.reg.record_health("default", generation, ok)
         assert res.applied == (before.state == "switched" and before.generation == generation)
+
+    @rule(workspace=st.sampled_from(WORKSPACES), role=st.sampled_from(["active", "stale"]))
+    def attach(self, workspace: str, role: str) -> None:
+        """`bgdeploy attach`: the attach call to the active boot as read (or, for a stale
+        reader, to the old boot) succeeded; the binding follows only if it is still active."""
+        row = self.reg.deployment("default")
+        boot_id = row.active_boot_id if role == "active" else row.old_boot_id
+        if boot_id is None:
+            return
+        bound = self.reg.workspaces.bind("default", workspace, boot_id)
+        assert bound == (boot_id == row.active_boot_id)
+
+    @rule(workspace=st.sampled_from(WORKSPACES), to=st.sampled_from(["candidate", "old"]))
+    def target_attaches(self, workspace: str, to: str) -> None:
+        """A deploy attaching to its candidate, or a rollback to the old boot."""
+        row = self.reg.deployment("default")
+        boot_id = row.candidate_boot_id if to == "candidate" else row.old_boot_id
+        if boot_id is not None:
+            self.reg.workspaces.record_attach(boot_id, workspace)
+
+    @invariant()
+    def workspaces_bound_only_where_attached(self) -> None:
+        ws = self.reg.workspaces
+        for workspace, boot_id in ws.bindings("default").items():
+            assert workspace in ws.attached_by(boot_id), (workspace, boot_id)
 
     @invariant()
     def one_active_boot_named_by_the_row(self) -> None:

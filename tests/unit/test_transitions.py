@@ -213,18 +213,52 @@ def test_health_streaks_count_while_switched_only(registry):
     assert not stale.applied and registry.deployment(SVC).health_fail_streak == 2
 
 
-def test_workspaces_follow_switch_and_rollback(registry):
-    from bgdeploy.registry.models import Workspace
+def test_workspaces_follow_switch_and_rollback_only_where_attached(registry):
+    """Invariant 4: a switch or rollback moves a binding only to a boot that attached it;
+    until then it is refused (nothing changes) and names the workspaces it waits for."""
+    ws = registry.workspaces
+    drive_to(registry, "idle")
+    assert ws.bind(SVC, "/src/app", "blue-1")
+    fire(registry, "begin", version="2.0")
+    fire(registry, "candidate_ready")
+    before = snapshot(registry)
+    refused = fire(registry, "switch")
+    assert not refused.applied and refused.unattached == ("/src/app",)
+    assert snapshot(registry) == before and ws.bindings(SVC) == {"/src/app": "blue-1"}
+    ws.record_attach("green-2", "/src/app")
+    assert fire(registry, "switch").applied
+    assert ws.bindings(SVC) == {"/src/app": "green-2"}
+    # attached to green-2 after the switch: blue-1 never saw it, so a rollback waits
+    assert ws.bind(SVC, "/src/late", "green-2")
+    refused = fire(registry, "rollback", reason="bad")
+    assert not refused.applied and refused.unattached == ("/src/late",)
+    assert registry.deployment(SVC).state == "switched"
+    ws.record_attach("blue-1", "/src/late")
+    assert fire(registry, "rollback", reason="bad").applied
+    assert ws.bindings(SVC) == {"/src/app": "blue-1", "/src/late": "blue-1"}
 
-    drive_to(registry, "ready")
-    with registry.writing() as s:
-        s.add(Workspace(service=SVC, workspace="/src/app", boot_id="blue-1"))
-    fire(registry, "switch")
-    with registry.reading() as s:
-        assert s.get(Workspace, (SVC, "/src/app")).boot_id == "green-2"
-    fire(registry, "rollback", reason="bad")
-    with registry.reading() as s:
-        assert s.get(Workspace, (SVC, "/src/app")).boot_id == "blue-1"
+
+def test_bind_refuses_a_boot_that_is_no_longer_active(registry):
+    drive_to(registry, "switched")  # green-2 active, blue-1 old
+    assert not registry.workspaces.bind(SVC, "ws", "blue-1")
+    assert registry.workspaces.bindings(SVC) == {}
+    assert registry.workspaces.attached_by("blue-1") == {"ws"}  # the attach call did succeed
+
+
+def test_failed_or_stopped_boots_are_not_demoted_back_to_life(registry):
+    """A boot recorded failed (its process died) stays failed through switch and rollback."""
+    drive_to(registry, "idle")
+    registry.boot_records.mark_exited("blue-1", BootState.FAILED, None)
+    fire(registry, "begin", version="2.0")
+    fire(registry, "candidate_ready")
+    assert fire(registry, "switch").applied
+    assert registry.boot("blue-1").state == "failed"
+    restore = registry.create_boot(SVC, 2, "1.0")
+    registry.boot_records.mark_exited("green-2", BootState.STOPPED, None)
+    assert fire(registry, "rollback", reason="x", restore_boot_id=restore).applied
+    assert registry.boot("green-2").state == "stopped"
+    assert registry.boot("green-2").draining_ts is None
+    assert registry.boot(restore).state == "active"
 
 
 @pytest.mark.parametrize("then", ["switch", "abort"])
