@@ -329,7 +329,7 @@ def router_reload(wait: Wait = None) -> None:
     ones drain; the socket never closes. Applies a changed bgdeploy.toml (checked first)."""
     from bgdeploy.routerd import reload
 
-    answer = reload(_app(), wait=wait)
+    answer = reload(_app(), wait=wait, notice=_waiting)
     if "replaced_supervisor" in answer:
         out.print(
             f"Reloaded: supervisor pid {answer['replaced_supervisor']} handed over to pid "

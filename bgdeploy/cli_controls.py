@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from bgdeploy.cli import Progress, Wait, _app, _print_json, app, out
+from bgdeploy.cli import Progress, Wait, _app, _print_json, _waiting, app, out
 
 Generation = Annotated[
     int | None,
@@ -42,10 +42,10 @@ def promote(
     """Switch to the candidate held at ready (by `deploy --hold`)."""
     from bgdeploy.control import hold
     from bgdeploy.control.deploy import Deployer
+    from bgdeploy.control.lifecycle import take_lock
 
     a = _app()
-    lock = a.lock()
-    lock.acquire(wait=wait, command="bgdeploy promote")
+    lock = take_lock(a, "bgdeploy promote", wait=wait, notice=_waiting)
     try:
         if as_json:
             result = hold.promote(Deployer(a), generation)
@@ -67,10 +67,10 @@ def abort(
     """Stop the candidate held at ready and record why; the active boot is kept."""
     from bgdeploy.control import hold
     from bgdeploy.control.deploy import Deployer
+    from bgdeploy.control.lifecycle import take_lock
 
     a = _app()
-    lock = a.lock()
-    lock.acquire(wait=wait, command="bgdeploy abort")
+    lock = take_lock(a, "bgdeploy abort", wait=wait, notice=_waiting)
     try:
         result = hold.abort(Deployer(a), f"aborted by operator: {reason}", generation)
     finally:

@@ -18,7 +18,7 @@ from bgdeploy import __version__
 from bgdeploy.config import Config, load_config
 from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Progress, no_progress
-from bgdeploy.control.lifecycle import Notice, no_notice
+from bgdeploy.control.lifecycle import Notice, no_notice, take_lock
 from bgdeploy.control.reconcile import Reconciler
 from bgdeploy.control.router_ctl import UpResult
 from bgdeploy.control.router_ctl import up as start_up
@@ -82,10 +82,12 @@ def running_info(app: App) -> dict[str, Any] | None:
     return None if row is None else router_info(row)
 
 
-def reload(app: App, *, wait: float | None = None) -> dict[str, Any]:
-    """`bgdeploy router reload`: new workers (and supervisor, if its code changed)."""
-    lock = app.lock()
-    lock.acquire(wait=wait, command="bgdeploy router reload")
+def reload(app: App, *, wait: float | None = None, notice: Notice = no_notice) -> dict[str, Any]:
+    """`bgdeploy router reload`: new workers (and supervisor, if its code changed).
+
+    Like every lifecycle command it waits for a pass of bgdeploy's own control loop;
+    another holder (a deploy) makes it exit 3."""
+    lock = take_lock(app, "bgdeploy router reload", wait=wait, notice=notice)
     try:
         return _reload(app)
     finally:
@@ -126,7 +128,7 @@ def up(
     info = running_info(app)
     if info is not None and _outdated(info):
         running = sorted({info["version"], *(w["version"] for w in info["workers"])})
-        answer = reload(app, wait=wait)
+        answer = reload(app, wait=wait, notice=notice)
         progress(
             "router",
             f"reloaded: code {', '.join(running)} -> {__version__} "

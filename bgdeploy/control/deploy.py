@@ -35,7 +35,8 @@ from bgdeploy.states import DeploymentEvent as Ev
 from bgdeploy.states import DeploymentState as St
 
 Progress = Callable[[str, str], None]  # (step, detail)
-Inflight = Callable[[], dict[str, int]]
+# In-flight counts per boot; None when a running router could not say (count it busy).
+Inflight = Callable[[], dict[str, int] | None]
 ROUTER_FOLLOW_TIMEOUT_S = 2.0
 # Rounds of "attach what is missing, then try the switch": another round is needed
 # only when a workspace was attached to the old boot between the two.
@@ -87,18 +88,24 @@ class Steps:
 
 
 def router_inflight(app: App) -> Inflight:
-    """In-flight counts as the running router reports them (empty when none runs)."""
+    """In-flight counts as the running router reports them (empty when none runs; None
+    when it runs but did not answer: unknown is not zero, so a drain waits on)."""
 
-    def fetch() -> dict[str, int]:
+    def fetch() -> dict[str, int] | None:
         url = _router_admin_url(app)
         if url is None:
             return {}
         try:
             return dict(httpx.get(f"{url}/api/route", timeout=1.0).json()["inflight"])
         except (httpx.HTTPError, ValueError, KeyError):
-            return {}
+            return None
 
     return fetch
+
+
+def in_flight(counts: dict[str, int] | None, boot_id: str) -> int:
+    """Requests in flight on a boot; 1 when the router could not say (busy, not drained)."""
+    return 1 if counts is None else counts.get(boot_id, 0)
 
 
 def _router_admin_url(app: App) -> str | None:
@@ -525,7 +532,7 @@ class Deployer:
         if boot is None or boot.state != BootState.DRAINING:
             return False
         deadline = time.monotonic() + drain_left(self.app, boot)
-        while self.inflight().get(boot_id, 0) > 0 and time.monotonic() < deadline:
+        while in_flight(self.inflight(), boot_id) and time.monotonic() < deadline:
             time.sleep(0.05)
         boot = self.reg.boot(boot_id)
         if boot is None or boot.state != BootState.DRAINING:

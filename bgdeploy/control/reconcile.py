@@ -23,7 +23,7 @@ from bgdeploy import health
 from bgdeploy.boots import Supervisor
 from bgdeploy.control import hold
 from bgdeploy.control.app import App
-from bgdeploy.control.deploy import Deployer, Drain, Inflight, drain_left
+from bgdeploy.control.deploy import Deployer, Drain, Inflight, drain_left, in_flight
 from bgdeploy.control.lock import DrainClaim
 from bgdeploy.errors import BgdeployError, LockBusy
 from bgdeploy.installed import installed_version
@@ -228,6 +228,7 @@ class Reconciler:
         among those this process claimed or nobody (alive) has claimed."""
         reg = self.app.registry
         inflight: dict[str, int] | None = None
+        asked = False
         draining = [
             b for b in reg.boots(self.app.service, live_only=True) if b.state == BootState.DRAINING
         ]
@@ -241,9 +242,9 @@ class Reconciler:
             if drain is None:
                 continue  # a live process drains it
             if self.sup.is_running(boot):
-                if inflight is None:
-                    inflight = self.deployer.inflight()
-                busy = inflight.get(boot.boot_id, 0)
+                if not asked:
+                    inflight, asked = self.deployer.inflight(), True
+                busy = in_flight(inflight, boot.boot_id)
                 if busy and drain_left(self.app, boot) > 0:
                     continue  # still finishing its requests: a later pass looks again
                 late = f" ({busy} in flight at the end of drain_timeout)" if busy else ""

@@ -224,7 +224,8 @@ class RouterSupervisor:
             while not w.exited() and time.monotonic() < deadline:
                 time.sleep(0.05)
             if not w.exited():
-                os.kill(w.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it exited just now
+                    os.kill(w.pid, signal.SIGKILL)
             if w.proc is not None:
                 w.proc.wait()
 
