@@ -39,6 +39,9 @@ class Pools:
         if up.closed:
             return
         up.exchange = None
+        # Its last answer may have filled a slow client's buffer and paused our reads:
+        # an idle connection reads again (the next answer, or the daemon closing it).
+        up.resume_reading()
         self.idle.setdefault(up.boot_id, []).append(up)
 
     def discard(self, up: Upstream) -> None:
