@@ -40,9 +40,14 @@ ROUTER_TESTS := tests/unit/test_fast_path.py tests/integration/test_router.py \
 	tests/integration/test_build.py tests/integration/test_preview_pause.py \
 	tests/integration/test_maintenance_limits.py
 
+# Two test processes (pytest-xdist) on the two cores: the tests mostly wait on the
+# processes they start. A failpoint campaign stays on one worker (--dist loadgroup), so
+# its N/N figure counts every failpoint.
+XDIST := -n 2 --dist loadgroup
+
 test: install system-deps
-	$(BIN)/python -m pytest -q
-	BGDEPLOY_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q $(ROUTER_TESTS)
+	$(BIN)/python -m pytest -q $(XDIST)
+	BGDEPLOY_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q $(XDIST) $(ROUTER_TESTS)
 
 test-quick: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -23,8 +23,12 @@ sys.path.insert(0, str(REPO / "tools"))  # loadgen and friends
 
 from pgserver import PgServer  # noqa: E402 - from tools/, on the path just above
 
-# Figures tests want shown at the end of every run (pytest captures their prints).
+# Figures tests want shown at the end of every run (pytest captures their prints). A test
+# appends to REPORT; each line travels on its test's report (so that it also reaches the
+# controlling process when pytest-xdist runs the tests in workers) into FIGURES.
 REPORT: list[str] = []
+FIGURES: list[str] = []
+FIGURE = "bgdeploy figure"
 
 
 def pytest_sessionstart(session) -> None:  # noqa: ANN001 - pytest hook
@@ -51,10 +55,22 @@ def pytest_sessionstart(session) -> None:  # noqa: ANN001 - pytest hook
         )
 
 
-def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201 - pytest hook
+    outcome = yield
     if REPORT:
+        outcome.get_result().user_properties.extend((FIGURE, line) for line in REPORT)
+        REPORT.clear()
+
+
+def pytest_runtest_logreport(report) -> None:  # noqa: ANN001 - pytest hook
+    FIGURES.extend(value for key, value in report.user_properties if key == FIGURE)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
+    if FIGURES:
         terminalreporter.section("bgdeploy figures")
-        for line in REPORT:
+        for line in FIGURES:
             terminalreporter.write_line(line)
 
 
