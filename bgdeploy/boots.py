@@ -43,6 +43,23 @@ def process_matches(pid: int | None, create_time: float | None) -> bool:
         return False
 
 
+def open_pidfd(pid: int | None, create_time: float | None) -> int | None:
+    """A pidfd of the recorded process (Linux 5.3+): it becomes readable when the
+    process exits, whoever its parent is. None when the platform has none, or the
+    process is gone or is not the one we recorded."""
+    if not pid or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    # Checked after the open: a pid recycled before it would otherwise be watched.
+    if not process_matches(pid, create_time):
+        os.close(fd)
+        return None
+    return fd
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Nothing listens on host:port and we could bind it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -205,10 +222,12 @@ class Supervisor:
         child = self._children.get(boot.boot_id)
         return child.poll() if child is not None else None
 
-    def describe_exit(self, boot: Boot) -> str:
+    def describe_exit(self, boot: Boot, *, honest: bool = False) -> str:
+        """How the boot ended; with ``honest``, say when its status cannot be known
+        (a boot another process started is not our child: no one we can ask reaps it)."""
         code = self.exit_code(boot)
         if code is None:
-            return "exited"
+            return "exited (exit status unknown: not our child)" if honest else "exited"
         if code < 0:
             return f"was killed by signal {signal.Signals(-code).name}"
         return f"exited with code {code}"

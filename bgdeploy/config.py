@@ -242,6 +242,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
             1,
             'worker processes that forward (each one core at most); "auto" = one per CPU',
         ),
+        "hold_timeout": Key(
+            NUMBER,
+            None,
+            "seconds a new request waits while a dead active boot is replaced (then 503)",
+            example=30.0,
+            shown="`daemon.startup_timeout`",
+        ),
     },
     "registry": {
         "url": Key(
@@ -301,6 +308,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "drain_timeout": Key(
             NUMBER, 30.0, "seconds to wait for the in-flight requests of an old boot at most"
+        ),
+        "crash_window": Key(
+            NUMBER,
+            10.0,
+            "a boot that exits within this many seconds of its start is crash-looping: "
+            "restarts back off 0.5 s, 1 s, 2 s ... 30 s",
         ),
     },
     "health": {
@@ -400,6 +413,7 @@ class RouterConfig:
     stream_idle_timeout: float
     max_body: int
     workers: int | str
+    hold_timeout: float | None
 
 
 @dataclass(frozen=True)
@@ -414,6 +428,7 @@ class DaemonConfig:
     startup_timeout: float
     stop_timeout: float
     drain_timeout: float
+    crash_window: float
 
 
 @dataclass(frozen=True)
@@ -467,6 +482,12 @@ class Config:
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def hold_timeout(self) -> float:
+        """router.hold_timeout, which defaults to daemon.startup_timeout."""
+        held = self.router.hold_timeout
+        return self.daemon.startup_timeout if held is None else held
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -18,6 +18,7 @@ from bgdeploy import __version__
 from bgdeploy.config import Config, load_config
 from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Progress, no_progress
+from bgdeploy.control.exitwatch import ControlLoop
 from bgdeploy.control.lifecycle import Notice, no_notice, take_lock
 from bgdeploy.control.reconcile import Reconciler
 from bgdeploy.control.router_ctl import UpResult
@@ -38,22 +39,21 @@ def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     state: dict[str, Any] = {"app": app}
-
-    def tick(inflight: Any) -> None:
-        rec = state.get("rec")
-        if rec is None:
-            rec = state["rec"] = Reconciler(
-                state["app"],
-                inflight=inflight,
-                deploy_if_none=deploy_if_none,
-                holder=f"bgdeploy router control loop (pid {os.getpid()})",
-            )
-        rec.run()
+    # Passes every health.interval (tick) and at once when the active boot exits.
+    control = ControlLoop(
+        lambda app_, inflight: Reconciler(
+            app_,
+            inflight=inflight,
+            deploy_if_none=deploy_if_none,
+            holder=f"bgdeploy router control loop (pid {os.getpid()})",
+        ),
+        app,
+    )
 
     def on_config(config: Config) -> None:
         # The next control pass (and the next deploy it starts) uses the new file.
         state["app"] = App(config, app.service)
-        state.pop("rec", None)
+        control.reset(state["app"])
 
     argv = [
         sys.executable,
@@ -69,7 +69,7 @@ def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
         status_all=lambda inflight, router: all_statuses(state["app"], inflight, router),
         history=lambda: history(state["app"], 20),
         load_config=lambda: load_config(app.config.path),
-        control_tick=tick,
+        control_tick=control.tick,
         on_config=on_config,
         argv=argv if deploy_if_none else [*argv, "--no-deploy"],
     )

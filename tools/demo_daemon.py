@@ -48,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crash-on-start", action="store_true", help="exit 3 right after starting")
     p.add_argument("--never-healthy", action="store_true")
     p.add_argument(
+        "--exit-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="exit with code 7 S seconds after it listens (a crash loop)",
+    )
+    p.add_argument(
         "--fail-health-after",
         type=float,
         default=None,
@@ -286,6 +293,14 @@ def build_app(d: Daemon) -> web.Application:
     return app
 
 
+async def _exit_later(seconds: float) -> None:
+    def die() -> None:
+        print(f"fatal: --exit-after {seconds:g} given; exiting with code 7", flush=True)
+        os._exit(7)
+
+    asyncio.get_running_loop().call_later(seconds, die)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.argv_echo:
@@ -308,8 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(f"listening on 127.0.0.1:{args.port}", flush=True)
+    app = build_app(d)
+    if args.exit_after is not None:
+        app.on_startup.append(lambda _app: _exit_later(args.exit_after))
     web.run_app(
-        build_app(d),
+        app,
         host="127.0.0.1",
         port=args.port,
         print=None,

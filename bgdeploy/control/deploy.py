@@ -20,6 +20,7 @@ import httpx
 
 from bgdeploy import health
 from bgdeploy.boots import Supervisor, log_tail
+from bgdeploy.control import crashes
 from bgdeploy.control.app import App
 from bgdeploy.control.lock import DrainClaim
 from bgdeploy.control.status import running_router
@@ -149,9 +150,11 @@ class Deployer:
         force: bool = False,
         hold: bool | None = None,
         progress: Progress = no_progress,
+        heal: bool = False,
     ) -> DeployResult:
         """Start, check and switch to a candidate; with ``hold`` (default: not
-        ``deploy.auto_promote``) stop at ready for `promote`."""
+        ``deploy.auto_promote``) stop at ready for `promote`. A deploy that is not
+        the control loop's restart of a dead boot (``heal``) ends a crash loop."""
         app, reg = self.app, self.reg
         if hold is None:
             hold = not app.config.deploy.auto_promote
@@ -249,7 +252,11 @@ class Deployer:
                 steps.done,
                 held=True,
             )
-        return self.switch_candidate(gen, boot_id, version, steps)
+        result = self.switch_candidate(gen, boot_id, version, steps)
+        if not heal:
+            crashes.end_crash_loop(app)
+            crashes.end_healing(app)
+        return result
 
     def switch_candidate(
         self, gen: int, boot_id: str, version: str, steps: Steps, reason: str | None = None

@@ -21,12 +21,13 @@ import httpx
 
 from bgdeploy import health
 from bgdeploy.boots import Supervisor
-from bgdeploy.control import hold
+from bgdeploy.control import crashes, hold
 from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Deployer, Drain, Inflight, drain_left, in_flight
 from bgdeploy.control.lock import DrainClaim
 from bgdeploy.errors import BgdeployError, LockBusy
 from bgdeploy.installed import installed_version
+from bgdeploy.registry.models import utcnow
 from bgdeploy.states import BootState
 from bgdeploy.states import DeploymentState as St
 
@@ -117,7 +118,20 @@ class Reconciler:
         # In every state: a live boot the row does not name is an orphan.
         self._stop_orphans(report, dry_run)
         if not dry_run:
+            self._settle_crashes(report)
             self._prune_logs()
+
+    def _settle_crashes(self, report: ReconcileReport) -> None:
+        """A running active boot ends the router's hold; one that lived past the crash
+        window ends the crash loop."""
+        row = self.app.registry.deployment(self.app.service)
+        active = self.app.registry.boot(row.active_boot_id)
+        if active is None or not self.sup.is_running(active):
+            return
+        crashes.end_healing(self.app)
+        lived = (utcnow() - active.started_ts).total_seconds()
+        if lived >= self.app.config.daemon.crash_window and crashes.end_crash_loop(self.app):
+            report.did(f"crash loop over: {active.boot_id} runs for {lived:.0f} s")
 
     def _observe(self, row, report: ReconcileReport, dry_run: bool) -> None:  # noqa: ANN001
         reg, cfg = self.app.registry, self.app.config
@@ -126,7 +140,8 @@ class Reconciler:
         detail = "no active boot"
         if active is not None:
             if not self.sup.is_running(active):
-                detail = f"{active.boot_id} is not running"
+                self._active_exited_while_switched(row, active, report, dry_run)
+                return
             else:
                 result = health.check(self._http, cfg, active)
                 ok, detail = result.ok, result.detail
@@ -159,6 +174,30 @@ class Reconciler:
             )
             self.deployer.finalize(streaks)
 
+    def _active_exited_while_switched(self, row, active, report, dry_run: bool) -> None:  # noqa: ANN001
+        """An exit is a failed health check that counts failure_threshold at once: back
+        to the warm old boot now. Without a live old boot (a self-heal's generation)
+        there is nothing to go back to: finalize, and the idle path restarts it."""
+        reg, cfg = self.app.registry, self.app.config
+        old = reg.boot(row.old_boot_id)
+        warm = old is not None and self.sup.is_running(old)
+        what = f"active boot {active.boot_id} {self.sup.describe_exit(active, honest=True)}"
+        if dry_run:
+            report.did(f"{what}: {'roll back' if warm else 'finalize and restart'}")
+            return
+        if not warm:
+            report.did(f"{what} while switched and the old boot is down: finalize, restart")
+            self.deployer.finalize(row)
+            self._heal_or_update(report, dry_run)
+            return
+        crashes.record_exit(self.app, self.sup, active, counts=False)
+        streaks = row
+        for _ in range(max(1, cfg.health.failure_threshold - row.health_fail_streak)):
+            streaks = reg.record_health(self.app.service, row.generation, False).row
+        reason = f"{what} (counts as {cfg.health.failure_threshold} failed health checks)"
+        report.did(f"roll back generation {row.generation}: {reason}")
+        self.deployer.rollback(streaks, reason)
+
     def _heal_or_update(self, report: ReconcileReport, dry_run: bool) -> None:
         reg = self.app.registry
         row = reg.deployment(self.app.service)
@@ -173,6 +212,20 @@ class Reconciler:
             return
         dead = active is not None and not self.sup.is_running(active)
         if dead:
+            if dry_run:
+                report.did(f"self-heal: active boot {active.boot_id} is down; deploy {installed}")
+                return
+            if active.state not in (BootState.FAILED, BootState.STOPPED):
+                # First sight of this exit: history, the crash series, the router's hold.
+                crashes.record_exit(self.app, self.sup, active)
+                reg.boot_records.mark_exited(
+                    active.boot_id, BootState.FAILED, self.sup.exit_code(active)
+                )
+            wait = crashes.next_try_in(self.app)
+            if wait > 0:
+                loop = crashes.read_crash_loop(self.app)
+                report.did(loop.line() if loop else f"next try in {wait:.1f} s")
+                return
             report.did(f"self-heal: active boot {active.boot_id} is down; deploy {installed}")
         elif active is None:
             if not self.deploy_if_none:
@@ -190,12 +243,21 @@ class Reconciler:
             return
         if dry_run:
             return
-        if dead:
-            reg.boot_records.mark_exited(active.boot_id, BootState.FAILED, None)
         try:
-            self.deployer.deploy(installed, force=dead)
+            self.deployer.deploy(installed, force=dead, heal=dead)
         except BgdeployError as e:
             report.did(f"deploy failed: {e.message}")
+            if dead:
+                self._count_failed_restart()
+
+    def _count_failed_restart(self) -> None:
+        """A restart whose boot died before it was routed is one more exit of the loop."""
+        reg = self.app.registry
+        row = reg.deployment(self.app.service)
+        for boot in reg.boots(self.app.service):
+            if boot.generation == row.generation and boot.state == BootState.FAILED:
+                crashes.record_exit(self.app, self.sup, boot)
+                return
 
     def _last_attempt_failed(self, row, version: str) -> bool:  # noqa: ANN001
         """The newest generation tried this version and aborted: leave it to a person

@@ -80,6 +80,15 @@ class Deployment(Base):
     maintenance_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
     maintenance_message: Mapped[str | None] = mapped_column(Text)
     maintenance_retry_after: Mapped[int | None] = mapped_column(Integer)
+    # Crash recovery (control/crashes.py): set while the active boot is dead and a
+    # replacement starts, so the router holds new requests (up to healing_hold_s).
+    healing_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    healing_hold_s: Mapped[float | None] = mapped_column()
+    # The crash loop: exits within daemon.crash_window of their start, in a row.
+    crash_exits: Mapped[int | None] = mapped_column(Integer)
+    crash_since_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    crash_next_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    crash_log_tail: Mapped[str | None] = mapped_column(Text)
 
 
 class Boot(Base):

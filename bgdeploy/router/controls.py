@@ -36,6 +36,9 @@ class Maintenance:
 @dataclass(frozen=True)
 class Pause:
     max_s: float
+    # False: `bgdeploy pause`; True: the active boot died and a replacement starts
+    # (the control loop sets it; new requests wait for the replacement the same way).
+    healing: bool = False
 
 
 def is_preview(head: bytes) -> bool:
@@ -85,6 +88,10 @@ class HeldRequests:
     def hold(self, ex: Exchange, deadline: float) -> None:
         self.queue.append((deadline, ex))
 
+    def extend(self, deadline: float) -> None:
+        """The control loop now restarts the dead boot: wait for it up to ``deadline``."""
+        self.queue = deque((max(d, deadline), ex) for d, ex in self.queue)
+
     def release(self) -> None:
         """Resume: start every held request, in arrival order, on the current route."""
         queue, self.queue = self.queue, deque()
@@ -92,8 +99,13 @@ class HeldRequests:
             if not (ex.done or ex.client.closed):
                 ex.start()
 
-    def expire(self, now: float, retry_after: int) -> None:
+    def expire(self, now: float, retry_after: int, healing: bool = False) -> None:
         """Held past the pause's max: 503 with Retry-After (the oldest expire first)."""
+        why = (
+            "The service is restarting and this request waited as long as it may."
+            if healing
+            else "The service is paused and this request waited as long as it may."
+        )
         queue = self.queue
         while queue and (queue[0][0] <= now or queue[0][1].done or queue[0][1].client.closed):
             _, ex = queue.popleft()
@@ -102,7 +114,7 @@ class HeldRequests:
                     answer(
                         503,
                         retry_after,
-                        "The service is paused and this request waited as long as it may.",
+                        why,
                         wants_json(ex.head),
                     )
                 )

@@ -5,6 +5,12 @@ upstream connection taken from that boot's keep-alive pool, or a new one. Bodies
 are never held whole: chunks go on as they arrive. A request refused before any
 answer byte (a reused connection closed while idle, a refused connect) is sent
 again when it is small enough to have been kept.
+
+When the active boot has died (its connects are refused), a request is held
+rather than failed, as a pause holds it, until the control loop has routed a
+replacement or ``CRASH_HOLD_S`` has passed without the control loop saying it
+restarts the boot. A GET, HEAD or OPTIONS without a body whose fresh connection
+was reset before any answer byte is held and resent the same way, once.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ if TYPE_CHECKING:
     from bgdeploy.router.routes import Route
 
 RETRY_BUFFER_LIMIT = 64 * 1024  # requests up to this size can be resent on a fresh connection
+# How long a request refused by a dead boot waits for the control loop to mark the
+# deployment healing (which then holds it up to router.hold_timeout): it acts within
+# milliseconds of the exit, so this only bounds the wait when no control loop runs.
+CRASH_HOLD_S = 2.0
+IDEMPOTENT = (b"GET", b"HEAD", b"OPTIONS")
 
 
 class Exchange:
@@ -50,6 +61,7 @@ class Exchange:
         "interim",
         "counted",
         "streaming",
+        "held_once",
     )
 
     def __init__(
@@ -85,6 +97,7 @@ class Exchange:
         self.interim = False
         self.counted = False
         self.streaming = False  # a text/event-stream answer: stream_idle_timeout applies
+        self.held_once = False  # held once after its boot died: the next failure is final
 
     # -- request side ---------------------------------------------------------------------
 
@@ -132,6 +145,9 @@ class Exchange:
                 # Refused before any byte was sent: try once more on the route of *now*.
                 self._move_count()
                 self.start()
+                return
+            if not self.held_once:
+                self._hold_for_replacement()
                 return
             self.fail(502, f"Upstream boot {route.boot_id} is unreachable ({e.strerror or e}).")
             return
@@ -291,7 +307,28 @@ class Exchange:
             self.start()
             return
         table.upstream_error(up.boot_id, "connection_lost")
+        if (
+            not self.got_response_bytes
+            and not self.held_once
+            and self.method in IDEMPOTENT
+            and self.request_complete
+            and self.retry_size == 0
+        ):
+            # Reset before any answer byte (its boot died): safe to send again, once.
+            up.close()
+            self.upstream = None
+            self._hold_for_replacement()
+            return
         self.upstream_failed(up, "a closed connection")
+
+    def _hold_for_replacement(self) -> None:
+        """Wait, as a paused request does, for the boot that replaces a dead one."""
+        table = self.client.table
+        self._move_count()
+        self.held_once = True
+        self.attempts = 0
+        wait = table.pause.max_s if table.pause is not None else CRASH_HOLD_S
+        table.held.hold(self, table.clock + wait)
 
     def upstream_failed(self, up: Upstream, what: str) -> None:
         if self.done:

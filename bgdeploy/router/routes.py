@@ -87,6 +87,7 @@ class RouteTable:
 
     def apply(self, state: RouteState) -> None:
         """The registry's word: route, preview, pause and maintenance (resume releases)."""
+        moved = state.active != self.active
         self.set_active(state.active)
         if state.preview != self.preview:
             log.info("preview: %s", state.preview.boot_id if state.preview else None)
@@ -101,8 +102,17 @@ class RouteTable:
         if was_paused is not None and state.pause is None:
             log.info("resume: %d held requests released in order", len(self.held))
             self.held.release()
-        elif was_paused is None and state.pause is not None:
+        elif state.pause is not None and state.pause != was_paused:
             log.info("pause: new requests are held (at most %gs)", state.pause.max_s)
+            if state.pause.max_s <= 0:
+                # A crash-loop backoff longer than router.hold_timeout: waiting is futile.
+                self.held.expire(float("inf"), 1, healing=state.pause.healing)
+            elif state.pause.healing:
+                # Requests held since their boot died now wait for its replacement.
+                self.held.extend(time.monotonic() + state.pause.max_s)
+        elif state.pause is None and self.held and moved:
+            # Held after their boot died, with no pause: the new route takes them.
+            self.held.release()
 
     def set_active(self, route: Route | None) -> None:
         old = self.active
@@ -152,7 +162,12 @@ class RouteTable:
     def sweep(self) -> None:
         now = self.clock = time.monotonic()
         if self.held:
-            self.held.expire(now, ceil(self.pause.max_s) if self.pause else 1)
+            pause = self.pause
+            self.held.expire(
+                now,
+                max(1, ceil(pause.max_s)) if pause else 1,
+                healing=pause is None or pause.healing,  # no pause: held after a crash
+            )
         for conn in list(self.connections):
             conn.sweep(now)
 
@@ -179,6 +194,8 @@ def read_route(registry: Registry, service: str) -> RouteState:
                 row.maintenance_ts is not None,
                 row.maintenance_message,
                 row.maintenance_retry_after,
+                row.healing_ts is not None,
+                row.healing_hold_s,
             )
         )
 
@@ -188,7 +205,8 @@ def read_route(registry: Registry, service: str) -> RouteState:
 ROUTE_SQL = (
     "SELECT d.active_boot_id, b.port, d.generation, c.boot_id, c.port, "
     "d.paused_ts IS NOT NULL, d.pause_max_s, d.maintenance_ts IS NOT NULL, "
-    "d.maintenance_message, d.maintenance_retry_after "
+    "d.maintenance_message, d.maintenance_retry_after, "
+    "d.healing_ts IS NOT NULL, d.healing_hold_s "
     "FROM deployments AS d "
     "LEFT JOIN boots AS b ON b.boot_id = d.active_boot_id "
     "LEFT JOIN boots AS c "
@@ -200,11 +218,31 @@ ROUTE_SQL = (
 def route_state(row: tuple | None) -> RouteState:  # type: ignore[type-arg]
     if row is None:
         return RouteState(None)
-    active_id, port, generation, held_id, held_port, paused, pause_max, maint, msg, retry = row
+    (
+        active_id,
+        port,
+        generation,
+        held_id,
+        held_port,
+        paused,
+        pause_max,
+        maint,
+        msg,
+        retry,
+        healing,
+        hold_s,
+    ) = row
+    if paused:
+        pause: Pause | None = Pause(float(pause_max or 30.0))
+    elif healing:
+        # The active boot died: hold new requests for its replacement, as a pause does.
+        pause = Pause(float(hold_s or 0.0), healing=True)
+    else:
+        pause = None
     return RouteState(
         active=Route(active_id, port, generation) if active_id and port else None,
         preview=Route(held_id, held_port, generation) if held_id and held_port else None,
-        pause=Pause(float(pause_max or 30.0)) if paused else None,
+        pause=pause,
         maintenance=Maintenance(msg or "Down for maintenance.", int(retry or 60))
         if maint
         else None,

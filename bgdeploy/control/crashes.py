@@ -1,0 +1,142 @@
+"""A dead active boot: its exit recorded, the router told to hold, the crash loop.
+
+The router holds new requests while ``healing_ts`` is set on the deployment row
+(up to ``healing_hold_s``, as a pause does), so a crash costs only the requests
+that were in flight on the dead daemon. A boot that exits within
+``daemon.crash_window`` of its start is crash-looping: each restart waits
+0.5 s, 1 s, 2 s ... up to 30 s (the first exit of a series restarts at once).
+Once the wait is longer than ``router.hold_timeout``, the held requests get 503
+at once instead of waiting for nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bgdeploy.boots import Supervisor, log_tail
+from bgdeploy.control.app import App
+from bgdeploy.registry.models import Boot, Deployment, utcnow
+from bgdeploy.timefmt import iso
+
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+TAIL_LINES = 5
+
+
+def backoff(exits: int) -> float:
+    """The wait before the next start after ``exits`` quick exits in a row."""
+    if exits <= 1:
+        return 0.0
+    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (exits - 2))
+
+
+@dataclass(frozen=True)
+class CrashLoop:
+    exits: int
+    since: datetime
+    next_try: datetime | None
+    log_tail: str
+
+    def line(self, now: datetime | None = None) -> str:
+        now = now or utcnow()
+        span = (now - self.since).total_seconds()
+        wait = max(0.0, (self.next_try - now).total_seconds()) if self.next_try else 0.0
+        return f"crash-looping: {self.exits} exits in {span:.0f} s, next try in {wait:.1f} s"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "exits": self.exits,
+            "since": iso(self.since),
+            "next_try": iso(self.next_try),
+            "line": self.line(),
+            "log_tail": self.log_tail,
+        }
+
+
+def crash_loop(row: Deployment) -> CrashLoop | None:
+    """The crash loop the row records (two quick exits in a row or more), else None."""
+    if not row.crash_exits or row.crash_exits < 2 or row.crash_since_ts is None:
+        return None
+    tail = row.crash_log_tail or ""
+    return CrashLoop(row.crash_exits, row.crash_since_ts, row.crash_next_ts, tail)
+
+
+def read_crash_loop(app: App) -> CrashLoop | None:
+    with app.registry.reading() as s:
+        row = s.get(Deployment, app.service)
+        return crash_loop(row) if row is not None else None
+
+
+def mark_healing(app: App) -> None:
+    """The router holds new requests from now on (until the replacement is routed)."""
+    with app.registry.writing() as s:
+        row = s.get(Deployment, app.service)
+        if row is not None and row.healing_ts is None:
+            row.healing_ts = utcnow()
+            row.healing_hold_s = app.config.hold_timeout
+
+
+def end_healing(app: App) -> None:
+    """The route works again (or nothing will take its place): release the held requests."""
+    with app.registry.writing() as s:
+        row = s.get(Deployment, app.service)
+        if row is not None and row.healing_ts is not None:
+            row.healing_ts = None
+            row.healing_hold_s = None
+
+
+def end_crash_loop(app: App) -> bool:
+    """A boot lived past the crash window, or a person deployed: the series starts over."""
+    with app.registry.writing() as s:
+        row = s.get(Deployment, app.service)
+        if row is None or not row.crash_exits:
+            return False
+        row.crash_exits = None
+        row.crash_since_ts = None
+        row.crash_next_ts = None
+        row.crash_log_tail = None
+        return True
+
+
+def record_exit(app: App, sup: Supervisor, boot: Boot, *, counts: bool = True) -> float:
+    """Note a boot's exit in history (status, lifetime, the log's last lines) and, with
+    ``counts``, in the crash series; returns the wait before the next start."""
+    now = utcnow()
+    lifetime = (now - boot.started_ts).total_seconds()
+    tail = log_tail(boot.log_path, TAIL_LINES)
+    delay = 0.0
+    if counts:
+        with app.registry.writing() as s:
+            row = s.get(Deployment, app.service)
+            assert row is not None
+            quick = lifetime < app.config.daemon.crash_window
+            exits = (row.crash_exits or 0) + 1 if quick else 1
+            delay = backoff(exits) if quick else 0.0
+            row.crash_exits = exits
+            if exits == 1 or row.crash_since_ts is None:
+                row.crash_since_ts = boot.started_ts
+            row.crash_next_ts = now + timedelta(seconds=delay)
+            row.crash_log_tail = tail
+            if row.healing_ts is None:
+                row.healing_ts = now
+            # Held requests wait only for a start that comes within router.hold_timeout.
+            row.healing_hold_s = app.config.hold_timeout if delay <= app.config.hold_timeout else 0
+    what = f"boot {boot.boot_id} ({boot.version}) {sup.describe_exit(boot, honest=True)}"
+    what += f" after {lifetime:.1f} s"
+    if delay:
+        what += f"; crash loop: next start in {delay:g} s"
+    if tail:
+        what += "; last log lines:\n" + tail
+    app.registry.note(app.service, "exit", what)
+    return delay
+
+
+def next_try_in(app: App) -> float:
+    """Seconds until the crash loop allows the next start (0: now)."""
+    with app.registry.reading() as s:
+        row = s.get(Deployment, app.service)
+        if row is None or row.crash_next_ts is None:
+            return 0.0
+        return max(0.0, (row.crash_next_ts - utcnow()).total_seconds())

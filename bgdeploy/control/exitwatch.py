@@ -1,0 +1,127 @@
+"""The control loop's hook: a reconcile pass every ``health.interval``, and one at
+once when the active boot exits.
+
+A thread waits on a pidfd of the active boot (Linux 5.3+; it works whoever the
+boot's parent is, so also for a boot that ``bgdeploy deploy`` started), and polls
+the process every 0.1 s where there is none. On an exit it marks the deployment
+healing (the router holds new requests from then on) and runs the pass, which
+restarts the boot, or rolls back to the warm old boot while switched. While a
+crash loop waits, the thread runs the pass when the wait is over, not on the next
+tick. Passes from the tick and from the thread never overlap (one lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+
+from bgdeploy.boots import open_pidfd, process_matches
+from bgdeploy.control import crashes
+from bgdeploy.control.app import App
+from bgdeploy.control.deploy import Inflight
+from bgdeploy.states import BootState
+
+log = logging.getLogger("bgdeploy.exitwatch")
+
+FALLBACK_POLL_S = 0.1
+REREAD_S = 0.25  # how often the watcher rereads which boot is active
+RETRY_S = 0.1  # after a pass that could not act (the lifecycle lock was busy)
+
+
+class ControlLoop:
+    """What the router's wiring calls every ``health.interval``: ``tick(inflight)``."""
+
+    def __init__(self, make_reconciler: Callable[[App, Inflight], object], app: App) -> None:
+        self.app = app
+        self._make = make_reconciler
+        self._rec: object | None = None
+        self._inflight: Inflight | None = None
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self.stopping = threading.Event()
+
+    def reset(self, app: App) -> None:
+        """A new config: the next pass builds its reconciler from it."""
+        with self._lock:
+            self.app = app
+            self._rec = None
+
+    def tick(self, inflight: Inflight) -> None:
+        self._inflight = inflight
+        if self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch, name="bgdeploy-exit-watch", daemon=True
+            )
+            self._watcher.start()
+        self.run_pass()
+
+    def run_pass(self) -> object:
+        with self._lock:
+            if self._rec is None:
+                assert self._inflight is not None
+                self._rec = self._make(self.app, self._inflight)
+            return self._rec.run()  # type: ignore[attr-defined]
+
+    # -- the watcher thread ----------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._watch_once()
+            except Exception as e:  # noqa: BLE001 - the watcher must outlive a bad read
+                log.warning("exit watcher: %s", e)
+                self.stopping.wait(REREAD_S)
+
+    def _watch_once(self) -> None:
+        app = self.app
+        reg = app.registry
+        row = reg.deployment(app.service)
+        boot = reg.boot(row.active_boot_id)
+        if boot is None:
+            self.stopping.wait(REREAD_S)
+            return
+        if boot.state in (BootState.FAILED.value, BootState.STOPPED.value):
+            # Known dead, waiting for a crash-loop backoff: run the pass when it is over.
+            wait = crashes.next_try_in(app)
+            if self.stopping.wait(min(wait, REREAD_S) if wait > 0 else REREAD_S):
+                return
+            if wait > 0 and wait <= REREAD_S:
+                self._act()
+            return
+        if not self._wait_exit(boot.boot_id, boot.pid, boot.pid_create_time):
+            return
+        log.warning("active boot %s exited: acting now", boot.boot_id)
+        crashes.mark_healing(app)
+        self._act()
+
+    def _act(self) -> None:
+        report = self.run_pass()
+        if getattr(report, "skipped", None):
+            self.stopping.wait(RETRY_S)  # someone holds the lock; the next round retries
+
+    def _wait_exit(self, boot_id: str, pid: int | None, create_time: float | None) -> bool:
+        """Block until the boot exits (True) or stops being the active one (False)."""
+        fd = open_pidfd(pid, create_time)
+        try:
+            poller = None
+            if fd is not None:
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+            while not self.stopping.is_set():
+                if poller is not None:
+                    if poller.poll(REREAD_S * 1000):
+                        return True
+                elif not process_matches(pid, create_time):
+                    return True
+                else:
+                    time.sleep(FALLBACK_POLL_S)
+                if self.app.registry.deployment(self.app.service).active_boot_id != boot_id:
+                    return False
+            return False
+        finally:
+            if fd is not None:
+                os.close(fd)

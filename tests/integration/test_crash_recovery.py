@@ -1,0 +1,118 @@
+"""A daemon crash costs only the requests it had in flight (issue 16).
+
+Real router, real demo daemons, real kill -9: four keep-alive GET clients and
+one POST client run throughout, and every request's start, end and outcome is
+logged (tools/crashload.py), so each kill is judged by what a user saw.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from bgdeploy.states import BootState
+from bgdeploy.states import DeploymentState as St
+from tests.conftest import REPORT, poll_until
+from tests.integration.conftest import deploy
+
+crashload = pytest.importorskip("crashload")
+
+CRASH_CONFIG = 'version_file = "VERSION"\ncrash_window = 1.0'
+
+
+def _active(app):  # noqa: ANN001, ANN202
+    row = app.registry.deployment(app.service)
+    return row, app.registry.boot(row.active_boot_id)
+
+
+def _kill_active(app, load, label: str, figures: list) -> str:  # noqa: ANN001
+    """kill -9 the active boot under load; wait until another boot serves and the
+    deployment is idle again; record what the kill cost."""
+    _, boot = _active(app)
+    assert boot is not None and boot.pid
+    at = time.monotonic()
+    os.kill(boot.pid, signal.SIGKILL)
+    poll_until(
+        lambda: (
+            (row := app.registry.deployment(app.service)).active_boot_id != boot.boot_id
+            and row.state == St.IDLE
+            and load.served_by(row.active_boot_id, at)
+        ),
+        60,
+        interval=0.05,
+        what=f"another boot to serve after the kill ({label})",
+    )
+
+    figures.append((label, at, boot.boot_id))
+    return boot.boot_id
+
+
+def _long_get(url: str, out: dict) -> None:  # noqa: ANN001
+    r = httpx.get(f"{url}/slow?ms=3500", timeout=30)
+    out["status"], out["boot"] = r.status_code, r.headers.get("x-bgdeploy-boot")
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_active_daemon_costs_only_its_requests_in_flight(stack, tmp_path):
+    (tmp_path / "VERSION").write_text("1.0\n")
+    app, router = stack(daemon_extra=CRASH_CONFIG, interval=0.5, stable=6)
+    deploy(app, "1.0")
+    poll_until(lambda: app.registry.deployment(app.service).state == St.IDLE, 30, what="idle")
+    load = crashload.CrashLoad("127.0.0.1", app.config.router.port, seconds=240).start()
+    kills: list = []
+    try:
+        poll_until(lambda: load.served_by(_active(app)[1].boot_id, 0), 10, what="load served")
+        # 1: while idle: restarted on its exit, not on the next pass.
+        _kill_active(app, load, "idle", kills)
+        # 2, 3: while switched: back to the warm old boot at once.
+        for k in (1, 2):
+            old = _active(app)[1].boot_id
+            deploy(app, f"2.{k}")
+            row = app.registry.deployment(app.service)
+            assert row.state == St.SWITCHED, "the kill must come while switched"
+            _kill_active(app, load, f"switched {k}", kills)
+            assert _active(app)[1].boot_id == old  # the rollback went to the warm old boot
+        # 4, 5: during a finalize's drain (a long request keeps the old boot draining).
+        for k in (1, 2):
+            old = _active(app)[1].boot_id
+            slow: dict = {}
+            t = threading.Thread(target=_long_get, args=(router.url, slow), daemon=True)
+            t.start()
+            poll_until(lambda: load.in_flight(time.monotonic()) >= 0 and router.route(), 5)
+            time.sleep(0.2)  # let the long GET reach the old boot before the switch
+            deploy(app, f"3.{k}")
+            poll_until(
+                lambda: app.registry.boot(old).state == BootState.DRAINING,  # noqa: B023
+                30,
+                interval=0.02,
+                what="the finalize's drain of the old boot",
+            )
+            _kill_active(app, load, f"drain {k}", kills)
+            t.join(30)
+            assert slow.get("status") == 200 and slow.get("boot") == old, slow
+    finally:
+        end = time.monotonic()
+        load.stop()
+    ends = [at for _, at, _ in kills[1:]] + [end]
+    failed_total = 0
+    for (label, at, killed), until in zip(kills, ends, strict=True):
+        f = load.figures(at, killed, until)
+        REPORT.append(f"crash: kill -9 of the active daemon under load ({label}): {f.line()}")
+        failed_total += f.failed
+        assert f.failed <= f.in_flight, (label, f)
+        assert f.failed_get == 0, (label, f.errors)
+        assert f.held_answered == f.held, (label, f)
+    assert len(kills) == 5
+    history = [e["reason"] or "" for e in _history(app)]
+    assert any("exit status unknown" in r or "killed by signal" in r for r in history)
+
+
+def _history(app):  # noqa: ANN001, ANN202
+    from bgdeploy.control.status import history
+
+    return history(app)
