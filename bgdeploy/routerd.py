@@ -73,7 +73,9 @@ def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
         on_config=on_config,
         argv=argv if deploy_if_none else [*argv, "--no-deploy"],
     )
-    RouterSupervisor(app.config, app.registry, app.service, hooks).serve()
+    supervisor = RouterSupervisor(app.config, app.registry, app.service, hooks)
+    control.watch(supervisor.inflight)
+    supervisor.serve()
 
 
 def running_info(app: App) -> dict[str, Any] | None:

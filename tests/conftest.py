@@ -94,6 +94,7 @@ STATUS_KEYS = {
     "held",
     "pause",
     "maintenance",
+    "crash_loop",
 }
 BOOT_KEYS = {"boot_id", "version", "port", "pid", "state", "started_ts", "inflight"}
 

@@ -17,6 +17,7 @@ from bgdeploy import __version__
 from bgdeploy.boots import Supervisor, port_holder, processes_of_state_dir
 from bgdeploy.config import Config, find_config_path, load_config
 from bgdeploy.control.app import App
+from bgdeploy.control.crashes import read_crash_loop
 from bgdeploy.control.lock import LifecycleLock
 from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError
@@ -181,6 +182,18 @@ def _active(app: App) -> list[Check]:
     if active is None:
         return [Check("active boot", WARN, "nothing is deployed yet", "Run `bgdeploy up`.")]
     sup = Supervisor(cfg, reg)
+    loop = read_crash_loop(app)
+    if loop is not None and not sup.is_running(active):
+        return [
+            Check(
+                "active boot",
+                FAIL,
+                f"{active.boot_id} ({active.version}) is {loop.line()}; its log ends:\n"
+                + loop.log_tail,
+                f"Fix the cause (the next try then succeeds), or `bgdeploy deploy` another "
+                f"version; `bgdeploy logs {active.boot_id}` has the whole log.",
+            )
+        ]
     if not sup.is_running(active):
         return [
             Check(

@@ -50,13 +50,17 @@ class ControlLoop:
             self.app = app
             self._rec = None
 
-    def tick(self, inflight: Inflight) -> None:
+    def watch(self, inflight: Inflight) -> None:
+        """Start watching for exits now (the router calls it before it serves)."""
         self._inflight = inflight
         if self._watcher is None:
             self._watcher = threading.Thread(
                 target=self._watch, name="bgdeploy-exit-watch", daemon=True
             )
             self._watcher.start()
+
+    def tick(self, inflight: Inflight) -> None:
+        self.watch(inflight)
         self.run_pass()
 
     def run_pass(self) -> object:

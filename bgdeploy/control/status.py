@@ -14,6 +14,7 @@ from bgdeploy import __version__
 from bgdeploy.boots import process_matches
 from bgdeploy.control.app import App
 from bgdeploy.control.controls import read_controls
+from bgdeploy.control.crashes import read_crash_loop
 from bgdeploy.registry.models import Boot, Event, Router, utcnow
 from bgdeploy.router import build_of
 from bgdeploy.states import LIVE_BOOT_STATES, BootState
@@ -119,6 +120,7 @@ def status(
             "seconds": round((utcnow() - row.held_ts).total_seconds(), 1),
         },
         **read_controls(app).as_dict(),
+        "crash_loop": _crash_loop(app, active),
     }
 
 
@@ -136,6 +138,14 @@ def all_statuses(
         own = name == app.service
         out.append(status(other, inflight if own else None, router if own else None))
     return out
+
+
+def _crash_loop(app: App, active: Boot | None) -> dict[str, Any] | None:
+    """The crash loop while it lasts: the active boot is down between tries."""
+    if active is not None and process_matches(active.pid, active.pid_create_time):
+        return None
+    loop = read_crash_loop(app)
+    return loop.as_dict() if loop is not None else None
 
 
 def event_dict(ev: Event) -> dict[str, Any]:

@@ -147,6 +147,7 @@ def route_json(stats: RouterStats) -> bytes:
             "requests_total": sum(stats.requests.values()),
             "preview_boot_id": stats.preview[0] if stats.preview else None,
             "paused": stats.paused,
+            "healing": stats.healing,
             "held_requests": stats.held,
             "maintenance": stats.maintenance,
             "workers": [

@@ -22,6 +22,7 @@ class RouterStats:
         self.route: tuple[str, int] | None = None
         self.preview: tuple[str, int] | None = None
         self.paused = False
+        self.healing = False  # holding new requests while a dead active boot is replaced
         self.held = 0
         self.maintenance = False
         self.route_changed_at = time.time()
@@ -46,6 +47,7 @@ class RouterStats:
             previews = [tuple(w["preview"]) for w in serving if w.get("preview")]
             snap.preview = previews[0] if previews else None  # type: ignore[assignment]
         snap.paused = any(w.get("paused") for w in workers)
+        snap.healing = any(w.get("healing") for w in workers)
         snap.maintenance = any(w.get("maintenance") for w in serving)
         snap.held = sum(w.get("held", 0) for w in workers)
         return snap

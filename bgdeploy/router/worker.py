@@ -204,7 +204,8 @@ class Worker:
             "preview": None
             if table.preview is None
             else [table.preview.boot_id, table.preview.generation],
-            "paused": table.pause is not None,
+            "paused": table.pause is not None and not table.pause.healing,
+            "healing": table.pause is not None and table.pause.healing,
             "held": len(table.held),
             "maintenance": table.maintenance is not None,
         }

@@ -102,6 +102,11 @@ def status_renderable(st: dict[str, Any]) -> Group:
                 "yellow",
             ),
         )
+    if st.get("crash_loop"):
+        loop = st["crash_loop"]
+        facts.add_row("crash loop", Text(loop["line"], "red"))
+        if loop["log_tail"]:
+            facts.add_row("its log", Text(loop["log_tail"], "dim"))
     if st["maintenance"]:
         m = st["maintenance"]
         facts.add_row(

@@ -7,7 +7,9 @@ logged (tools/crashload.py), so each kill is judged by what a user saw.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import threading
 import time
@@ -17,7 +19,7 @@ import pytest
 
 from bgdeploy.states import BootState
 from bgdeploy.states import DeploymentState as St
-from tests.conftest import REPORT, poll_until
+from tests.conftest import REPORT, poll_until, run_bgdeploy
 from tests.integration.conftest import deploy
 
 crashload = pytest.importorskip("crashload")
@@ -116,3 +118,89 @@ def _history(app):  # noqa: ANN001, ANN202
     from bgdeploy.control.status import history
 
     return history(app)
+
+
+def _delays(app) -> list[float]:  # noqa: ANN001
+    """The crash-loop waits history announced, oldest first."""
+    found = []
+    for e in reversed(_history(app)):
+        m = re.search(r"next start in ([0-9.]+) s", e["reason"] or "")
+        if e["event"] == "exit" and m:
+            found.append(float(m.group(1)))
+    return found
+
+
+@pytest.mark.slow
+def test_a_daemon_that_exits_after_every_start_backs_off_and_held_requests_get_503(stack, tmp_path):
+    (tmp_path / "VERSION").write_text("1.0\n")
+    fault = tmp_path / "fault.json"
+    app, router = stack(
+        flags=["--fault-file", str(fault)],
+        daemon_extra='version_file = "VERSION"',
+        router_extra="hold_timeout = 2.5",
+        interval=0.2,
+        stable=2,
+    )
+    deploy(app, "1.0")
+    poll_until(lambda: app.registry.deployment(app.service).state == St.IDLE, 30, what="idle")
+    fault.write_text(json.dumps({"exit_after": 0.2}))
+    os.kill(_active(app)[1].pid, signal.SIGKILL)
+    # Every restart exits 0.2 s after it listens: 0.5 s, 1 s, 2 s, then 4 s, longer
+    # than router.hold_timeout (2.5 s).
+    poll_until(lambda: len(_delays(app)) >= 4, 60, interval=0.1, what="four crash-loop waits")
+    assert _delays(app)[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert any("exited with code 7" in (e["reason"] or "") for e in _history(app))
+
+    # A request now waits at most the hold: the 4 s backoff exceeds it, so 503 at once.
+    t0 = time.monotonic()
+    r = httpx.get(f"{router.url}/", timeout=30)
+    waited = time.monotonic() - t0
+    assert r.status_code == 503 and "Retry-After" in r.headers, r.text
+    assert "restarting" in r.text
+    assert waited < 2.5 + 1.5, waited
+
+    st = run_bgdeploy("--config", str(app.config.path), "status", cwd=tmp_path)
+    line = re.search(r"crash-looping: (\d+) exits in (\d+) s, next try in ([0-9.]+) s", st.stdout)
+    assert line, st.stdout
+    assert int(line.group(1)) >= 5 and float(line.group(3)) <= 30
+    assert "exiting with code 7" in st.stdout  # the log's last lines
+    doc = run_bgdeploy("--config", str(app.config.path), "doctor", cwd=tmp_path)
+    assert "crash-looping:" in doc.stdout and doc.returncode != 0
+
+    # Fixing the cause ends the loop: the next try succeeds and serves.
+    fault.unlink()
+    poll_until(
+        lambda: httpx.get(f"{router.url}/", timeout=30).status_code == 200,
+        40,
+        interval=0.2,
+        what="the next try after the fix to serve",
+    )
+    poll_until(
+        lambda: (
+            json.loads(
+                run_bgdeploy(
+                    "--config", str(app.config.path), "status", "--json", cwd=tmp_path
+                ).stdout
+            )["crash_loop"]
+            is None
+        ),
+        30,
+        interval=0.5,
+        what="status to stop saying crash-looping",
+    )
+
+
+@pytest.mark.slow
+def test_the_exit_is_noticed_at_once_not_on_the_next_pass(stack, tmp_path):
+    """health.interval is 60 s: only the exit watcher can bring the daemon back soon."""
+    (tmp_path / "VERSION").write_text("1.0\n")
+    app, router = stack(daemon_extra='version_file = "VERSION"', interval=60.0)
+    first = deploy(app, "1.0").boot_id
+    poll_until(lambda: router.route() == first, 10, what="the route")
+    os.kill(_active(app)[1].pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    r = httpx.get(f"{router.url}/", timeout=30)  # held meanwhile, then answered
+    assert r.status_code == 200 and r.json()["boot_id"] != first
+    assert time.monotonic() - t0 < 30
+    exits = [e["reason"] for e in _history(app) if e["event"] == "exit"]
+    assert exits and first in exits[0] and "exit status unknown: not our child" in exits[0]
