@@ -11,13 +11,14 @@ at once instead of waiting for nothing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from bgdeploy.boots import Supervisor, log_tail
 from bgdeploy.control.app import App
-from bgdeploy.registry.models import Boot, Deployment, utcnow
+from bgdeploy.registry.models import Boot, Deployment, Quarantine, utcnow
 from bgdeploy.timefmt import iso
 
 BACKOFF_FIRST_S = 0.5
@@ -131,6 +132,43 @@ def record_exit(app: App, sup: Supervisor, boot: Boot, *, counts: bool = True) -
         what += "; last log lines:\n" + tail
     app.registry.note(app.service, "exit", what)
     return delay
+
+
+AUTO_DEPLOY = re.compile(r"^auto-deploy (\S+) over (\S+)$")
+
+
+def note_auto_deploy(app: App, version: str, over: str) -> None:
+    """History remembers what an auto-deploy replaced, for a crash loop to go back to."""
+    app.registry.note(app.service, "auto-deploy", f"auto-deploy {version} over {over}")
+
+
+def auto_deployed_over(app: App, version: str) -> str | None:
+    """The version that ran before the control loop auto-deployed ``version``; None when
+    a person deployed it (a `begin` by another command since), or it is quarantined."""
+    reg = app.registry
+    for ev in reg.events(app.service):  # newest first
+        if ev.event == "begin" and ev.actor_command != reg.actor_command:
+            return None
+        if ev.event == "auto-deploy":
+            m = AUTO_DEPLOY.match(ev.reason or "")
+            if m is None or m.group(1) != version or m.group(2) == version:
+                return None
+            previous = m.group(2)
+            return None if previous in reg.quarantined_versions(app.service) else previous
+    return None
+
+
+def quarantine(app: App, version: str, reason: str) -> None:
+    with app.registry.writing() as s:
+        row = s.get(Deployment, app.service)
+        assert row is not None
+        if s.get(Quarantine, (app.service, version)) is None:
+            s.add(
+                Quarantine(
+                    service=app.service, version=version, generation=row.generation, reason=reason
+                )
+            )
+    app.registry.note(app.service, "quarantine", reason)
 
 
 def next_try_in(app: App) -> float:

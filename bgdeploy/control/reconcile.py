@@ -221,6 +221,8 @@ class Reconciler:
                 reg.boot_records.mark_exited(
                     active.boot_id, BootState.FAILED, self.sup.exit_code(active)
                 )
+                if self._failed_auto_deploy(active, report):
+                    return
             wait = crashes.next_try_in(self.app)
             if wait > 0:
                 loop = crashes.read_crash_loop(self.app)
@@ -243,12 +245,30 @@ class Reconciler:
             return
         if dry_run:
             return
+        if not dead:
+            crashes.note_auto_deploy(self.app, installed, active.version)
         try:
             self.deployer.deploy(installed, force=dead, heal=dead)
         except BgdeployError as e:
             report.did(f"deploy failed: {e.message}")
             if dead:
                 self._count_failed_restart()
+
+    def _failed_auto_deploy(self, active, report: ReconcileReport) -> bool:  # noqa: ANN001
+        """A version the control loop auto-deployed that crash-loops is a failed deploy:
+        quarantined, and the version it replaced (which ran) is deployed again."""
+        loop = crashes.read_crash_loop(self.app)
+        previous = crashes.auto_deployed_over(self.app, active.version) if loop else None
+        if loop is None or previous is None:
+            return False
+        reason = f"{active.version} is {loop.line()} after an auto-deploy: a failed deploy"
+        report.did(f"{reason}; quarantine it and deploy {previous}")
+        crashes.quarantine(self.app, active.version, reason)
+        try:
+            self.deployer.deploy(previous, force=True)
+        except BgdeployError as e:
+            report.did(f"deploy of {previous} failed: {e.message}")
+        return True
 
     def _count_failed_restart(self) -> None:
         """A restart whose boot died before it was routed is one more exit of the loop."""

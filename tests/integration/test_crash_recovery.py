@@ -101,11 +101,9 @@ def test_kill_9_of_the_active_daemon_costs_only_its_requests_in_flight(stack, tm
         end = time.monotonic()
         load.stop()
     ends = [at for _, at, _ in kills[1:]] + [end]
-    failed_total = 0
     for (label, at, killed), until in zip(kills, ends, strict=True):
         f = load.figures(at, killed, until)
         REPORT.append(f"crash: kill -9 of the active daemon under load ({label}): {f.line()}")
-        failed_total += f.failed
         assert f.failed <= f.in_flight, (label, f)
         assert f.failed_get == 0, (label, f.errors)
         assert f.held_answered == f.held, (label, f)
@@ -204,3 +202,35 @@ def test_the_exit_is_noticed_at_once_not_on_the_next_pass(stack, tmp_path):
     assert time.monotonic() - t0 < 30
     exits = [e["reason"] for e in _history(app) if e["event"] == "exit"]
     assert exits and first in exits[0] and "exit status unknown: not our child" in exits[0]
+
+
+@pytest.mark.slow
+def test_an_auto_deployed_version_that_crash_loops_is_a_failed_deploy(stack, tmp_path):
+    """2.0 passes its observation, then exits 2.5 s after every start: quarantined, and
+    1.0, which ran before the auto-deploy, is deployed again."""
+    (tmp_path / "VERSION").write_text("1.0\n")
+    app, router = stack(
+        flags=["--fault-file", str(tmp_path / "fault-{version}.json")],
+        daemon_extra='version_file = "VERSION"',
+        interval=0.2,
+        stable=2,
+    )
+    deploy(app, "1.0")
+    poll_until(lambda: app.registry.deployment(app.service).state == St.IDLE, 30, what="idle")
+    (tmp_path / "fault-2.0.json").write_text(json.dumps({"exit_after": 2.5}))
+    (tmp_path / "VERSION").write_text("2.0\n")  # the control loop auto-deploys it
+    poll_until(
+        lambda: "2.0" in app.registry.quarantined_versions(app.service),
+        60,
+        interval=0.1,
+        what="2.0 to be quarantined",
+    )
+    reasons = [e["reason"] or "" for e in _history(app)]
+    assert any("2.0 is crash-looping: 2 exits" in r and "a failed deploy" in r for r in reasons)
+    assert any(r.startswith("auto-deploy 2.0 over 1.0") for r in reasons)
+    poll_until(
+        lambda: httpx.get(f"{router.url}/", timeout=30).json().get("version") == "1.0",
+        30,
+        interval=0.1,
+        what="1.0 to serve again",
+    )
