@@ -90,9 +90,10 @@ class CrashLoad:
 
     def figures(self, at: float, killed: str, until: float) -> KillFigures:
         """What the kill at ``at`` of boot ``killed`` cost, looking at requests that
-        started before ``until`` (the next kill, or the end)."""
+        ended after it and by ``until`` (the next kill, or the end: a request still
+        running then belongs to the next kill)."""
         with self.lock:
-            reqs = [r for r in self.log if r.start < until and (r.end or 0) > at]
+            reqs = [r for r in self.log if r.end is not None and at < r.end <= until]
         in_flight = sum(1 for r in reqs if r.start <= at)
         failed = [r for r in reqs if r.status != 200]
         served = sorted(

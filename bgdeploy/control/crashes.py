@@ -70,15 +70,6 @@ def read_crash_loop(app: App) -> CrashLoop | None:
         return crash_loop(row) if row is not None else None
 
 
-def mark_healing(app: App) -> None:
-    """The router holds new requests from now on (until the replacement is routed)."""
-    with app.registry.writing() as s:
-        row = s.get(Deployment, app.service)
-        if row is not None and row.healing_ts is None:
-            row.healing_ts = utcnow()
-            row.healing_hold_s = app.config.hold_timeout
-
-
 def end_healing(app: App) -> None:
     """The route works again (or nothing will take its place): release the held requests."""
     with app.registry.writing() as s:

@@ -3,8 +3,8 @@ once when the active boot exits.
 
 A thread waits on a pidfd of the active boot (Linux 5.3+; it works whoever the
 boot's parent is, so also for a boot that ``bgdeploy deploy`` started), and polls
-the process every 0.1 s where there is none. On an exit it marks the deployment
-healing (the router holds new requests from then on) and runs the pass, which
+the process every 0.1 s where there is none. On an exit it runs the pass, which
+marks the deployment healing (the router holds new requests from then on) and
 restarts the boot, or rolls back to the warm old boot while switched. While a
 crash loop waits, the thread runs the pass when the wait is over, not on the next
 tick. Passes from the tick and from the thread never overlap (one lock).
@@ -99,7 +99,6 @@ class ControlLoop:
         if not self._wait_exit(boot.boot_id, boot.pid, boot.pid_create_time):
             return
         log.warning("active boot %s exited: acting now", boot.boot_id)
-        crashes.mark_healing(app)
         self._act()
 
     def _act(self) -> None:

@@ -99,8 +99,11 @@ class HeldRequests:
             if not (ex.done or ex.client.closed):
                 ex.start()
 
-    def expire(self, now: float, retry_after: int, healing: bool = False) -> None:
-        """Held past the pause's max: 503 with Retry-After (the oldest expire first)."""
+    def expire(
+        self, now: float, retry_after: int, healing: bool = False, unpaused: bool = False
+    ) -> None:
+        """Held past the pause's max: 503 with Retry-After (the oldest expire first).
+        ``unpaused``: held after their boot died, and nothing restarts it: 502."""
         why = (
             "The service is restarting and this request waited as long as it may."
             if healing
@@ -109,7 +112,10 @@ class HeldRequests:
         queue = self.queue
         while queue and (queue[0][0] <= now or queue[0][1].done or queue[0][1].client.closed):
             _, ex = queue.popleft()
-            if not (ex.done or ex.client.closed):
+            if unpaused and not (ex.done or ex.client.closed):
+                boot = ex.route.boot_id if ex.route is not None else "-"
+                ex.fail(502, f"Upstream boot {boot} is unreachable: it exited, no restart came.")
+            elif not (ex.done or ex.client.closed):
                 ex.refuse(
                     answer(
                         503,

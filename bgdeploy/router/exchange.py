@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 RETRY_BUFFER_LIMIT = 64 * 1024  # requests up to this size can be resent on a fresh connection
 # How long a request refused by a dead boot waits for the control loop to mark the
 # deployment healing (which then holds it up to router.hold_timeout): it acts within
-# milliseconds of the exit, so this only bounds the wait when no control loop runs.
-CRASH_HOLD_S = 2.0
+# milliseconds of the exit, so this only bounds the wait when nothing will restart
+# the boot (then the request gets 502, as it would have at once).
+CRASH_HOLD_S = 1.0
 IDEMPOTENT = (b"GET", b"HEAD", b"OPTIONS")
 
 

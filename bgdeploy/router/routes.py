@@ -166,7 +166,8 @@ class RouteTable:
             self.held.expire(
                 now,
                 max(1, ceil(pause.max_s)) if pause else 1,
-                healing=pause is None or pause.healing,  # no pause: held after a crash
+                healing=pause is not None and pause.healing,
+                unpaused=pause is None,  # held after a crash that no one acts on
             )
         for conn in list(self.connections):
             conn.sweep(now)
