@@ -5,4 +5,4 @@ cdef class Exchange:
     cdef public object retry_buffer, retry_size, attempts
     cdef public bint chunked_request, keep_alive, upgrade, request_complete
     cdef public bint got_response_bytes, response_started, chunk_response, close_after
-    cdef public bint bodyless, done, interim, counted, streaming
+    cdef public bint bodyless, done, interim, counted, streaming, held_once
