@@ -167,6 +167,11 @@ def test_a_daemon_that_exits_after_every_start_backs_off_and_held_requests_get_5
     assert r.status_code == 503 and "Retry-After" in r.headers, r.text
     assert "restarting" in r.text
     assert waited < 2.5 + 1.5, waited
+    REPORT.append(
+        "crash loop (exit 0.2 s after each start): waits "
+        + ", ".join(f"{d:g}" for d in _delays(app)[:4])
+        + f" s; a request during a wait longer than hold_timeout got 503 after {waited:.2f} s"
+    )
 
     st = run_bgdeploy("--config", str(app.config.path), "status", cwd=tmp_path)
     line = re.search(r"crash-looping: (\d+) exits in (\d+) s, next try in ([0-9.]+) s", st.stdout)
