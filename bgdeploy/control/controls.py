@@ -71,6 +71,7 @@ def _set(app: App, **values: object) -> None:
             .values(**values)
             .execution_options(synchronize_session=False)
         )
+        app.registry.route_changed(s, app.service)
 
 
 def pause(app: App, max_s: float = DEFAULT_PAUSE_MAX_S) -> str:

@@ -77,6 +77,7 @@ def end_healing(app: App) -> None:
         if row is not None and row.healing_ts is not None:
             row.healing_ts = None
             row.healing_hold_s = None
+            app.registry.route_changed(s, app.service)
 
 
 def end_crash_loop(app: App) -> bool:
@@ -115,6 +116,7 @@ def record_exit(app: App, sup: Supervisor, boot: Boot, *, counts: bool = True) -
                 row.healing_ts = now
             # Held requests wait only for a start that comes within router.hold_timeout.
             row.healing_hold_s = app.config.hold_timeout if delay <= app.config.hold_timeout else 0
+            app.registry.route_changed(s, app.service)
     what = f"boot {boot.boot_id} ({boot.version}) {sup.describe_exit(boot, honest=True)}"
     what += f" after {lifetime:.1f} s"
     if delay:

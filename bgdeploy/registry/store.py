@@ -223,6 +223,13 @@ class Registry:
         except DatabaseError as e:
             raise self._unusable("written", e) from None
 
+    def route_changed(self, s: Session, service: str) -> None:
+        """Tell PostgreSQL routers to read the route again (the active boot, a held
+        candidate, pause, maintenance, healing): delivered when, and only if, the
+        transaction of ``s`` commits. SQLite routers see the commit itself."""
+        if self.postgres:
+            s.execute(select(func.pg_notify(ROUTE_CHANNEL, service)))
+
     def _unreachable(self, e: DatabaseError) -> RegistryError:
         return RegistryError(
             f"Lost the registry at {safe_url(self.url)} ({_first_line(e.orig)}).",
@@ -348,9 +355,7 @@ class Registry:
                     s.rollback()
                     return TransitionResult(False, before, "the row changed under us")
                 s.add(self._event(ev.value, before, after, reason, now))
-                if self.postgres and after.active_boot_id != before.active_boot_id:
-                    # Delivered to listeners when (and only if) this transaction commits.
-                    s.execute(select(func.pg_notify(ROUTE_CHANNEL, service)))
+                self.route_changed(s, service)
         except IntegrityError:
             current = self.deployment(service)
             return TransitionResult(

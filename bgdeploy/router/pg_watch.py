@@ -25,7 +25,7 @@ from bgdeploy.registry.store import (
     libpq_url,
     safe_url,
 )
-from bgdeploy.router.routes import ROUTE_SQL, Route, RouteTable
+from bgdeploy.router.routes import ROUTE_SQL, Route, RouteState, RouteTable, route_state
 
 log = logging.getLogger("bgdeploy.router")
 
@@ -61,18 +61,16 @@ class PgRouteWatcher:
             tcp_user_timeout=5000,
         )
 
-    def _read(self, conn: psycopg.Connection) -> Route | None:
-        row = conn.execute(ROUTE_SQL_PG, (self.service,)).fetchone()
-        if row is None or row[0] is None or row[1] is None:
-            return None
-        return Route(row[0], row[1], row[2])
+    def _read(self, conn: psycopg.Connection) -> RouteState:
+        """The whole route state: the active boot and the operator controls with it."""
+        return route_state(conn.execute(ROUTE_SQL_PG, (self.service,)).fetchone())
 
     def refresh(self) -> Route | None:
         """Read the route now (blocking) and apply it; for start-up."""
         with self._connect() as conn:
-            route = self._read(conn)
-        self.table.set_active(route)
-        return route
+            state = self._read(conn)
+        self.table.apply(state)
+        return state.active
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,9 +97,9 @@ class PgRouteWatcher:
                 self._lost(e)
                 self._stop.wait(RETRY_S)
 
-    def _apply(self, loop: asyncio.AbstractEventLoop, route: Route | None) -> None:
+    def _apply(self, loop: asyncio.AbstractEventLoop, state: RouteState) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: the router is stopping
-            loop.call_soon_threadsafe(self.table.set_active, route)
+            loop.call_soon_threadsafe(self.table.apply, state)
 
     def _lost(self, e: Exception) -> None:
         self.last_error = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)

@@ -31,8 +31,9 @@ def metric(router, name: str, **labels: str) -> float:
 
 
 @pytest.mark.slow
-def test_maintenance_on_and_off_for_browsers_and_json_clients(stack, cli):
-    app, router = stack()
+def test_maintenance_on_and_off_for_browsers_and_json_clients(stack, cli, registry_url):
+    # Both registries: a PostgreSQL router learns of the controls by NOTIFY, as of a switch.
+    app, router = stack(registry_url=registry_url)
     boot_id = deploy(app, "1.0").boot_id
     cfg = ("--config", app.config.path)
     res = cli(*cfg, "maintenance", "on", "--message", "Back at 5 <pm>", "--retry-after", "120")
