@@ -41,9 +41,9 @@ ROUTER_TESTS := tests/unit/test_fast_path.py tests/integration/test_router.py \
 	tests/integration/test_maintenance_limits.py
 
 # Two test processes (pytest-xdist) on the two cores: the tests mostly wait on the
-# processes they start. A failpoint campaign stays on one worker (--dist loadgroup), so
-# its N/N figure counts every failpoint.
-XDIST := -n 2 --dist loadgroup
+# processes they start. A file's tests stay on one worker (--dist loadfile): its module
+# fixtures run once, and the failpoint campaign's N/N figure counts every failpoint.
+XDIST := -n 2 --dist loadfile
 
 test: install system-deps
 	$(BIN)/python -m pytest -q $(XDIST)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,18 +36,22 @@ failure_threshold = {threshold}
 
 
 def free_port_block(size: int = 40) -> tuple[int, int]:
-    """A port range for daemons of one test: derived from the pid so parallel runs differ."""
+    """A free port range for the daemons of one test, picked at random (parallel test
+    processes differ) below the kernel's ephemeral range: there, a client's outgoing
+    connection could take a daemon's port between its allocation and its bind."""
     import random
     import socket
 
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     rng = random.Random()
     for _ in range(50):
-        low = rng.randrange(20000, 60000 - size)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", low))
-            except OSError:
-                continue
+        low = rng.randrange(20000, max(20001, ephemeral_low - size))
+        try:
+            for port in range(low, low + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
         return low, low + size - 1
     raise RuntimeError("no free port block")
 

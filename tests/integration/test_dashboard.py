@@ -110,7 +110,9 @@ def test_dashboard_shows_held_pause_maintenance_and_draws_the_traffic_chart(stac
                 " && Number(c.dataset.marks) >= 2 && Number(c.dataset.points) >= 4; })()",
                 timeout=20_000,
             )
-            assert page.evaluate(COUNT_LINE_PIXELS) > 200
+            # The lines grow with each second's sample: wait for them (a loaded machine
+            # may have drawn only the first few points when the condition above held).
+            page.wait_for_function(f"() => ({COUNT_LINE_PIXELS})() > 200", timeout=20_000)
             legend = page.text_content("#legend")
             assert first.boot_id in legend and second.boot_id in legend
             # A held candidate, a pause and maintenance each show.

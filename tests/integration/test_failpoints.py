@@ -146,7 +146,6 @@ def _served_by(router) -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cli-failpoint-campaign")  # one worker: its N/N counts them all
 @pytest.mark.parametrize("name", FAILPOINTS)
 def test_cli_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, name, registry_url):
     """On SQLite and on PostgreSQL, where the advisory lock must vanish with the CLI."""
@@ -184,7 +183,6 @@ def router_provoke(app, router, tmp_path, name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("router-failpoint-campaign")
 @pytest.mark.parametrize("name", FAILPOINTS)
 def test_router_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, name):
     finalizing = name in ("after_finalize_commit", "after_old_boot_stopped")
