@@ -42,6 +42,7 @@ class ControlLoop:
         self._inflight: Inflight | None = None
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
+        self._acted: str | None = None  # the boot whose exit the last pass acted on
         self.stopping = threading.Event()
 
     def reset(self, app: App) -> None:
@@ -98,13 +99,24 @@ class ControlLoop:
             return
         if not self._wait_exit(boot.boot_id, boot.pid, boot.pid_create_time):
             return
+        if self._acted == boot.boot_id:
+            # A pass acted on this exit and the dead boot is still the active one: the pass
+            # could not replace it (the tick retries every health.interval). Acting again
+            # at once would only spin.
+            self.stopping.wait(REREAD_S)
+            return
         log.warning("active boot %s exited: acting now", boot.boot_id)
-        self._act()
+        self._acted = boot.boot_id
+        if not self._act():
+            self._acted = None  # the lock was busy: the next round acts on it again
 
-    def _act(self) -> None:
+    def _act(self) -> bool:
+        """Run a pass now; False when it could not act (someone holds the lock)."""
         report = self.run_pass()
         if getattr(report, "skipped", None):
             self.stopping.wait(RETRY_S)  # someone holds the lock; the next round retries
+            return False
+        return True
 
     def _wait_exit(self, boot_id: str, pid: int | None, create_time: float | None) -> bool:
         """Block until the boot exits (True) or stops being the active one (False)."""
