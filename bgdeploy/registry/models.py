@@ -160,6 +160,33 @@ class Quarantine(Base):
     ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Intent(Base):
+    """The desired state of one service: what operators asked for, which every actor obeys.
+
+    The deployment row is what *is* (the state machine); this row is what *should be*.
+    ``mode`` says which version should run: ``installed`` (follow the version file),
+    ``pinned`` (``deploy --version``) or ``rolled_back`` (``bgdeploy rollback``), the
+    last two naming ``version``. A pin or an operator rollback lasts until a new installed
+    version (one other than ``installed_seen``, and not quarantined), a later operator
+    command, or ``unpin``. ``run`` is ``up`` or ``down``: after ``down`` nothing starts
+    the daemon until ``up`` (or ``deploy``).
+    """
+
+    __tablename__ = "intents"
+
+    service: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run: Mapped[str] = mapped_column(String(8), default="up")
+    run_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    run_by: Mapped[str | None] = mapped_column(Text)
+    mode: Mapped[str] = mapped_column(String(16), default="installed")
+    version: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    mode_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    mode_by: Mapped[str | None] = mapped_column(Text)
+    # The installed version when the pin or rollback was recorded: a different one ends it.
+    installed_seen: Mapped[str | None] = mapped_column(String(128))
+
+
 class Event(Base):
     """Append-only history of every transition."""
 
@@ -203,3 +230,5 @@ class Router(Base):
     url: Mapped[str] = mapped_column(Text)
     admin_url: Mapped[str] = mapped_column(Text)
     started_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # sha256 of the bgdeploy.toml the supervisor runs with (set at start and reload).
+    config_digest: Mapped[str | None] = mapped_column(String(64))

@@ -19,25 +19,29 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from statemachine.exceptions import TransitionNotAllowed
 
-from bgdeploy.errors import BootError, ConfigError, IllegalTransition, RegistryError
+from bgdeploy.errors import IllegalTransition, RegistryError
 from bgdeploy.machine import DeploymentFields, DeploymentMachine
 from bgdeploy.registry import migrate
-from bgdeploy.registry.models import Boot, Deployment, Event, Quarantine, Workspace, utcnow
-from bgdeploy.registry.urls import is_postgres, sqlite_path
+from bgdeploy.registry.boots import BootRecords
+from bgdeploy.registry.engine import WRITE, make_engine, prepare_sqlite_file, safe_url
+from bgdeploy.registry.intent import IntentRecords, quarantine_in
+from bgdeploy.registry.marks import RowMarks
+from bgdeploy.registry.models import Boot, Deployment, Event, Workspace, utcnow
+from bgdeploy.registry.routers import RouterRecords
+from bgdeploy.registry.urls import sqlite_path
 from bgdeploy.registry.workspaces import WorkspaceRecords, unattached
 from bgdeploy.states import (
     LIVE_BOOT_STATES,
@@ -48,14 +52,9 @@ from bgdeploy.states import (
 
 log = logging.getLogger("bgdeploy.registry")
 
-BUSY_TIMEOUT_S = 30.0
-CONNECT_TIMEOUT_S = 5
-_WRITE = "bgdeploy_write"
 # The channel a PostgreSQL registry notifies on when a service's route changes;
 # the payload is the service name.
 ROUTE_CHANNEL = "bgdeploy_route"
-# pg_advisory_xact_lock key that serialises port allocation across processes and hosts.
-_PORTS_LOCK_KEY = 0x62676470  # "bgdp"
 
 
 @dataclass(frozen=True)
@@ -65,79 +64,6 @@ class TransitionResult:
     message: str
     # A switch or rollback refused because its target boot has not attached these.
     unattached: tuple[str, ...] = ()
-
-
-def prepare_sqlite_file(path: Path) -> None:
-    """Create the registry folder 0700 and the file 0600 before SQLite touches them."""
-    folder = path.parent
-    if not folder.exists():
-        try:
-            folder.mkdir(parents=True, mode=0o700)
-        except OSError as e:
-            raise RegistryError(
-                f"Cannot create the state folder {folder}: {e.strerror}.",
-                hint="Check its permissions or set state_dir in bgdeploy.toml.",
-            ) from None
-    if not path.exists():
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        except OSError as e:
-            raise RegistryError(
-                f"Cannot create the registry {path}: {e.strerror}.",
-                hint="Check the folder's permissions, or set registry.url in bgdeploy.toml.",
-            ) from None
-
-
-def safe_url(url: str) -> str:
-    """The URL for messages: its password replaced by ***."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse has no password to hide
-        return url
-
-
-def libpq_url(url: str) -> str:
-    """A PostgreSQL URL as libpq (plain psycopg) takes it: no "+psycopg" driver suffix."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def make_engine(url: str) -> Engine:
-    if is_postgres(url):
-        # pre_ping: after the server restarts, a pooled connection is replaced, not reused.
-        try:
-            return create_engine(
-                url,
-                pool_pre_ping=True,
-                connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "bgdeploy"},
-            )
-        except ImportError as e:
-            raise ConfigError(
-                f"The registry at {safe_url(url)} needs a PostgreSQL driver that is not "
-                f"installed ({e.name or e}).",
-                hint="Install it with: pip install 'bgdeploy[postgres]' (psycopg 3), and "
-                "write the URL as postgresql+psycopg://...",
-            ) from None
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
-    if engine.dialect.name != "sqlite":
-        return engine
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Let us issue BEGIN ourselves (pysqlite's own BEGIN is deferred and too late).
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        immediate = conn.get_execution_options().get(_WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
 
 
 def boot_colour(generation: int) -> str:
@@ -156,7 +82,7 @@ class Registry:
         self.postgres = self.engine.dialect.name == "postgresql"
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(
-            self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False
+            self.engine.execution_options(**{WRITE: True}), expire_on_commit=False
         )
         self.actor_pid = os.getpid()
         self.actor_command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500]
@@ -195,6 +121,18 @@ class Registry:
     @property
     def workspaces(self) -> WorkspaceRecords:
         return WorkspaceRecords(self)
+
+    @property
+    def intents(self) -> IntentRecords:
+        return IntentRecords(self)
+
+    @property
+    def marks(self) -> RowMarks:
+        return RowMarks(self)
+
+    @property
+    def routers(self) -> RouterRecords:
+        return RouterRecords(self)
 
     # -- units of work -------------------------------------------------------------
 
@@ -432,22 +370,6 @@ class Registry:
             return []
         return unattached(s, after.service, after.active_boot_id)
 
-    def record_failure(
-        self, service: str, generation: int, state: str, event_name: str, reason: str
-    ) -> bool:
-        """An attempted step that did not commit (e.g. a rollback whose target could not
-        attach a workspace): ``last_error`` and an event say why; the state is unchanged."""
-        with self.writing() as s:
-            row = self._row(s, service)
-            before = DeploymentFields.from_row(row)
-            if (before.generation, before.state) != (generation, state):
-                return False
-            now = utcnow()
-            row.last_error, row.updated_ts = reason, now
-            s.add(self._event(event_name, before, before, reason, now))
-        log.warning("generation %d: %s: %s", generation, event_name, reason)
-        return True
-
     def _apply_boot_effects(
         self, s: Session, ev: DeploymentEvent, before: DeploymentFields, after: DeploymentFields
     ) -> None:
@@ -485,15 +407,9 @@ class Registry:
             self._rebind_workspaces(s, after.service, after.active_boot_id)
         elif ev is DeploymentEvent.ROLLBACK_DONE and before.old_boot_id:
             failed = s.get(Boot, before.old_boot_id)
-            if failed is not None and s.get(Quarantine, (after.service, failed.version)) is None:
-                s.add(
-                    Quarantine(
-                        service=after.service,
-                        version=failed.version,
-                        generation=after.generation,
-                        reason=before.rollback_reason,
-                        ts=utcnow(),
-                    )
+            if failed is not None:
+                quarantine_in(
+                    s, after.service, failed.version, after.generation, before.rollback_reason
                 )
 
     def _rebind_workspaces(self, s: Session, service: str, boot_id: str | None) -> None:
@@ -528,12 +444,41 @@ class Registry:
             ts=now,
         )
 
-    def note(self, service: str, event_name: str, reason: str) -> None:
-        """Append an event that is not a transition (a hook ran, a pause began) to history,
-        under the current generation and state."""
+    def note(
+        self,
+        service: str,
+        event_name: str,
+        reason: str,
+        *,
+        fence: tuple[int, str] | None = None,
+        last_error: bool = False,
+    ) -> bool:
+        """Append an event that is not a transition (a hook ran, a pause began, a step that
+        did not commit) to history, under the current generation and state. With ``fence``
+        (generation, state) only while the row is still there (False otherwise); with
+        ``last_error`` the reason is also the row's ``last_error``."""
         with self.writing() as s:
-            row = DeploymentFields.from_row(self._row(s, service))
-            s.add(self._event(event_name, row, row, reason, utcnow()))
+            row = self._row(s, service)
+            if fence is not None and (row.generation, row.state) != fence:
+                return False
+            if last_error:
+                row.last_error, row.updated_ts = reason, utcnow()
+            self.note_in(s, service, event_name, reason, row)
+        if last_error:
+            log.warning("generation %d: %s: %s", row.generation, event_name, reason)
+        return True
+
+    def note_in(
+        self,
+        s: Session,
+        service: str,
+        event_name: str,
+        reason: str,
+        row: Deployment | None = None,
+    ) -> None:
+        """``note`` inside the caller's transaction: a change and its event commit together."""
+        fields = DeploymentFields.from_row(row if row is not None else self._row(s, service))
+        s.add(self._event(event_name, fields, fields, reason, utcnow()))
 
     def services(self) -> list[str]:
         """Every service the registry holds a deployment for, by name."""
@@ -551,14 +496,7 @@ class Registry:
             return list(s.scalars(q))
 
     def quarantined_versions(self, service: str) -> list[str]:
-        with self.reading() as s:
-            return list(
-                s.scalars(
-                    select(Quarantine.version)
-                    .where(Quarantine.service == service)
-                    .order_by(Quarantine.ts)
-                )
-            )
+        return [q.version for q in self.intents.quarantine(service)]
 
     # -- boots ---------------------------------------------------------------------------
 
@@ -595,57 +533,3 @@ def _describe(row: DeploymentFields) -> str:
     if row.old_boot_id:
         parts.append(f"{row.old_boot_id} old")
     return ", ".join(parts)
-
-
-class BootRecords:
-    """Boot rows as the supervisor writes them (ports, pids, exits)."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def assign_port(
-        self, boot_id: str, port_range: tuple[int, int], is_free: Callable[[int], bool]
-    ) -> int:
-        """Pick a port no live boot holds and ``is_free`` accepts, and record it, atomically.
-
-        The write transaction serialises allocators across processes, so two boots
-        started at the same moment never get the same port.
-        """
-        with self.registry.writing() as s:
-            if self.registry.postgres:
-                s.execute(select(func.pg_advisory_xact_lock(_PORTS_LOCK_KEY)))
-            taken = set(
-                s.scalars(
-                    select(Boot.port).where(
-                        Boot.port.is_not(None),
-                        Boot.boot_id != boot_id,
-                        Boot.state.in_([st.value for st in LIVE_BOOT_STATES]),
-                    )
-                )
-            )
-            low, high = port_range
-            for port in range(low, high + 1):
-                if port not in taken and is_free(port):
-                    s.execute(update(Boot).where(Boot.boot_id == boot_id).values(port=port))
-                    return port
-        raise BootError(
-            f"No free internal port in {low}-{high} for boot {boot_id}.",
-            hint="Widen daemon.port_range in bgdeploy.toml, or stop what holds those ports.",
-        )
-
-    def set_process(self, boot_id: str, pid: int, create_time: float, log_path: str) -> None:
-        with self.registry.writing() as s:
-            s.execute(
-                update(Boot)
-                .where(Boot.boot_id == boot_id)
-                .values(pid=pid, pid_create_time=create_time, log_path=log_path)
-            )
-
-    def mark_exited(self, boot_id: str, state: BootState, exit_code: int | None) -> None:
-        """A boot's process is gone: record how (stopped by us, or failed) and when."""
-        with self.registry.writing() as s:
-            s.execute(
-                update(Boot)
-                .where(Boot.boot_id == boot_id)
-                .values(state=state.value, exit_code=exit_code, stopped_ts=utcnow())
-            )
