@@ -98,7 +98,7 @@ def status(
     ] = False,
 ) -> None:
     """Generation, state, the active/candidate/old boots, streaks, rollback and lock."""
-    from bgdeploy.control.deploy import router_inflight
+    from bgdeploy.control.drain import router_inflight
     from bgdeploy.control.status import all_statuses
     from bgdeploy.control.status import status as get_status
 
@@ -362,7 +362,8 @@ def deploy(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """One blue/green deploy: exit 0 switched (or held), 1 aborted (active kept)."""
-    from bgdeploy.control.deploy import no_progress
+    from bgdeploy.control import operator
+    from bgdeploy.control.drain import no_progress
     from bgdeploy.control.lifecycle import lifecycle
 
     a = _app()
@@ -380,8 +381,12 @@ def deploy(
                 progress=no_progress if as_json else progress,
             ) as deployer,
         ):
-            result = deployer.deploy(
-                version, force=force, hold=hold, progress=no_progress if as_json else progress
+            result = operator.deploy(
+                deployer,
+                version,
+                force=force,
+                hold=hold,
+                progress=no_progress if as_json else progress,
             )
     except BgdeployError as e:
         if as_json:
@@ -391,6 +396,7 @@ def deploy(
         _print_json(result.as_dict())
     else:
         out.print(f"[bold green]{escape(result.message)}[/] [dim](in {progress.elapsed:.1f}s)[/]")
+    _notice_no_router(a)
 
 
 @app.command()
@@ -399,10 +405,12 @@ def rollback(
     wait: Wait = None,
     no_wait: NoWait = False,
 ) -> None:
-    """Back to the old boot now (or, when idle, a blue/green deploy of the previous version)."""
-    from bgdeploy.control.deploy import previous_version
+    """Back to the old boot now (or, when idle, a blue/green deploy of the previous version).
+
+    The version rolled back from is quarantined with the reason, and the one rolled back
+    to stays until a new installed version, `deploy` or `unpin`."""
+    from bgdeploy.control import operator
     from bgdeploy.control.lifecycle import lifecycle
-    from bgdeploy.states import DeploymentState
 
     a = _app()
     with (
@@ -411,16 +419,31 @@ def rollback(
             a, "bgdeploy rollback", wait=wait, no_wait=no_wait, notice=_waiting, progress=progress
         ) as d,
     ):
-        row = a.registry.deployment(a.service)
-        if row.state == DeploymentState.SWITCHED:
-            after = d.rollback(row, f"manual: {reason}")
-            out.print(
-                f"[bold]Rolled back[/] generation {row.generation}: "
-                f"{after.active_boot_id} is active."
-            )
-            return
-        result = d.deploy(previous_version(a), force=True, progress=progress)
+        result = operator.rollback(d, reason, progress)
+    if result.instant:
+        out.print(f"[bold]{escape(result.message)}[/]")
+    else:
         out.print(f"[bold green]{escape(result.message)}[/]")
+    out.print(f"Kept until a new installed version or `bgdeploy unpin` (reason: {escape(reason)}).")
+    _notice_no_router(a)
+
+
+@app.command()
+def unpin() -> None:
+    """End a `deploy --version` pin or an operator rollback: follow the installed version."""
+    from bgdeploy.control import operator
+
+    a = _app()
+    out.print(escape(operator.unpin(a)))
+    _notice_no_router(a)
+
+
+def _notice_no_router(a) -> None:  # noqa: ANN001 - control.app.App
+    from bgdeploy.control.operator import no_router_notice
+
+    notice = no_router_notice(a)
+    if notice is not None:
+        err.print(f"[yellow]Note:[/] {escape(notice)}")
 
 
 @app.command()
@@ -441,7 +464,8 @@ def reconcile(
         for action in report.actions:
             out.print(("[dim]would[/] " if dry_run else "") + escape(action))
         if not report.actions and not report.skipped:
-            out.print("Nothing to do.")
+            sentence = report.decision.sentence if report.decision else "nothing to do"
+            out.print(escape(sentence[:1].upper() + sentence[1:]) + ".")
         if watch is None:
             return
         time.sleep(watch)

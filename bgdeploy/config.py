@@ -18,6 +18,8 @@ and a field on ``Config``.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -488,6 +490,13 @@ class Config:
         """router.hold_timeout, which defaults to daemon.startup_timeout."""
         held = self.router.hold_timeout
         return self.daemon.startup_timeout if held is None else held
+
+
+def config_digest(config: Config) -> str:
+    """sha256 of the parsed configuration (comments and key order do not count): the
+    router records the one it runs with, so `up`, `status` and `doctor` see a change."""
+    data = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    return hashlib.sha256(data.encode()).hexdigest()
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from bgdeploy import __version__
-from bgdeploy.config import Config, load_config
+from bgdeploy.config import Config, config_digest, load_config
 from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Progress, no_progress
 from bgdeploy.control.exitwatch import ControlLoop
@@ -65,7 +65,10 @@ def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
         "--foreground",
     ]
     hooks = Hooks(
-        status=lambda inflight, router: status(state["app"], inflight, router),
+        status=lambda inflight, router: {
+            **status(state["app"], inflight, router),
+            "control_loop": control.as_dict(),
+        },
         status_all=lambda inflight, router: all_statuses(state["app"], inflight, router),
         history=lambda: history(state["app"], 20),
         load_config=lambda: load_config(app.config.path),
@@ -126,8 +129,10 @@ def up(
     notice: Notice = no_notice,
     progress: Progress = no_progress,
 ) -> UpResult:
-    """`bgdeploy up`: start the router (or reload it onto the installed code), then deploy."""
-    info = running_info(app)
+    """`bgdeploy up`: start the router (or reload it onto the installed code, or onto a
+    changed bgdeploy.toml), then deploy."""
+    row = running_router(app)
+    info = None if row is None else router_info(row)
     if info is not None and _outdated(info):
         running = sorted({info["version"], *(w["version"] for w in info["workers"])})
         answer = reload(app, wait=wait, notice=notice)
@@ -135,6 +140,13 @@ def up(
             "router",
             f"reloaded: code {', '.join(running)} -> {__version__} "
             f"(supervisor pid {answer['supervisor']})",
+        )
+    elif row is not None and row.config_digest != config_digest(app.config):
+        answer = reload(app, wait=wait, notice=notice)
+        progress(
+            "router",
+            f"reloaded: {app.config.path.name} changed since the router loaded it "
+            f"(supervisor pid {answer['supervisor']}, new workers)",
         )
     return start_up(app, wait=wait, no_wait=no_wait, notice=notice, progress=progress)
 

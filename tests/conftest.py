@@ -95,6 +95,9 @@ STATUS_KEYS = {
     "pause",
     "maintenance",
     "crash_loop",
+    "intent",
+    "installed_version",
+    "decision",
 }
 BOOT_KEYS = {"boot_id", "version", "port", "pid", "state", "started_ts", "inflight"}
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from bgdeploy.config import Config, find_config_path, load_config
 from bgdeploy.control.lock import LifecycleLock
-from bgdeploy.registry.store import Registry, is_postgres
+from bgdeploy.registry.store import Registry
+from bgdeploy.registry.urls import is_postgres
 
 if TYPE_CHECKING:
     from bgdeploy.control.pg_lock import PgLifecycleLock

@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
-
 from bgdeploy.control.app import App
-from bgdeploy.registry.models import Deployment, utcnow
+from bgdeploy.registry.models import utcnow
 
 DEFAULT_PAUSE_MAX_S = 30.0
 DEFAULT_RETRY_AFTER_S = 60
@@ -49,37 +47,27 @@ def _iso(ts: datetime) -> str:
 
 
 def read_controls(app: App) -> Controls:
-    app.registry.deployment(app.service)  # creates the row on first use
-    with app.registry.reading() as s:
-        row = s.get(Deployment, app.service)
-        assert row is not None
-        return Controls(
-            row.paused_ts,
-            row.pause_max_s,
-            row.maintenance_ts,
-            row.maintenance_message,
-            row.maintenance_retry_after,
-        )
-
-
-def _set(app: App, **values: object) -> None:
-    app.registry.deployment(app.service)
-    with app.registry.writing() as s:
-        s.execute(
-            update(Deployment)
-            .where(Deployment.service == app.service)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        app.registry.route_changed(s, app.service)
+    row = app.registry.marks.snapshot(app.service)
+    return Controls(
+        row.paused_ts,
+        row.pause_max_s,
+        row.maintenance_ts,
+        row.maintenance_message,
+        row.maintenance_retry_after,
+    )
 
 
 def pause(app: App, max_s: float = DEFAULT_PAUSE_MAX_S) -> str:
     """Hold new requests in the router for up to ``max_s``; then they get 503."""
     before = read_controls(app)
-    _set(app, paused_ts=before.paused_ts or utcnow(), pause_max_s=max_s)
+    app.registry.marks.set_controls(
+        app.service,
+        "pause",
+        f"new requests held, for at most {max_s:g}s",
+        paused_ts=before.paused_ts or utcnow(),
+        pause_max_s=max_s,
+    )
     verb = "still paused" if before.paused_ts else "paused"
-    app.registry.note(app.service, "pause", f"new requests held, for at most {max_s:g}s")
     return (
         f"Router {verb}: new requests are held, not forwarded, for at most {max_s:g}s "
         "(then 503). `bgdeploy resume` releases them in order."
@@ -90,9 +78,14 @@ def resume(app: App) -> str:
     before = read_controls(app)
     if before.paused_ts is None:
         return "Not paused: nothing to resume."
-    _set(app, paused_ts=None, pause_max_s=None)
     held_for = (utcnow() - before.paused_ts).total_seconds()
-    app.registry.note(app.service, "resume", f"held requests released after {held_for:.1f}s")
+    app.registry.marks.set_controls(
+        app.service,
+        "resume",
+        f"held requests released after {held_for:.1f}s",
+        paused_ts=None,
+        pause_max_s=None,
+    )
     return f"Resumed after {held_for:.1f}s: held requests go to the active boot in order."
 
 
@@ -103,13 +96,14 @@ def maintenance_on(
 ) -> str:
     before = read_controls(app)
     text = message or DEFAULT_MAINTENANCE_MESSAGE
-    _set(
-        app,
+    app.registry.marks.set_controls(
+        app.service,
+        "maintenance_on",
+        f"{text} (Retry-After: {retry_after})",
         maintenance_ts=before.maintenance_ts or utcnow(),
         maintenance_message=text,
         maintenance_retry_after=retry_after,
     )
-    app.registry.note(app.service, "maintenance_on", f"{text} (Retry-After: {retry_after})")
     return f"Maintenance on: every new request gets 503 with Retry-After: {retry_after}."
 
 
@@ -117,6 +111,12 @@ def maintenance_off(app: App) -> str:
     before = read_controls(app)
     if before.maintenance_ts is None:
         return "Maintenance was not on: nothing to do."
-    _set(app, maintenance_ts=None, maintenance_message=None, maintenance_retry_after=None)
-    app.registry.note(app.service, "maintenance_off", "requests are forwarded again")
+    app.registry.marks.set_controls(
+        app.service,
+        "maintenance_off",
+        "requests are forwarded again",
+        maintenance_ts=None,
+        maintenance_message=None,
+        maintenance_retry_after=None,
+    )
     return "Maintenance off: requests are forwarded again."

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from bgdeploy.boots import Supervisor, log_tail
 from bgdeploy.control.app import App
-from bgdeploy.registry.models import Boot, Deployment, Quarantine, utcnow
+from bgdeploy.registry.models import Boot, Deployment, utcnow
 from bgdeploy.timefmt import iso
 
 BACKOFF_FIRST_S = 0.5
@@ -65,66 +65,44 @@ def crash_loop(row: Deployment) -> CrashLoop | None:
 
 
 def read_crash_loop(app: App) -> CrashLoop | None:
-    with app.registry.reading() as s:
-        row = s.get(Deployment, app.service)
-        return crash_loop(row) if row is not None else None
+    return crash_loop(app.registry.marks.snapshot(app.service))
 
 
 def end_healing(app: App) -> None:
     """The route works again (or nothing will take its place): release the held requests."""
-    with app.registry.writing() as s:
-        row = s.get(Deployment, app.service)
-        if row is not None and row.healing_ts is not None:
-            row.healing_ts = None
-            row.healing_hold_s = None
-            app.registry.route_changed(s, app.service)
+    app.registry.marks.end_healing(app.service)
 
 
 def end_crash_loop(app: App) -> bool:
     """A boot lived past the crash window, or a person deployed: the series starts over."""
-    with app.registry.writing() as s:
-        row = s.get(Deployment, app.service)
-        if row is None or not row.crash_exits:
-            return False
-        row.crash_exits = None
-        row.crash_since_ts = None
-        row.crash_next_ts = None
-        row.crash_log_tail = None
-        return True
+    return app.registry.marks.end_crash_loop(app.service)
 
 
 def record_exit(app: App, sup: Supervisor, boot: Boot, *, counts: bool = True) -> float:
     """Note a boot's exit in history (status, lifetime, the log's last lines) and, with
     ``counts``, in the crash series; returns the wait before the next start."""
-    now = utcnow()
-    lifetime = (now - boot.started_ts).total_seconds()
+    lifetime = (utcnow() - boot.started_ts).total_seconds()
     tail = log_tail(boot.log_path, TAIL_LINES)
-    delay = 0.0
-    if counts:
-        with app.registry.writing() as s:
-            row = s.get(Deployment, app.service)
-            assert row is not None
-            quick = lifetime < app.config.daemon.crash_window
-            exits = (row.crash_exits or 0) + 1 if quick else 1
-            delay = backoff(exits) if quick else 0.0
-            row.crash_exits = exits
-            if exits == 1 or row.crash_since_ts is None:
-                row.crash_since_ts = boot.started_ts
-            row.crash_next_ts = now + timedelta(seconds=delay)
-            row.crash_log_tail = tail
-            if row.healing_ts is None:
-                row.healing_ts = now
-            # Held requests wait only for a start that comes within router.hold_timeout.
-            row.healing_hold_s = app.config.hold_timeout if delay <= app.config.hold_timeout else 0
-            app.registry.route_changed(s, app.service)
-    what = f"boot {boot.boot_id} ({boot.version}) {sup.describe_exit(boot, honest=True)}"
-    what += f" after {lifetime:.1f} s"
-    if delay:
-        what += f"; crash loop: next start in {delay:g} s"
-    if tail:
-        what += "; last log lines:\n" + tail
-    app.registry.note(app.service, "exit", what)
-    return delay
+
+    def describe(delay: float) -> str:
+        what = f"boot {boot.boot_id} ({boot.version}) {sup.describe_exit(boot, honest=True)}"
+        what += f" after {lifetime:.1f} s"
+        if delay:
+            what += f"; crash loop: next start in {delay:g} s"
+        return what + ("; last log lines:\n" + tail if tail else "")
+
+    if not counts:
+        app.registry.note(app.service, "exit", describe(0.0))
+        return 0.0
+    return app.registry.marks.record_crash(
+        app.service,
+        started_ts=boot.started_ts,
+        crash_window=app.config.daemon.crash_window,
+        hold_timeout=app.config.hold_timeout,
+        log_tail=tail,
+        backoff=backoff,
+        describe=describe,
+    )
 
 
 AUTO_DEPLOY = re.compile(r"^auto-deploy (\S+) over (\S+)$")
@@ -152,22 +130,13 @@ def auto_deployed_over(app: App, version: str) -> str | None:
 
 
 def quarantine(app: App, version: str, reason: str) -> None:
-    with app.registry.writing() as s:
-        row = s.get(Deployment, app.service)
-        assert row is not None
-        if s.get(Quarantine, (app.service, version)) is None:
-            s.add(
-                Quarantine(
-                    service=app.service, version=version, generation=row.generation, reason=reason
-                )
-            )
-    app.registry.note(app.service, "quarantine", reason)
+    reg = app.registry
+    reg.intents.add_quarantine(app.service, version, reg.deployment(app.service).generation, reason)
 
 
 def next_try_in(app: App) -> float:
     """Seconds until the crash loop allows the next start (0: now)."""
-    with app.registry.reading() as s:
-        row = s.get(Deployment, app.service)
-        if row is None or row.crash_next_ts is None:
-            return 0.0
-        return max(0.0, (row.crash_next_ts - utcnow()).total_seconds())
+    row = app.registry.marks.snapshot(app.service)
+    if row.crash_next_ts is None:
+        return 0.0
+    return max(0.0, (row.crash_next_ts - utcnow()).total_seconds())

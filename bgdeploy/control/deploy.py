@@ -5,8 +5,8 @@ change is one fenced transition, so a crash between steps leaves a row that the
 next ``reconcile`` can finish or undo. Draining a boot that lost the route is the
 one long wait (up to drain_timeout + stop_timeout), and it needs no lock: the
 registry no longer routes to the boot, which is recorded ``draining``. So finalize
-and rollback only commit and list the boot in ``draining``; the caller drains it
-with ``finish_drains`` after releasing the lock, and if that caller dies, the next
+and rollback only commit and claim the boot's drain; the caller drains it with
+``drains.finish`` after releasing the lock, and if that caller dies, the next
 reconcile pass stops the boot (``control.drain``).
 """
 
@@ -22,30 +22,30 @@ from bgdeploy import health
 from bgdeploy.boots import Supervisor, log_tail
 from bgdeploy.control import crashes
 from bgdeploy.control.app import App
-from bgdeploy.control.lock import DrainClaim
+from bgdeploy.control.drain import (
+    Drain,
+    Drains,
+    Inflight,
+    Progress,
+    no_progress,
+    router_inflight,
+)
 from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError, BootError, OperationFailed
 from bgdeploy.failpoints import failpoint
 from bgdeploy.hooks import HookResult, run_hook
 from bgdeploy.installed import installed_version
 from bgdeploy.machine import DeploymentFields
-from bgdeploy.registry.models import Boot, Quarantine, utcnow
+from bgdeploy.registry.models import Boot
 from bgdeploy.registry.store import TransitionResult
 from bgdeploy.states import BootState
 from bgdeploy.states import DeploymentEvent as Ev
 from bgdeploy.states import DeploymentState as St
 
-Progress = Callable[[str, str], None]  # (step, detail)
-# In-flight counts per boot; None when a running router could not say (count it busy).
-Inflight = Callable[[], dict[str, int] | None]
 ROUTER_FOLLOW_TIMEOUT_S = 2.0
 # Rounds of "attach what is missing, then try the switch": another round is needed
 # only when a workspace was attached to the old boot between the two.
 ATTACH_ROUNDS = 10
-
-
-def no_progress(step: str, detail: str) -> None:
-    return None
 
 
 @dataclass
@@ -88,27 +88,6 @@ class Steps:
         self.progress(step, detail)
 
 
-def router_inflight(app: App) -> Inflight:
-    """In-flight counts as the running router reports them (empty when none runs; None
-    when it runs but did not answer: unknown is not zero, so a drain waits on)."""
-
-    def fetch() -> dict[str, int] | None:
-        url = _router_admin_url(app)
-        if url is None:
-            return {}
-        try:
-            return dict(httpx.get(f"{url}/api/route", timeout=1.0).json()["inflight"])
-        except (httpx.HTTPError, ValueError, KeyError):
-            return None
-
-    return fetch
-
-
-def in_flight(counts: dict[str, int] | None, boot_id: str) -> int:
-    """Requests in flight on a boot; 1 when the router could not say (busy, not drained)."""
-    return 1 if counts is None else counts.get(boot_id, 0)
-
-
 def _router_admin_url(app: App) -> str | None:
     router = running_router(app)
     return router.admin_url if router is not None else None
@@ -132,14 +111,18 @@ def wait_router_follows(app: App, boot_id: str) -> bool:
 
 class Deployer:
     def __init__(
-        self, app: App, supervisor: Supervisor | None = None, inflight: Inflight | None = None
+        self,
+        app: App,
+        supervisor: Supervisor | None = None,
+        inflight: Inflight | None = None,
+        drains: Drains | None = None,
     ) -> None:
         self.app = app
         self.reg = app.registry
         self.sup = supervisor or Supervisor(app.config, app.registry)
         self.inflight = inflight or router_inflight(app)
         # Boots this deployer demoted to draining and claimed, to drain without the lock.
-        self.draining: list[Drain] = []
+        self.drains = drains or Drains(app, self.sup, self.inflight)
 
     # -- deploy ------------------------------------------------------------------------------
 
@@ -151,10 +134,13 @@ class Deployer:
         hold: bool | None = None,
         progress: Progress = no_progress,
         heal: bool = False,
+        reason: str | None = None,
     ) -> DeployResult:
         """Start, check and switch to a candidate; with ``hold`` (default: not
         ``deploy.auto_promote``) stop at ready for `promote`. A deploy that is not
-        the control loop's restart of a dead boot (``heal``) ends a crash loop."""
+        the control loop's restart of a dead boot (``heal``) ends a crash loop.
+        ``reason`` (the intent it serves) goes into the ``begin`` event. Only an
+        operator's ``force`` starts a quarantined version, never a heal."""
         app, reg = self.app, self.reg
         if hold is None:
             hold = not app.config.deploy.auto_promote
@@ -182,12 +168,14 @@ class Deployer:
         row = self.settle(steps)
         quarantined = reg.quarantined_versions(app.service)
         if version in quarantined:
-            if not force:
+            if not force or heal:
                 raise OperationFailed(
                     f"Version {version} is quarantined: a rollback took it out before.",
                     hint="Deploy another version, or pass --force to try it again.",
                 )
-            self._lift_quarantine(version)
+            self.reg.intents.lift_quarantine(
+                app.service, version, "deployed again with --force"
+            )
         active = reg.boot(row.active_boot_id)
         if (
             active is not None
@@ -205,7 +193,12 @@ class Deployer:
                 steps.done,
             )
         res = reg.transition(
-            app.service, Ev.BEGIN, generation=row.generation, state=St.IDLE, version=version
+            app.service,
+            Ev.BEGIN,
+            generation=row.generation,
+            state=St.IDLE,
+            version=version,
+            reason=reason,
         )
         if not res.applied:
             raise OperationFailed(f"Another deploy got there first: {res.message}")
@@ -381,12 +374,6 @@ class Deployer:
                 self.app.service, Ev.ABORT, generation=generation, state=row.state, reason=reason
             )
 
-    def _lift_quarantine(self, version: str) -> None:
-        with self.reg.writing() as s:
-            q = s.get(Quarantine, (self.app.service, version))
-            if q is not None:
-                s.delete(q)
-
     # -- finishing steps -------------------------------------------------------------------
 
     def settle(self, steps: Progress = no_progress) -> DeploymentFields:
@@ -414,30 +401,14 @@ class Deployer:
 
     def finalize(self, row: DeploymentFields) -> None:
         """switched -> idle: the old boot is recorded draining (drained by finish_drains)."""
-        drain = self._claim(row.old_boot_id, Ev.FINALIZE)
+        drain = self.drains.claim(row.old_boot_id, Ev.FINALIZE)
         res = self.reg.transition(
             self.app.service, Ev.FINALIZE, generation=row.generation, state=St.SWITCHED
         )
         failpoint("after_finalize_commit")
-        self._keep(drain, res.applied)
+        self.drains.keep(drain, res.applied)
         if res.applied:
             self.run_hook("post_finalize", res.row)
-
-    def _claim(self, boot_id: str | None, demoted_by: Ev) -> Drain | None:
-        """Claim the drain of a boot about to be demoted, before the demotion commits, so
-        that no reconcile pass starts draining it first."""
-        if boot_id is None:
-            return None
-        claim = DrainClaim(self.app.config.state_dir, boot_id)
-        return Drain(boot_id, demoted_by, claim) if claim.try_claim() else None
-
-    def _keep(self, drain: Drain | None, applied: bool) -> None:
-        if drain is None:
-            return
-        if applied:
-            self.draining.append(drain)
-        else:
-            drain.claim.release()
 
     def rollback(self, row: DeploymentFields, reason: str) -> DeploymentFields:
         """switched -> rolling_back -> idle: the old boot (or a fresh one of its version)
@@ -450,12 +421,11 @@ class Deployer:
         old = self.reg.boot(row.old_boot_id)
         if old is None:
             raise OperationFailed(f"Generation {row.generation} has no old boot to roll back to.")
-        drain = self._claim(row.active_boot_id, Ev.ROLLBACK)
+        drain = self.drains.claim(row.active_boot_id, Ev.ROLLBACK)
         try:
             return self._rollback_to(row, old, reason, drain)
         finally:
-            if drain is not None and drain not in self.draining:
-                drain.claim.release()
+            self.drains.release(drain)
 
     def _rollback_to(
         self, row: DeploymentFields, old: Boot, reason: str, drain: Drain | None
@@ -485,8 +455,12 @@ class Deployer:
             if restore is not None:
                 self.sup.stop(target, final_state=BootState.FAILED)
             why = f"rollback to {target.boot_id} ({target.version}) not done: {e.message}"
-            self.reg.record_failure(
-                self.app.service, row.generation, St.SWITCHED, "rollback_failed", why
+            self.reg.note(
+                self.app.service,
+                "rollback_failed",
+                why,
+                fence=(row.generation, St.SWITCHED),
+                last_error=True,
             )
             raise BootError(
                 f"Generation {row.generation}: {why}",
@@ -511,65 +485,13 @@ class Deployer:
         """rolling_back -> idle: the route already left the failed boot, so the rollback is
         done; the failed boot is drained after the lock is released."""
         if drain is None:  # a rollback left half-way by a process that died
-            drain = self._claim(row.old_boot_id, Ev.ROLLBACK)
+            drain = self.drains.claim(row.old_boot_id, Ev.ROLLBACK)
         res = self.reg.transition(
             self.app.service, Ev.ROLLBACK_DONE, generation=row.generation, state=St.ROLLING_BACK
         )
-        self._keep(drain, res.applied)
+        self.drains.keep(drain, res.applied)
         if res.applied:
             self.run_hook("post_rollback", row)
-
-    def finish_drains(self, progress: Progress = no_progress) -> None:
-        """Drain and stop the boots this deployer demoted. Call it without the lock."""
-        while self.draining:
-            drain = self.draining.pop(0)
-            try:
-                progress("draining", f"{drain.boot_id}: waiting for its requests in flight")
-                if self.drain_and_stop(drain.boot_id):
-                    drain.stopped()
-                    progress("stopped", drain.boot_id)
-            finally:
-                drain.claim.release()
-
-    def drain_and_stop(self, boot_id: str) -> bool:
-        """Wait until the router reports nothing in flight on a draining boot (until
-        drain_timeout after it lost the route), then stop it (SIGTERM, SIGKILL after
-        stop_timeout). False when it is not draining any more (someone else stopped it)."""
-        boot = self.reg.boot(boot_id)
-        if boot is None or boot.state != BootState.DRAINING:
-            return False
-        deadline = time.monotonic() + drain_left(self.app, boot)
-        while in_flight(self.inflight(), boot_id) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        boot = self.reg.boot(boot_id)
-        if boot is None or boot.state != BootState.DRAINING:
-            return False
-        self.sup.stop(boot, final_state=BootState.STOPPED)
-        return True
-
-
-@dataclass
-class Drain:
-    """A boot this process claimed to drain, and the event that took its route (None:
-    a drain whose claimant died, picked up by a reconcile pass)."""
-
-    boot_id: str
-    demoted_by: Ev | None
-    claim: DrainClaim
-
-    def stopped(self) -> None:
-        if self.demoted_by is Ev.FINALIZE:
-            failpoint("after_old_boot_stopped")
-        elif self.demoted_by is Ev.ROLLBACK:
-            failpoint("after_failed_boot_stopped")
-
-
-def drain_left(app: App, boot: Boot) -> float:
-    """Seconds left of a draining boot's drain_timeout (0 when unknown or past)."""
-    if boot.draining_ts is None:
-        return 0.0
-    elapsed = (utcnow() - boot.draining_ts).total_seconds()
-    return max(0.0, app.config.daemon.drain_timeout - elapsed)
 
 
 def _attach_race_lost(boot: Boot) -> OperationFailed:
@@ -577,21 +499,4 @@ def _attach_race_lost(boot: Boot) -> OperationFailed:
         f"Workspaces kept being attached while {boot.boot_id} caught up; gave up "
         f"after {ATTACH_ROUNDS} rounds.",
         hint="Run the command again.",
-    )
-
-
-def previous_version(app: App) -> str:
-    """The version that was active before the current one (for `rollback` when idle)."""
-    reg = app.registry
-    row = reg.deployment(app.service)
-    current = reg.boot(row.active_boot_id)
-    for ev in reg.events(app.service):
-        if ev.event != "switch" or not ev.old_boot_id:
-            continue
-        old = reg.boot(ev.old_boot_id)
-        if old is not None and (current is None or old.version != current.version):
-            return old.version
-    raise OperationFailed(
-        "There is no previous version to roll back to.",
-        hint="Deploy a version explicitly: bgdeploy deploy --version V.",
     )

@@ -18,17 +18,21 @@ from bgdeploy.boots import Supervisor, port_holder, processes_of_state_dir
 from bgdeploy.config import Config, find_config_path, load_config
 from bgdeploy.control.app import App
 from bgdeploy.control.crashes import read_crash_loop
+from bgdeploy.control.decide import decide
 from bgdeploy.control.lock import LifecycleLock
-from bgdeploy.control.status import running_router
+from bgdeploy.control.status import config_current, running_router
+from bgdeploy.control.world import gather
 from bgdeploy.errors import BgdeployError
 from bgdeploy.health import check as health_check
 from bgdeploy.installed import installed_version
 from bgdeploy.registry import migrate
+from bgdeploy.registry.engine import make_engine, safe_url
+from bgdeploy.registry.intent import INSTALLED, IntentView
 from bgdeploy.registry.models import Boot, utcnow
-from bgdeploy.registry.store import make_engine, safe_url
 from bgdeploy.registry.urls import is_postgres, sqlite_path
 from bgdeploy.router import build_of
 from bgdeploy.states import LIVE_BOOT_STATES, BootState, DeploymentState
+from bgdeploy.timefmt import iso
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 MIN_FREE_BYTES = 100 * 1024 * 1024
@@ -59,8 +63,13 @@ def doctor(config_path: str | Path | None = None) -> list[Check]:
         return checks
     app = App(config)
     try:
-        checks.append(_router(app))
-        checks += _active(app)
+        intent = app.registry.intents.read(app.service)
+        if intent.down:
+            checks.append(_down(app, intent))
+        else:
+            checks.append(_router(app))
+            checks += _active(app)
+        checks.append(_decision(app))
         checks.append(_orphans(app))
         checks += _impossible(app)
         checks.append(_lock(app))
@@ -161,6 +170,13 @@ def _router(app: App) -> Check:
                 f"{shape} on bgdeploy {', '.join(running)}, but {__version__} is installed",
                 "Run `bgdeploy up` (or `bgdeploy router reload`): the socket stays open.",
             )
+        if not config_current(row, app.config):
+            return Check(
+                "router",
+                WARN,
+                f"{shape} with an older configuration than {app.config.path}",
+                "Run `bgdeploy up` (or `bgdeploy router reload`) to apply it.",
+            )
         return Check(
             "router", PASS, f"{shape} on bgdeploy {__version__}; router build: {build_of(row.pid)}"
         )
@@ -173,6 +189,40 @@ def _router(app: App) -> Check:
             "Stop that process or change router.port, then `bgdeploy up`.",
         )
     return Check("router", FAIL, "the router is not running", "Run `bgdeploy up`.")
+
+
+def _down(app: App, intent: IntentView) -> Check:
+    """After `bgdeploy down` nothing should serve: the router and boots being gone pass."""
+    cfg = app.config.router
+    row = running_router(app)
+    since = f" since {iso(intent.run_ts)}" if intent.run_ts else ""
+    if row is not None:
+        return Check(
+            "router",
+            WARN,
+            f"the service is down by operator{since}, but router pid {row.pid} runs",
+            "Run `bgdeploy down` again, or `bgdeploy up` to serve.",
+        )
+    holder = port_holder(cfg.host, cfg.port)
+    extra = f"; {cfg.host}:{cfg.port} is taken by {holder}" if holder else ""
+    return Check(
+        "router",
+        WARN if holder else PASS,
+        f"the service is down by operator{since} (`{intent.run_by or 'bgdeploy down'}`); "
+        f"nothing serves {cfg.host}:{cfg.port}{extra}",
+        "Run `bgdeploy up` to serve it again." if not holder else "Stop that process first.",
+    )
+
+
+def _decision(app: App) -> Check:
+    """The decision function's sentence: what the control loop and reconcile would do."""
+    world = gather(app, Supervisor(app.config, app.registry))
+    decision = decide(world)
+    intent = world.intent
+    what = decision.sentence
+    if intent.mode != INSTALLED and not intent.down:
+        what = f"{what} ({intent.describe()}; `bgdeploy unpin` ends it)"
+    return Check("decision", PASS, what)
 
 
 def _active(app: App) -> list[Check]:
@@ -218,8 +268,18 @@ def _active(app: App) -> list[Check]:
     except BgdeployError as e:
         checks.append(Check("installed version", WARN, e.message, e.hint or ""))
         return checks
+    intent = reg.intents.read(app.service)
     if installed == active.version:
         checks.append(Check("installed version", PASS, f"{installed} is active"))
+    elif intent.mode != INSTALLED and intent.version == active.version:
+        checks.append(
+            Check(
+                "installed version",
+                PASS,
+                f"{intent.describe()}; installed {installed} waits",
+                "`bgdeploy unpin` follows the installed version again.",
+            )
+        )
     elif installed in reg.quarantined_versions(app.service):
         checks.append(
             Check(
@@ -281,7 +341,9 @@ def _impossible(app: App) -> list[Check]:
     sup = Supervisor(app.config, reg)
     problems = []
     active = reg.boot(row.active_boot_id)
-    if active is not None and active.state != BootState.ACTIVE:
+    down = reg.intents.read(app.service).down
+    if active is not None and active.state != BootState.ACTIVE and not down:
+        # (after `bgdeploy down` the row still names the boot that will be restarted)
         problems.append(f"the row names {active.boot_id} active but the boot is {active.state}")
     if row.state == DeploymentState.IDLE and (row.candidate_boot_id or row.old_boot_id):
         problems.append("idle with a candidate or old boot set")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from bgdeploy.boots import open_pidfd, process_matches
 from bgdeploy.control import crashes
 from bgdeploy.control.app import App
-from bgdeploy.control.deploy import Inflight
+from bgdeploy.control.drain import Inflight
 from bgdeploy.states import BootState
 
 log = logging.getLogger("bgdeploy.exitwatch")
@@ -44,6 +44,8 @@ class ControlLoop:
         self._watcher: threading.Thread | None = None
         self._acted: str | None = None  # the boot whose exit the last pass acted on
         self.stopping = threading.Event()
+        self.passes = 0  # passes run (for /api/status: a user sees the loop is alive)
+        self.last_decision: str | None = None
 
     def reset(self, app: App) -> None:
         """A new config: the next pass builds its reconciler from it."""
@@ -69,7 +71,15 @@ class ControlLoop:
             if self._rec is None:
                 assert self._inflight is not None
                 self._rec = self._make(self.app, self._inflight)
-            return self._rec.run()  # type: ignore[attr-defined]
+            report = self._rec.run()  # type: ignore[attr-defined]
+            self.passes += 1
+            decision = getattr(report, "decision", None)
+            if decision is not None:
+                self.last_decision = decision.sentence
+            return report
+
+    def as_dict(self) -> dict[str, object]:
+        return {"passes": self.passes, "last_decision": self.last_decision}
 
     # -- the watcher thread ----------------------------------------------------------------
 

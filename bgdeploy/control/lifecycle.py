@@ -17,7 +17,8 @@ from contextlib import contextmanager
 
 from bgdeploy.config import Config
 from bgdeploy.control.app import App
-from bgdeploy.control.deploy import Deployer, Progress, no_progress
+from bgdeploy.control.deploy import Deployer
+from bgdeploy.control.drain import Progress, no_progress
 from bgdeploy.control.lock import LifecycleLock, LockHolder
 from bgdeploy.errors import LockBusy
 from bgdeploy.states import DeploymentState as St
@@ -116,8 +117,8 @@ def lifecycle(
         yield deployer
     except Exception:
         lock.release()
-        deployer.finish_drains(progress)
+        deployer.drains.finish(wait=True, progress=progress)
         raise
     finally:
         lock.release()
-    deployer.finish_drains(progress)
+    deployer.drains.finish(wait=True, progress=progress)

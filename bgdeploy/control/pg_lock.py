@@ -22,7 +22,7 @@ import psycopg
 
 from bgdeploy.control.lock import GRACE_S, POLL_S, LockHolder, _own_command
 from bgdeploy.errors import LockBusy, RegistryError
-from bgdeploy.registry.store import CONNECT_TIMEOUT_S, libpq_url, safe_url
+from bgdeploy.registry.engine import CONNECT_TIMEOUT_S, libpq_url, safe_url
 
 HOLDER_SQL = """
 SELECT a.application_name, to_char(a.backend_start AT TIME ZONE 'UTC',

@@ -23,10 +23,11 @@ from bgdeploy import health
 from bgdeploy.boots import Supervisor
 from bgdeploy.control import crashes, hold
 from bgdeploy.control.app import App
-from bgdeploy.control.deploy import Deployer, Drain, Inflight, drain_left, in_flight
-from bgdeploy.control.lock import DrainClaim
+from bgdeploy.control.decide import Act, Decision, World, decide
+from bgdeploy.control.deploy import Deployer
+from bgdeploy.control.drain import Inflight
+from bgdeploy.control.world import gather
 from bgdeploy.errors import BgdeployError, LockBusy
-from bgdeploy.installed import installed_version
 from bgdeploy.registry.models import utcnow
 from bgdeploy.states import BootState
 from bgdeploy.states import DeploymentState as St
@@ -40,6 +41,7 @@ KEEP_LOGS = 20
 class ReconcileReport:
     actions: list[str] = field(default_factory=list)
     skipped: str | None = None
+    decision: Decision | None = None  # what the decision function answered this pass
 
     def did(self, what: str) -> None:
         log.info("reconcile: %s", what)
@@ -53,7 +55,6 @@ class Reconciler:
         *,
         supervisor: Supervisor | None = None,
         inflight: Inflight | None = None,
-        auto_deploy: bool = True,
         deploy_if_none: bool = False,
         holder: str = "bgdeploy reconcile",
     ) -> None:
@@ -62,9 +63,8 @@ class Reconciler:
         self.deploy_if_none = deploy_if_none
         self.sup = supervisor or Supervisor(app.config, app.registry)
         self.deployer = Deployer(app, self.sup, inflight)
-        self.auto_deploy = auto_deploy
+        self.drains = self.deployer.drains  # this pass's demotions join the drains it finishes
         self._http = httpx.Client()
-        self.drains: dict[str, Drain] = {}  # boots this process claimed to drain
 
     def run(self, *, dry_run: bool = False, wait: float | None = None) -> ReconcileReport:
         report = ReconcileReport()
@@ -78,48 +78,80 @@ class Reconciler:
                 self.step(report, dry_run)
             finally:
                 lock.release()
-        # This pass's own demotions join the drains it finishes below, without waiting.
-        for drain in self.deployer.draining:
-            self.drains[drain.boot_id] = drain
-        self.deployer.draining.clear()
-        self._finish_drains(report, dry_run)
+        if dry_run:
+            for boot in self.drains.draining_boots():
+                report.did(f"finish the drain of boot {boot.boot_id}")
+        else:
+            for line in self.drains.finish(wait=False):
+                report.did(line)
         return report
 
+    def world(self) -> World:
+        return gather(self.app, self.sup, deploy_if_none=self.deploy_if_none)
+
     def step(self, report: ReconcileReport, dry_run: bool) -> None:
-        row = self.app.registry.deployment(self.app.service)
-        d = self.deployer
-        if row.state == St.READY and row.held_ts is not None:
-            # Held for `promote`: it stays while it lives.
-            candidate = self.app.registry.boot(row.candidate_boot_id)
-            if candidate is None or not self.sup.is_running(candidate):
-                what = (
-                    f"held candidate {candidate.boot_id} {self.sup.describe_exit(candidate)}"
-                    if candidate is not None
-                    else "the held candidate is gone"
-                )
-                report.did(f"abort generation {row.generation}: {what}")
-                if not dry_run:
-                    hold.abort(d, what, row.generation)
-        elif row.state in (St.STARTING, St.READY):
-            # A deploy whose process died (we hold the lock, so none is running).
-            report.did(f"abort generation {row.generation}: the deploying process is gone")
-            if not dry_run:
-                d.settle()
-        elif row.state == St.ROLLING_BACK:
-            report.did(f"complete the rollback of generation {row.generation}")
-            if not dry_run:
-                d.complete_rollback(row)
-        elif row.state == St.SWITCHED:
-            # Observe: streaks, then rollback or finalize.
-            self._observe(row, report, dry_run)
+        if dry_run:
+            self._act(self.world(), report, dry_run)
         else:
-            # Idle: self-heal a dead active boot, auto-deploy a new installed version.
-            self._heal_or_update(report, dry_run)
+            self._note_then_act(report)
         # In every state: a live boot the row does not name is an orphan.
         self._stop_orphans(report, dry_run)
         if not dry_run:
             self._settle_crashes(report)
             self._prune_logs()
+
+    def _act(self, world: World, report: ReconcileReport, dry_run: bool) -> None:
+        """Do what the decision function says, once."""
+        decision = report.decision = decide(world)
+        act, d = decision.action, self.deployer
+        if act is Act.NOTHING:
+            return
+        if act in (Act.WAIT, Act.OBSERVE):
+            if act is Act.WAIT:
+                report.did(decision.reason)
+            else:
+                self._observe(self.app.registry.deployment(self.app.service), report, dry_run)
+            return
+        report.did(decision.reason)
+        if dry_run:
+            return
+        row = self.app.registry.deployment(self.app.service)
+        if act is Act.ABORT:
+            if world.held:
+                hold.abort(d, decision.reason.split(": ", 1)[-1], row.generation)
+            else:
+                d.settle()
+        elif act is Act.COMPLETE_ROLLBACK:
+            d.complete_rollback(row)
+        elif act is Act.ROLLBACK:
+            self._rollback_exited(row, report)
+        elif act is Act.FINALIZE:
+            d.finalize(row)
+            self._note_then_act(report)  # the idle path records the exit and restarts it
+        elif act is Act.DEPLOY:
+            self._deploy(decision, world)
+
+    def _note_then_act(self, report: ReconcileReport) -> None:
+        if self._note_exit(report):
+            report.decision = decide(self.world())
+        else:
+            self._act(self.world(), report, dry_run=False)
+
+    def _deploy(self, decision: Decision, world: World) -> None:
+        reg, version = self.app.registry, decision.version
+        assert version is not None
+        if decision.ends_intent is not None:
+            reg.intents.follow_installed(self.app.service, "intent_ended", decision.ends_intent)
+        if not decision.heal and world.active is not None:
+            crashes.note_auto_deploy(self.app, version, world.active.version)
+        try:
+            self.deployer.deploy(
+                version, force=decision.heal, heal=decision.heal, reason=decision.reason
+            )
+        except BgdeployError as e:
+            log.warning("reconcile: deploy of %s failed: %s", version, e.message)
+            if decision.heal:
+                self._count_failed_restart()
 
     def _settle_crashes(self, report: ReconcileReport) -> None:
         """A running active boot ends the router's hold; one that lived past the crash
@@ -140,11 +172,10 @@ class Reconciler:
         detail = "no active boot"
         if active is not None:
             if not self.sup.is_running(active):
-                self._active_exited_while_switched(row, active, report, dry_run)
+                self._act(self.world(), report, dry_run)  # it exited a moment ago
                 return
-            else:
-                result = health.check(self._http, cfg, active)
-                ok, detail = result.ok, result.detail
+            result = health.check(self._http, cfg, active)
+            ok, detail = result.ok, result.detail
         if dry_run:
             report.did(f"health check of {row.active_boot_id}: {'ok' if ok else detail}")
             return
@@ -174,22 +205,13 @@ class Reconciler:
             )
             self.deployer.finalize(streaks)
 
-    def _active_exited_while_switched(self, row, active, report, dry_run: bool) -> None:  # noqa: ANN001
-        """An exit is a failed health check that counts failure_threshold at once: back
-        to the warm old boot now. Without a live old boot (a self-heal's generation)
-        there is nothing to go back to: finalize, and the idle path restarts it."""
+    def _rollback_exited(self, row, report: ReconcileReport) -> None:  # noqa: ANN001
+        """An exit while switched is a failed health check that counts failure_threshold at
+        once: back to the warm old boot now."""
         reg, cfg = self.app.registry, self.app.config
-        old = reg.boot(row.old_boot_id)
-        warm = old is not None and self.sup.is_running(old)
+        active = reg.boot(row.active_boot_id)
+        assert active is not None
         what = f"active boot {active.boot_id} {self.sup.describe_exit(active, honest=True)}"
-        if dry_run:
-            report.did(f"{what}: {'roll back' if warm else 'finalize and restart'}")
-            return
-        if not warm:
-            report.did(f"{what} while switched and the old boot is down: finalize, restart")
-            self.deployer.finalize(row)
-            self._heal_or_update(report, dry_run)
-            return
         crashes.record_exit(self.app, self.sup, active, counts=False)
         streaks = row
         for _ in range(max(1, cfg.health.failure_threshold - row.health_fail_streak)):
@@ -198,61 +220,25 @@ class Reconciler:
         report.did(f"roll back generation {row.generation}: {reason}")
         self.deployer.rollback(streaks, reason)
 
-    def _heal_or_update(self, report: ReconcileReport, dry_run: bool) -> None:
+    def _note_exit(self, report: ReconcileReport) -> bool:
+        """First sight of a dead active boot while idle: its exit in history, the crash
+        series and the router's hold. True when that alone decided the pass (a crash loop
+        after an auto-deploy is a failed deploy)."""
         reg = self.app.registry
         row = reg.deployment(self.app.service)
         active = reg.boot(row.active_boot_id)
-        if not self.auto_deploy:
-            return
-        try:
-            installed = installed_version(self.app.config)
-        except BgdeployError as e:
-            if active is None or not self.sup.is_running(active):
-                report.did(f"cannot deploy: {e.message}")
-            return
-        dead = active is not None and not self.sup.is_running(active)
-        if dead:
-            if dry_run:
-                report.did(f"self-heal: active boot {active.boot_id} is down; deploy {installed}")
-                return
-            if active.state not in (BootState.FAILED, BootState.STOPPED):
-                # First sight of this exit: history, the crash series, the router's hold.
-                crashes.record_exit(self.app, self.sup, active)
-                reg.boot_records.mark_exited(
-                    active.boot_id, BootState.FAILED, self.sup.exit_code(active)
-                )
-                if self._failed_auto_deploy(active, report):
-                    return
-            wait = crashes.next_try_in(self.app)
-            if wait > 0:
-                loop = crashes.read_crash_loop(self.app)
-                report.did(loop.line() if loop else f"next try in {wait:.1f} s")
-                return
-            report.did(f"self-heal: active boot {active.boot_id} is down; deploy {installed}")
-        elif active is None:
-            if not self.deploy_if_none:
-                return  # nothing was ever deployed: that is `bgdeploy up`/`deploy`'s job
-            report.did(f"first deploy: {installed}")
-        elif installed != active.version:
-            if installed in reg.quarantined_versions(self.app.service):
-                return
-            if self._last_attempt_failed(row, installed):
-                return  # it aborted last time: retrying every interval would only churn
-            report.did(
-                f"auto-deploy: installed version {installed} differs from active {active.version}"
-            )
-        else:
-            return
-        if dry_run:
-            return
-        if not dead:
-            crashes.note_auto_deploy(self.app, installed, active.version)
-        try:
-            self.deployer.deploy(installed, force=dead, heal=dead)
-        except BgdeployError as e:
-            report.did(f"deploy failed: {e.message}")
-            if dead:
-                self._count_failed_restart()
+        if (
+            row.state != St.IDLE
+            or active is None
+            or active.state in (BootState.FAILED, BootState.STOPPED)
+            or self.sup.is_running(active)
+        ):
+            return False
+        crashes.record_exit(self.app, self.sup, active)
+        reg.boot_records.mark_exited(active.boot_id, BootState.FAILED, self.sup.exit_code(active))
+        if reg.intents.read(self.app.service).down:
+            return False
+        return self._failed_auto_deploy(active, report)
 
     def _failed_auto_deploy(self, active, report: ReconcileReport) -> bool:  # noqa: ANN001
         """A version the control loop auto-deployed that crash-loops is a failed deploy:
@@ -279,16 +265,6 @@ class Reconciler:
                 crashes.record_exit(self.app, self.sup, boot)
                 return
 
-    def _last_attempt_failed(self, row, version: str) -> bool:  # noqa: ANN001
-        """The newest generation tried this version and aborted: leave it to a person
-        (`bgdeploy deploy` retries it; a new install is tried again)."""
-        if row.last_error is None or row.generation == 0:
-            return False
-        return any(
-            b.generation == row.generation and b.version == version and b.state == BootState.FAILED
-            for b in self.app.registry.boots(self.app.service)
-        )
-
     def _stop_orphans(self, report: ReconcileReport, dry_run: bool) -> None:
         reg = self.app.registry
         row = reg.deployment(self.app.service)
@@ -304,47 +280,6 @@ class Reconciler:
                 self.sup.stop(boot)
             else:
                 reg.boot_records.mark_exited(boot.boot_id, BootState.FAILED, None)
-
-    def _finish_drains(self, report: ReconcileReport, dry_run: bool) -> None:
-        """Stop each draining boot whose requests finished or whose drain_timeout is over,
-        among those this process claimed or nobody (alive) has claimed."""
-        reg = self.app.registry
-        inflight: dict[str, int] | None = None
-        asked = False
-        draining = [
-            b for b in reg.boots(self.app.service, live_only=True) if b.state == BootState.DRAINING
-        ]
-        for gone in set(self.drains) - {b.boot_id for b in draining}:
-            self.drains.pop(gone).claim.release()  # stopped by someone else (`down`)
-        for boot in draining:
-            if dry_run:
-                report.did(f"finish the drain of boot {boot.boot_id}")
-                continue
-            drain = self.drains.get(boot.boot_id) or self._claim(boot.boot_id)
-            if drain is None:
-                continue  # a live process drains it
-            if self.sup.is_running(boot):
-                if not asked:
-                    inflight, asked = self.deployer.inflight(), True
-                busy = in_flight(inflight, boot.boot_id)
-                if busy and drain_left(self.app, boot) > 0:
-                    continue  # still finishing its requests: a later pass looks again
-                late = f" ({busy} in flight at the end of drain_timeout)" if busy else ""
-                report.did(f"stop drained boot {boot.boot_id}{late}")
-                self.sup.stop(boot, final_state=BootState.STOPPED)
-            else:
-                report.did(f"record exit of drained boot {boot.boot_id}")
-                reg.boot_records.mark_exited(boot.boot_id, BootState.STOPPED, None)
-            self.drains.pop(boot.boot_id, None)
-            drain.claim.release()
-            drain.stopped()
-
-    def _claim(self, boot_id: str) -> Drain | None:
-        claim = DrainClaim(self.app.config.state_dir, boot_id)
-        if not claim.try_claim():
-            return None
-        drain = self.drains[boot_id] = Drain(boot_id, None, claim)
-        return drain
 
     def _prune_logs(self) -> None:
         logs = self.app.config.logs_dir

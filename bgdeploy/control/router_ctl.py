@@ -10,14 +10,17 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bgdeploy.boots import Supervisor, log_tail, process_matches
 from bgdeploy.control.app import App
+from bgdeploy.control.decide import Act, World, decide, target
 from bgdeploy.control.deploy import DeployResult, Progress, no_progress
 from bgdeploy.control.lifecycle import Notice, lifecycle, no_notice, take_lock
 from bgdeploy.control.status import running_router
+from bgdeploy.control.world import gather
 from bgdeploy.errors import EXIT_LOCK_BUSY, OperationFailed
+from bgdeploy.registry.intent import DOWN, UP
 from bgdeploy.states import BootState
 
 log = logging.getLogger("bgdeploy.up")
@@ -109,19 +112,39 @@ def up(
         f"pid {pid} on {app.config.router.host}:{app.config.router.port}"
         + ("" if started else " (already running)"),
     )
-    deployment = app.registry.deployment(app.service)
+    app.registry.intents.set_run(app.service, UP, "bgdeploy up")
     sup = Supervisor(app.config, app.registry)
-    active = app.registry.boot(deployment.active_boot_id)
     result = None
-    if active is None or not sup.is_running(active):
+    if not _active_runs(app, sup):
         with lifecycle(
             app, "bgdeploy up", wait=wait, no_wait=no_wait, notice=notice, progress=progress
         ) as deployer:
             # Another `up` may have deployed while this one waited for the lock.
-            active = app.registry.boot(app.registry.deployment(app.service).active_boot_id)
-            if active is None or not sup.is_running(active):
-                result = deployer.deploy(force=active is not None, progress=progress)
+            if not _active_runs(app, sup):
+                version, reason = start_version(gather(app, sup, deploy_if_none=True))
+                result = deployer.deploy(version, force=True, progress=progress, reason=reason)
     return UpResult(pid, started, result)
+
+
+def _active_runs(app: App, sup: Supervisor) -> bool:
+    active = app.registry.boot(app.registry.deployment(app.service).active_boot_id)
+    return active is not None and sup.is_running(active)
+
+
+def start_version(world: World) -> tuple[str, str]:
+    """What `up` starts when nothing runs: the version that should run (the installed
+    one, a pin, an operator rollback), unless it is quarantined; then what the decision
+    function would start (the version that was running)."""
+    version, why, _ = target(world)
+    if version is not None and version not in world.quarantined:
+        return version, f"bgdeploy up: {why}"
+    decision = decide(replace(world, intent=replace(world.intent, run=UP)))
+    if decision.action is Act.DEPLOY and decision.version is not None:
+        return decision.version, f"bgdeploy up: {decision.reason}"
+    raise OperationFailed(
+        f"Nothing to start: {decision.sentence}.",
+        hint="Deploy a version explicitly: bgdeploy deploy --version V.",
+    )
 
 
 def down(
@@ -136,6 +159,8 @@ def down(
     cfg = app.config
     lock = take_lock(app, "bgdeploy down", wait=wait, no_wait=no_wait, notice=notice)
     try:
+        # First the intent: no automatic actor (cron's reconcile, a heal) starts it again.
+        app.registry.intents.set_run(app.service, DOWN, "bgdeploy down")
         row = running_router(app)
         if row is not None:
             os.kill(row.pid, signal.SIGTERM)

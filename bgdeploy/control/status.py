@@ -12,6 +12,7 @@ import httpx
 
 from bgdeploy import __version__
 from bgdeploy.boots import process_matches
+from bgdeploy.config import Config, config_digest
 from bgdeploy.control.app import App
 from bgdeploy.control.controls import read_controls
 from bgdeploy.control.crashes import read_crash_loop
@@ -57,7 +58,14 @@ def running_router(app: App) -> Router | None:
     return None
 
 
-def router_dict(router: Router | None, info: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def config_current(router: Router, config: Config) -> bool:
+    """Whether the running router loaded this bgdeploy.toml as it is now."""
+    return router.config_digest == config_digest(config)
+
+
+def router_dict(
+    router: Router | None, info: dict[str, Any] | None = None, app_config: Config | None = None
+) -> dict[str, Any] | None:
     """The supervisor's row, with what it reports of itself and its workers when it can."""
     if router is None:
         return None
@@ -68,6 +76,7 @@ def router_dict(router: Router | None, info: dict[str, Any] | None = None) -> di
         "url": router.url,
         "admin_url": router.admin_url,
         "build": build_of(router.pid),
+        "config_current": config_current(router, app_config) if app_config else None,
         "started_ts": iso(router.started_ts),
         "version": info["version"] if info else None,
         "installed_version": __version__,
@@ -111,7 +120,7 @@ def status(
         "rollback_ts": iso(row.rollback_ts),
         "last_error": row.last_error,
         "quarantined_versions": reg.quarantined_versions(app.service),
-        "router": router_dict(running_router(app), router),
+        "router": router_dict(running_router(app), router, app.config),
         "lock": holder.as_dict() if holder else None,
         "held": None
         if row.held_ts is None
@@ -121,6 +130,33 @@ def status(
         },
         **read_controls(app).as_dict(),
         "crash_loop": _crash_loop(app, active),
+        **intent_and_decision(app),
+    }
+
+
+def intent_and_decision(app: App) -> dict[str, Any]:
+    """The desired state (``intent``) and what the decision function would do now, in
+    its own sentence (``decision``)."""
+    from bgdeploy.boots import Supervisor
+    from bgdeploy.control.decide import decide
+    from bgdeploy.control.world import gather
+
+    world = gather(app, Supervisor(app.config, app.registry))
+    i = world.intent
+    return {
+        "intent": {
+            "run": i.run,
+            "run_since": iso(i.run_ts),
+            "mode": i.mode,
+            "version": i.version,
+            "reason": i.reason,
+            "since": iso(i.mode_ts),
+            "by": i.mode_by,
+            "installed_seen": i.installed_seen,
+            "sentence": i.describe() if not i.down else "down by operator",
+        },
+        "installed_version": world.installed,
+        "decision": decide(world).sentence,
     }
 
 

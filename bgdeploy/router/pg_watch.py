@@ -19,12 +19,8 @@ import threading
 
 import psycopg
 
-from bgdeploy.registry.store import (
-    CONNECT_TIMEOUT_S,
-    ROUTE_CHANNEL,
-    libpq_url,
-    safe_url,
-)
+from bgdeploy.registry.engine import CONNECT_TIMEOUT_S, libpq_url, safe_url
+from bgdeploy.registry.store import ROUTE_CHANNEL
 from bgdeploy.router.routes import ROUTE_SQL, Route, RouteState, RouteTable, route_state
 
 log = logging.getLogger("bgdeploy.router")

@@ -31,14 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
 import uvloop
 
 from bgdeploy import __version__
-from bgdeploy.config import Config
+from bgdeploy.config import Config, config_digest
 from bgdeploy.errors import BgdeployError, ConfigError, OperationFailed
 from bgdeploy.failpoints import failpoint
-from bgdeploy.registry.models import Router, utcnow
 from bgdeploy.registry.store import Registry
 from bgdeploy.router import ipc
 from bgdeploy.router.admin import Admin, AdminConnection
@@ -375,6 +373,7 @@ class RouterSupervisor:
                 return _refused(e)
             self.config = config
             self.hooks.on_config(config)
+            self._record(True)
             return {
                 "ok": True,
                 "supervisor": os.getpid(),
@@ -461,21 +460,17 @@ class RouterSupervisor:
                 failing = False
 
     def _record(self, running: bool) -> None:
+        routers = self.registry.routers
+        if not running:
+            routers.forget(self.service)
+            return
         cfg = self.config.router
-        with self.registry.writing() as s:
-            row = s.get(Router, self.service)
-            if not running:
-                if row is not None and row.pid == os.getpid():
-                    s.delete(row)
-                return
-            if row is None:
-                row = Router(service=self.service)
-                s.add(row)
-            row.pid = os.getpid()
-            row.pid_create_time = psutil.Process().create_time()
-            row.url = f"http://{cfg.host}:{cfg.port}"
-            row.admin_url = f"http://{cfg.host}:{cfg.admin_port}"
-            row.started_ts = utcnow()
+        routers.record(
+            self.service,
+            f"http://{cfg.host}:{cfg.port}",
+            f"http://{cfg.host}:{cfg.admin_port}",
+            config_digest(self.config),
+        )
 
 
 def _refused(e: BgdeployError) -> dict[str, Any]:

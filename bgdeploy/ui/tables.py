@@ -83,6 +83,21 @@ def status_renderable(st: dict[str, Any]) -> Group:
     if st["last_error"]:
         facts.add_row("last error", Text(st["last_error"], "red"))
     facts.add_row("quarantined", ", ".join(st["quarantined_versions"]) or "none")
+    intent = st.get("intent")
+    if intent:
+        down = intent["run"] == "down"
+        facts.add_row(
+            "intent",
+            Text(
+                "down by operator (bgdeploy up starts it)"
+                if down
+                else intent["sentence"]
+                + (" (bgdeploy unpin ends it)" if intent["mode"] != "installed" else ""),
+                "yellow" if down or intent["mode"] != "installed" else "",
+            ),
+        )
+    if st.get("decision"):
+        facts.add_row("decision", st["decision"])
     if st["held"]:
         facts.add_row(
             "held",
@@ -126,6 +141,15 @@ def status_renderable(st: dict[str, Any]) -> Group:
     )
     if router:
         facts.add_row("router build", router["build"] or "unknown")
+        if router.get("config_current") is False:
+            facts.add_row(
+                "router config",
+                Text(
+                    "older than bgdeploy.toml: `bgdeploy up` or `bgdeploy router reload` "
+                    "applies it",
+                    "yellow",
+                ),
+            )
     lock = st["lock"]
     facts.add_row(
         "lock",

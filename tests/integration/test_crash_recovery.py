@@ -87,6 +87,7 @@ def test_kill_9_of_the_active_daemon_costs_only_its_requests_in_flight(stack, tm
         # 2, 3: while switched: back to the warm old boot at once.
         for k in (1, 2):
             old = _active(app)[1].boot_id
+            (tmp_path / "VERSION").write_text(f"2.{k}\n")  # installed, as a user deploys
             deploy(app, f"2.{k}")
             row = app.registry.deployment(app.service)
             assert row.state == St.SWITCHED, "the kill must come while switched"
@@ -100,6 +101,9 @@ def test_kill_9_of_the_active_daemon_costs_only_its_requests_in_flight(stack, tm
             t.start()
             poll_until(lambda: load.in_flight(time.monotonic()) >= 0 and router.route(), 5)
             time.sleep(0.2)  # let the long GET reach the old boot before the switch
+            # Installed first, as a user deploys: the heal after the kill restarts the
+            # version that ran, and no auto-deploy of another installed version follows.
+            (tmp_path / "VERSION").write_text(f"3.{k}\n")
             deploy(app, f"3.{k}")
             poll_until(
                 lambda: app.registry.boot(old).state == BootState.DRAINING,  # noqa: B023

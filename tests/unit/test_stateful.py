@@ -32,6 +32,9 @@ from bgdeploy.errors import IllegalTransition
 from bgdeploy.registry.models import Boot, Event
 from bgdeploy.registry.store import Registry
 
+# Its 200 examples take a minute or two on a shared 2-core machine.
+pytestmark = pytest.mark.timeout(400)
+
 ACTORS = 3
 WORKSPACES = ["ws-a", "ws-b"]
 # The events that move a deployment on from each state (so that examples reach far:
