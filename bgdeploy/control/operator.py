@@ -90,9 +90,7 @@ def rollback(d: Deployer, reason: str, progress: Progress = no_progress) -> Roll
         instant = True
     else:
         to_version = previous_version(app)
-        result = d.deploy(
-            to_version, force=True, progress=progress, reason=f"rollback by operator: {reason}"
-        )
+        result = d.deploy(to_version, progress=progress, reason=f"rollback by operator: {reason}")
         message, instant = result.message, False
     record_rollback(app, to_version, from_version, reason, installed)
     return RollbackResult(message, instant)
@@ -148,15 +146,21 @@ def no_router_notice(app: App) -> str | None:
 
 
 def previous_version(app: App) -> str:
-    """The version that was active before the current one (for `rollback` when idle)."""
+    """The version that was active before the current one and is not quarantined (for
+    `rollback` when idle)."""
     reg = app.registry
     row = reg.deployment(app.service)
     current = reg.boot(row.active_boot_id)
+    quarantined = set(reg.quarantined_versions(app.service))
     for ev in reg.events(app.service):
         if ev.event != "switch" or not ev.old_boot_id:
             continue
         old = reg.boot(ev.old_boot_id)
-        if old is not None and (current is None or old.version != current.version):
+        if (
+            old is not None
+            and (current is None or old.version != current.version)
+            and old.version not in quarantined
+        ):
             return old.version
     raise OperationFailed(
         "There is no previous version to roll back to.",
