@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
-
 from bgdeploy import health
 from bgdeploy.boots import Supervisor, log_tail
 from bgdeploy.control import crashes
@@ -29,6 +27,7 @@ from bgdeploy.control.drain import (
     Progress,
     no_progress,
     router_inflight,
+    wait_router_follows,
 )
 from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError, BootError, OperationFailed
@@ -42,7 +41,6 @@ from bgdeploy.states import BootState
 from bgdeploy.states import DeploymentEvent as Ev
 from bgdeploy.states import DeploymentState as St
 
-ROUTER_FOLLOW_TIMEOUT_S = 2.0
 # Rounds of "attach what is missing, then try the switch": another round is needed
 # only when a workspace was attached to the old boot between the two.
 ATTACH_ROUNDS = 10
@@ -86,27 +84,6 @@ class Steps:
         self.done.append({"step": step, "detail": detail, "seconds": round(now - self.last, 3)})
         self.last = now
         self.progress(step, detail)
-
-
-def _router_admin_url(app: App) -> str | None:
-    router = running_router(app)
-    return router.admin_url if router is not None else None
-
-
-def wait_router_follows(app: App, boot_id: str) -> bool:
-    """Wait (briefly) until a running router routes new requests to boot_id."""
-    url = _router_admin_url(app)
-    if url is None:
-        return False
-    deadline = time.monotonic() + ROUTER_FOLLOW_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/api/route", timeout=1.0).json().get("boot_id") == boot_id:
-                return True
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.01)
-    return False
 
 
 class Deployer:

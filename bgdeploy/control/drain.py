@@ -20,6 +20,7 @@ import httpx
 from bgdeploy.boots import Supervisor
 from bgdeploy.control.app import App
 from bgdeploy.control.lock import DrainClaim
+from bgdeploy.control.status import running_router
 from bgdeploy.failpoints import failpoint
 from bgdeploy.registry.models import Boot, utcnow
 from bgdeploy.states import BootState
@@ -29,6 +30,7 @@ from bgdeploy.states import DeploymentEvent as Ev
 Inflight = Callable[[], dict[str, int] | None]
 Progress = Callable[[str, str], None]  # (step, detail)
 POLL_S = 0.05
+ROUTER_FOLLOW_TIMEOUT_S = 2.0
 
 
 def no_progress(step: str, detail: str) -> None:
@@ -38,8 +40,6 @@ def no_progress(step: str, detail: str) -> None:
 def router_inflight(app: App) -> Inflight:
     """In-flight counts as the running router reports them (empty when none runs; None
     when it runs but did not answer: unknown is not zero, so a drain waits on)."""
-    from bgdeploy.control.status import running_router
-
     def fetch() -> dict[str, int] | None:
         router = running_router(app)
         if router is None:
@@ -50,6 +50,27 @@ def router_inflight(app: App) -> Inflight:
             return None
 
     return fetch
+
+
+def _router_admin_url(app: App) -> str | None:
+    router = running_router(app)
+    return router.admin_url if router is not None else None
+
+
+def wait_router_follows(app: App, boot_id: str) -> bool:
+    """Wait (briefly) until a running router routes new requests to boot_id."""
+    url = _router_admin_url(app)
+    if url is None:
+        return False
+    deadline = time.monotonic() + ROUTER_FOLLOW_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/route", timeout=1.0).json().get("boot_id") == boot_id:
+                return True
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.01)
+    return False
 
 
 def in_flight(counts: dict[str, int] | None, boot_id: str) -> int:

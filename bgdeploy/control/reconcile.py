@@ -14,6 +14,7 @@ still stopped (invariant 5).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from bgdeploy.control.app import App
 from bgdeploy.control.decide import Act, Decision, World, decide
 from bgdeploy.control.deploy import Deployer
 from bgdeploy.control.drain import Inflight
-from bgdeploy.control.world import gather
+from bgdeploy.control.world import Seen, read
 from bgdeploy.errors import BgdeployError, LockBusy
 from bgdeploy.registry.models import utcnow
 from bgdeploy.states import BootState
@@ -35,6 +36,7 @@ from bgdeploy.states import DeploymentState as St
 log = logging.getLogger("bgdeploy.reconcile")
 
 KEEP_LOGS = 20
+PRUNE_EVERY_S = 60.0
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Reconciler:
         self.deployer = Deployer(app, self.sup, inflight)
         self.drains = self.deployer.drains  # this pass's demotions join the drains it finishes
         self._http = httpx.Client()
+        self._pruned = -PRUNE_EVERY_S
 
     def run(self, *, dry_run: bool = False, wait: float | None = None) -> ReconcileReport:
         report = ReconcileReport()
@@ -86,18 +89,25 @@ class Reconciler:
                 report.did(line)
         return report
 
+    def read(self) -> Seen:
+        return read(self.app, self.sup, deploy_if_none=self.deploy_if_none)
+
     def world(self) -> World:
-        return gather(self.app, self.sup, deploy_if_none=self.deploy_if_none)
+        return self.read().world
 
     def step(self, report: ReconcileReport, dry_run: bool) -> None:
+        seen = self.read()
         if dry_run:
-            self._act(self.world(), report, dry_run)
+            self._act(seen.world, report, dry_run)
         else:
-            self._note_then_act(report)
-        # In every state: a live boot the row does not name is an orphan.
-        self._stop_orphans(report, dry_run)
+            self._note_then_act(report, seen)
+        # In every state: a live boot the row does not name is an orphan. (A pass that
+        # acted reads again; an idle one, the common case, reads once.)
+        if report.actions:
+            seen = self.read()
+        self._stop_orphans(seen, report, dry_run)
         if not dry_run:
-            self._settle_crashes(report)
+            self._settle_crashes(seen, report)
             self._prune_logs()
 
     def _act(self, world: World, report: ReconcileReport, dry_run: bool) -> None:
@@ -131,11 +141,12 @@ class Reconciler:
         elif act is Act.DEPLOY:
             self._deploy(decision, world)
 
-    def _note_then_act(self, report: ReconcileReport) -> None:
-        if self._note_exit(report):
+    def _note_then_act(self, report: ReconcileReport, seen: Seen | None = None) -> None:
+        seen = seen or self.read()
+        if self._note_exit(seen, report):
             report.decision = decide(self.world())
         else:
-            self._act(self.world(), report, dry_run=False)
+            self._act(seen.world, report, dry_run=False)
 
     def _deploy(self, decision: Decision, world: World) -> None:
         reg, version = self.app.registry, decision.version
@@ -153,12 +164,14 @@ class Reconciler:
             if decision.heal:
                 self._count_failed_restart()
 
-    def _settle_crashes(self, report: ReconcileReport) -> None:
+    def _settle_crashes(self, seen: Seen, report: ReconcileReport) -> None:
         """A running active boot ends the router's hold; one that lived past the crash
         window ends the crash loop."""
-        row = self.app.registry.deployment(self.app.service)
-        active = self.app.registry.boot(row.active_boot_id)
-        if active is None or not self.sup.is_running(active):
+        row, world = seen.row, seen.world
+        if row.healing_ts is None and not row.crash_exits:
+            return
+        active = seen.boots.get(row.active_boot_id or "")
+        if active is None or world.active is None or not world.active.alive:
             return
         crashes.end_healing(self.app)
         lived = (utcnow() - active.started_ts).total_seconds()
@@ -220,18 +233,18 @@ class Reconciler:
         report.did(f"roll back generation {row.generation}: {reason}")
         self.deployer.rollback(streaks, reason)
 
-    def _note_exit(self, report: ReconcileReport) -> bool:
+    def _note_exit(self, seen: Seen, report: ReconcileReport) -> bool:
         """First sight of a dead active boot while idle: its exit in history, the crash
         series and the router's hold. True when that alone decided the pass (a crash loop
         after an auto-deploy is a failed deploy)."""
-        reg = self.app.registry
-        row = reg.deployment(self.app.service)
-        active = reg.boot(row.active_boot_id)
+        reg, row, world = self.app.registry, seen.row, seen.world
+        active = seen.boots.get(row.active_boot_id or "")
         if (
             row.state != St.IDLE
             or active is None
             or active.state in (BootState.FAILED, BootState.STOPPED)
-            or self.sup.is_running(active)
+            or world.active is None
+            or world.active.alive
         ):
             return False
         crashes.record_exit(self.app, self.sup, active)
@@ -265,11 +278,10 @@ class Reconciler:
                 crashes.record_exit(self.app, self.sup, boot)
                 return
 
-    def _stop_orphans(self, report: ReconcileReport, dry_run: bool) -> None:
-        reg = self.app.registry
-        row = reg.deployment(self.app.service)
+    def _stop_orphans(self, seen: Seen, report: ReconcileReport, dry_run: bool) -> None:
+        reg, row = self.app.registry, seen.row
         referenced = {row.active_boot_id, row.candidate_boot_id, row.old_boot_id}
-        for boot in reg.boots(self.app.service, live_only=True):
+        for boot in seen.live():
             if boot.boot_id in referenced or boot.state == BootState.DRAINING:
                 continue  # a draining boot is _finish_drains' to stop
             running = self.sup.is_running(boot)
@@ -282,6 +294,11 @@ class Reconciler:
                 reg.boot_records.mark_exited(boot.boot_id, BootState.FAILED, None)
 
     def _prune_logs(self) -> None:
+        """At most once a minute: the logs of all but the newest KEEP_LOGS dead boots."""
+        now = time.monotonic()
+        if now - self._pruned < PRUNE_EVERY_S:
+            return
+        self._pruned = now
         logs = self.app.config.logs_dir
         if not logs.is_dir():
             return

@@ -1,8 +1,13 @@
-"""The world as the decision function sees it: gathered once per pass from the
-registry (intent, quarantine, the deployment row and its boots), the processes and
-the installed version."""
+"""The world as the decision function sees it: read once per pass, in one read
+transaction, from the registry (the deployment row, its live and named boots, the
+intent, the quarantine, the crash series), then the processes and the installed
+version."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
 
 from bgdeploy.boots import Supervisor
 from bgdeploy.control import crashes
@@ -10,43 +15,85 @@ from bgdeploy.control.app import App
 from bgdeploy.control.decide import BootSeen, World
 from bgdeploy.errors import BgdeployError
 from bgdeploy.installed import installed_version
-from bgdeploy.registry.models import Boot
-from bgdeploy.states import BootState
+from bgdeploy.registry.intent import IntentView
+from bgdeploy.registry.models import Boot, Deployment, Intent, Quarantine, utcnow
+from bgdeploy.states import LIVE_BOOT_STATES, BootState
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one pass read: the decision's world, and the rows behind it."""
+
+    world: World
+    row: Deployment
+    boots: dict[str, Boot]  # the live boots and the ones the row names
+
+    def live(self) -> list[Boot]:
+        return [b for b in self.boots.values() if b.state in LIVE_BOOT_STATES]
 
 
 def gather(app: App, sup: Supervisor, *, deploy_if_none: bool = False) -> World:
-    reg = app.registry
-    row = reg.deployment(app.service)
+    return read(app, sup, deploy_if_none=deploy_if_none).world
+
+
+def read(app: App, sup: Supervisor, *, deploy_if_none: bool = False) -> Seen:
+    reg, svc = app.registry, app.service
+    reg.deployment(svc)  # the row exists from here on
+    live = [st.value for st in LIVE_BOOT_STATES]
+    with reg.reading() as s:
+        row = s.get(Deployment, svc)
+        assert row is not None
+        named = [b for b in (row.active_boot_id, row.candidate_boot_id, row.old_boot_id) if b]
+        boots = {
+            b.boot_id: b
+            for b in s.scalars(
+                select(Boot).where(
+                    Boot.service == svc, or_(Boot.state.in_(live), Boot.boot_id.in_(named))
+                )
+            )
+        }
+        intent = IntentView.of(s.get(Intent, svc))
+        quarantined = {
+            q.version: q.reason
+            for q in s.scalars(select(Quarantine).where(Quarantine.service == svc))
+        }
+        failed = None
+        if row.last_error is not None and row.generation > 0:
+            failed = s.scalars(
+                select(Boot.version).where(
+                    Boot.service == svc,
+                    Boot.generation == row.generation,
+                    Boot.state == BootState.FAILED.value,
+                )
+            ).first()
     try:
         installed, installed_error = installed_version(app.config), None
     except BgdeployError as e:
         installed, installed_error = None, e.message
-    failed_version = failed_error = None
-    if row.last_error is not None and row.generation > 0:
-        for boot in reg.boots(app.service):
-            if boot.generation == row.generation and boot.state == BootState.FAILED:
-                failed_version, failed_error = boot.version, row.last_error
-    loop = crashes.read_crash_loop(app)
-    return World(
-        intent=reg.intents.read(app.service),
+    loop = crashes.crash_loop(row)
+    wait = 0.0
+    if row.crash_next_ts is not None:
+        wait = max(0.0, (row.crash_next_ts - utcnow()).total_seconds())
+
+    def seen(boot_id: str | None) -> BootSeen | None:
+        boot = boots.get(boot_id) if boot_id else None
+        return None if boot is None else BootSeen(boot.boot_id, boot.version, sup.is_running(boot))
+
+    world = World(
+        intent=intent,
         state=row.state,
         generation=row.generation,
         held=row.held_ts is not None,
-        active=seen(sup, reg.boot(row.active_boot_id)),
-        old=seen(sup, reg.boot(row.old_boot_id)),
-        candidate=seen(sup, reg.boot(row.candidate_boot_id)),
+        active=seen(row.active_boot_id),
+        old=seen(row.old_boot_id),
+        candidate=seen(row.candidate_boot_id),
         installed=installed,
         installed_error=installed_error,
-        quarantined={q.version: q.reason for q in reg.intents.quarantine(app.service)},
-        crash_wait=crashes.next_try_in(app),
+        quarantined=quarantined,
+        crash_wait=wait,
         crash_line=loop.line() if loop else None,
-        failed_version=failed_version,
-        failed_error=failed_error,
+        failed_version=failed,
+        failed_error=row.last_error if failed else None,
         deploy_if_none=deploy_if_none,
     )
-
-
-def seen(sup: Supervisor, boot: Boot | None) -> BootSeen | None:
-    if boot is None:
-        return None
-    return BootSeen(boot.boot_id, boot.version, sup.is_running(boot))
+    return Seen(world, row, boots)

@@ -35,11 +35,11 @@ from statemachine.exceptions import TransitionNotAllowed
 from bgdeploy.errors import IllegalTransition, RegistryError
 from bgdeploy.machine import DeploymentFields, DeploymentMachine
 from bgdeploy.registry import migrate
-from bgdeploy.registry.boots import BootRecords
+from bgdeploy.registry.boots import BootRecords, apply_boot_effects
 from bgdeploy.registry.engine import WRITE, make_engine, prepare_sqlite_file, safe_url
-from bgdeploy.registry.intent import IntentRecords, quarantine_in
+from bgdeploy.registry.intent import IntentRecords
 from bgdeploy.registry.marks import RowMarks
-from bgdeploy.registry.models import Boot, Deployment, Event, Workspace, utcnow
+from bgdeploy.registry.models import Boot, Deployment, Event, utcnow
 from bgdeploy.registry.routers import RouterRecords
 from bgdeploy.registry.urls import sqlite_path
 from bgdeploy.registry.workspaces import WorkspaceRecords, unattached
@@ -275,7 +275,7 @@ class Registry:
                         f"{', '.join(missing)}",
                         unattached=tuple(missing),
                     )
-                self._apply_boot_effects(s, ev, before, after)
+                apply_boot_effects(s, ev, before, after)
                 changes = {k: v for k, v in after.as_dict().items() if k != "service"}
                 res = s.execute(
                     update(Deployment)
@@ -369,57 +369,6 @@ class Registry:
         if ev not in (DeploymentEvent.SWITCH, DeploymentEvent.ROLLBACK) or not after.active_boot_id:
             return []
         return unattached(s, after.service, after.active_boot_id)
-
-    def _apply_boot_effects(
-        self, s: Session, ev: DeploymentEvent, before: DeploymentFields, after: DeploymentFields
-    ) -> None:
-        """Boot states and workspace bindings that follow an event, in the same transaction.
-
-        Demotions run before promotions: the partial unique index allows one active boot.
-        A demotion applies only to a live boot: one recorded failed or stopped has no
-        process, and never comes back as standby or draining.
-        """
-
-        def set_state(boot_id: str | None, state: BootState, only_live: bool = False) -> None:
-            if boot_id is None:
-                return
-            q = update(Boot).where(Boot.boot_id == boot_id)
-            if only_live:
-                q = q.where(Boot.state.in_([st.value for st in LIVE_BOOT_STATES]))
-            values: dict[str, Any] = {"state": state.value}
-            if state is BootState.DRAINING:
-                values["draining_ts"] = utcnow()
-            s.execute(q.values(**values).execution_options(synchronize_session=False))
-
-        if ev is DeploymentEvent.CANDIDATE_READY:
-            set_state(before.candidate_boot_id, BootState.HEALTHY, only_live=True)
-        elif ev is DeploymentEvent.ABORT:
-            set_state(before.candidate_boot_id, BootState.FAILED, only_live=True)
-        elif ev is DeploymentEvent.SWITCH:
-            set_state(after.old_boot_id, BootState.STANDBY, only_live=True)
-            set_state(after.active_boot_id, BootState.ACTIVE)
-            self._rebind_workspaces(s, after.service, after.active_boot_id)
-        elif ev is DeploymentEvent.FINALIZE:
-            set_state(before.old_boot_id, BootState.DRAINING, only_live=True)
-        elif ev is DeploymentEvent.ROLLBACK:
-            set_state(after.old_boot_id, BootState.DRAINING, only_live=True)
-            set_state(after.active_boot_id, BootState.ACTIVE)
-            self._rebind_workspaces(s, after.service, after.active_boot_id)
-        elif ev is DeploymentEvent.ROLLBACK_DONE and before.old_boot_id:
-            failed = s.get(Boot, before.old_boot_id)
-            if failed is not None:
-                quarantine_in(
-                    s, after.service, failed.version, after.generation, before.rollback_reason
-                )
-
-    def _rebind_workspaces(self, s: Session, service: str, boot_id: str | None) -> None:
-        if boot_id is not None:
-            s.execute(
-                update(Workspace)
-                .where(Workspace.service == service)
-                .values(boot_id=boot_id)
-                .execution_options(synchronize_session=False)
-            )
 
     def _event(
         self,

@@ -176,7 +176,7 @@ class RouterRun:
         log.close()
         poll_until(
             lambda: (r := running_router(self.app)) is not None and r.pid == self.proc.pid,
-            20,
+            60,  # a loaded machine starts a Python process slowly
             what="the router to start",
         )
         return self
@@ -224,9 +224,9 @@ def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
         if url is not None:
             extra += f'\n[registry]\nurl = "{url}"\n'
         app = make_app(tmp_path, extra=extra + router, **kw)
-        run = RouterRun(app).start(router_env)
-        made.append((app, run))
-        return app, run
+        run = RouterRun(app)
+        made.append((app, run))  # stopped at teardown even if it is slow to start
+        return app, run.start(router_env)
 
     yield factory
     from bgdeploy.boots import Supervisor
