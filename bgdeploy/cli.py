@@ -429,12 +429,18 @@ def rollback(
 
 
 @app.command()
-def unpin() -> None:
+def unpin(wait: Wait = None, no_wait: NoWait = False) -> None:
     """End a `deploy --version` pin or an operator rollback: follow the installed version."""
     from bgdeploy.control import operator
+    from bgdeploy.control.lifecycle import take_lock
 
     a = _app()
-    out.print(escape(operator.unpin(a)))
+    lock = take_lock(a, "bgdeploy unpin", wait=wait, no_wait=no_wait, notice=_waiting)
+    try:
+        message = operator.unpin(a)
+    finally:
+        lock.release()
+    out.print(escape(message))
     _notice_no_router(a)
 
 

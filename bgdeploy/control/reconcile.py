@@ -115,6 +115,12 @@ class Reconciler:
         decision = report.decision = decide(world)
         act, d = decision.action, self.deployer
         if act is Act.NOTHING:
+            if decision.ends_intent is not None and not dry_run:
+                # The installed version moved on to the version that already runs: the
+                # pin or operator rollback ends all the same (design 2a, `intent_ended`).
+                self.app.registry.intents.follow_installed(
+                    self.app.service, "intent_ended", decision.ends_intent
+                )
             return
         if act in (Act.WAIT, Act.OBSERVE):
             if act is Act.WAIT:

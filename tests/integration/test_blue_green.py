@@ -238,3 +238,19 @@ def test_reconcile_dry_run_prints_the_plan_and_changes_nothing(tmp_path):
     row = reg.deployment("default")
     assert row.state == "idle" and row.candidate_boot_id is None
     reg.close()
+
+
+@pytest.mark.slow
+def test_a_new_installed_version_that_already_runs_ends_the_pin(boots_for, tmp_path):
+    """Pinned to 2.0 while 1.0 was installed; 2.0 is installed: the pin ends (history
+    intent_ended), so a later install of 1.0 is deployed again, not held by the pin."""
+    b = boots_for(daemon_extra='version_file = "VERSION"')
+    app = b.app
+    (tmp_path / "VERSION").write_text("1.0\n")
+    deploy(app, "2.0")
+    Deployer(app).settle()
+    app.registry.intents.pin("default", "2.0", "1.0", "bgdeploy deploy --version 2.0")
+    (tmp_path / "VERSION").write_text("2.0\n")
+    Reconciler(app).run()
+    assert app.registry.intents.read("default").mode == "installed"
+    assert any(e.event == "intent_ended" for e in app.registry.events("default"))
