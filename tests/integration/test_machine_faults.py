@@ -331,7 +331,9 @@ def test_a_registry_locked_longer_than_a_pass_costs_nothing_lasting(tmp_path, cl
 
 
 @pytest.mark.parametrize(
-    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+    ("sig", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
 )
 def test_a_signal_during_deploy_stops_the_candidate_and_records_the_abort(
     tmp_path, cleanup, sig, code
