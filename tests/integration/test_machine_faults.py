@@ -30,7 +30,7 @@ from bgdeploy.config import load_config
 from bgdeploy.control.app import App
 from bgdeploy.control.lock import LifecycleLock
 from bgdeploy.faults import StateDirError
-from tests.conftest import REPO, poll_until, run_bgdeploy
+from tests.conftest import REPO, REPORT, poll_until, run_bgdeploy
 from tests.integration.conftest import RouterRun, free_port, make_app, stop_orphaned_workers
 
 pytestmark = pytest.mark.slow
@@ -261,19 +261,27 @@ def test_a_full_state_folder_under_load_costs_no_request_and_heals_by_itself(
         tmpfs.fill()
         (tmp_path / "VERSION").write_text("2.0\n")
         for args in (["deploy", "--no-wait"], ["rollback", "--no-wait"]):
-            assert_one_sentence(bg(app, *args), 1)
+            done = bg(app, *args)
+            assert_one_sentence(done, 1)
+            REPORT.append(f"disk full: `{' '.join(args)}` exit 1: {done.stderr.splitlines()[0]}")
         status = bg(app, "status", "--json")
         assert status.returncode == 0, status.stderr
         time.sleep(1.0)  # passes of the control loop fail meanwhile (interval 0.2 s)
         assert route(run) == first
         assert active_version(app) == "1.0"
         tmpfs.free()
+        freed = time.monotonic()
         poll_until(lambda: active_version(app) == "2.0", 40, what="the control loop's deploy")
+        healed = time.monotonic() - freed
         poll_until(lambda: route(run) != first, 10, what="the router to follow")
         again = bg(app, "deploy")
         assert again.returncode == 0, again.stderr
     finally:
         stats = load.stop()
+    REPORT.append(
+        f"disk full under load: {stats.requests} requests, {stats.failures} failed; "
+        f"2.0 active {healed:.1f} s after the space was freed"
+    )
     assert stats.requests > 100
     assert stats.failures == 0, stats.errors[:5]
     log = (tmp_path / "router.log").read_text()
