@@ -23,6 +23,7 @@ import psutil
 
 from bgdeploy.config import Config
 from bgdeploy.errors import BootError
+from bgdeploy.faults import storage_error
 from bgdeploy.registry.models import Boot
 from bgdeploy.registry.store import Registry
 from bgdeploy.states import BootState
@@ -170,7 +171,6 @@ class Supervisor:
             self.config.daemon.command, port=port, boot_id=boot_id, version=boot.version
         )
         logs = self.config.logs_dir
-        logs.mkdir(parents=True, exist_ok=True, mode=0o700)
         log_path = logs / f"{boot_id}.log"
         env = {
             **os.environ,
@@ -179,7 +179,12 @@ class Supervisor:
             "BGDEPLOY_BOOT_ID": boot_id,
             "BGDEPLOY_VERSION": boot.version,
         }
-        fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        try:
+            logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        except OSError as e:  # a full or read-only state folder: one sentence, boot failed
+            records.mark_exited(boot_id, BootState.FAILED, None)
+            raise storage_error(e, log_path) from None
         try:
             proc = subprocess.Popen(  # argv list, never a shell
                 argv,

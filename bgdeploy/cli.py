@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sys
+import threading
 import time
 import traceback
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bgdeploy.errors import EXIT_FAILED, EXIT_USAGE, BgdeployError
+from bgdeploy.faults import SIGNALS, Interrupted, as_user_error, install_signal_handlers
 
 app = typer.Typer(
     name="bgdeploy",
@@ -133,7 +137,7 @@ def status(
             while True:
                 time.sleep(0.5)
                 live.update(status_renderable(get_status(a, inflight())))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted):  # how --watch ends: exit 0
             return
 
 
@@ -213,7 +217,7 @@ def logs(
         for line in read_lines(path, tail=tail, follow=follow):
             sys.stdout.write(line)
             sys.stdout.flush()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # how --follow ends: exit 0
         return
 
 
@@ -293,8 +297,10 @@ def up(
 ) -> None:
     """Start the router and deploy the installed version if nothing is active."""
     if foreground:
+        from bgdeploy.faults import restore_default_signals
         from bgdeploy.routerd import serve_router
 
+        restore_default_signals()  # the router handles SIGTERM and SIGINT itself
         serve_router(_app(), deploy_if_none=not no_deploy)
         return
     from bgdeploy.routerd import up as do_up
@@ -510,10 +516,21 @@ def dashboard(
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (tests call this in-process)."""
+    """Run the CLI and return its exit code (tests call this in-process).
+
+    SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` (exit 130, 143, 129): our own
+    handlers, because Typer turns a KeyboardInterrupt into a silent exit."""
     args = list(sys.argv[1:] if argv is None else argv)
     global _opts
     _opts = Options(debug="--debug" in args)
+    with _signals_as_interrupts():
+        try:
+            return _run(args)
+        except (Interrupted, KeyboardInterrupt) as e:  # one arriving after _run's handlers
+            return _interrupted(e)
+
+
+def _run(args: list[str]) -> int:
     command = typer.main.get_command(app)
     try:
         # Standalone mode: Typer prints its own usage errors (exit 2) and exits.
@@ -521,18 +538,51 @@ def run(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
     except BgdeployError as e:
-        if _opts.debug:
-            traceback.print_exc()
-        err.print(f"[bold red]Error:[/] {escape(e.message)}")
-        if e.hint:
-            err.print(f"[dim]Hint:[/] {escape(e.hint)}")
-        return e.exit_code
-    except KeyboardInterrupt:
-        err.print("Interrupted.")
-        return 130
+        return _error(e)
+    except (Interrupted, KeyboardInterrupt) as e:
+        return _interrupted(e)
     except Exception as e:  # noqa: BLE001 - the one place a bug becomes a sentence, not a trace
-        return _unexpected(e, args)
+        fault = as_user_error(e)  # a full or read-only disk is a sentence, not a bug
+        return _error(fault) if fault is not None else _unexpected(e, args)
     return 0
+
+
+def _error(e: BgdeployError) -> int:
+    if _opts.debug:
+        traceback.print_exc()
+    _say(f"[bold red]Error:[/] {escape(e.message)}")
+    if e.hint:
+        _say(f"[dim]Hint:[/] {escape(e.hint)}")
+    return e.exit_code
+
+
+def _interrupted(e: BaseException) -> int:
+    stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+    if _opts.debug:
+        traceback.print_exc()
+    detail = f": {stop.detail}" if stop.detail else ""
+    _say(f"[bold red]Error:[/] {escape(stop.reason)}{escape(detail)}.")
+    return stop.exit_code
+
+
+def _say(text: str) -> None:
+    """Print to stderr; a stderr gone with its terminal (SIGHUP) is no second error."""
+    with suppress(OSError, ValueError):
+        err.print(text)
+
+
+@contextmanager
+def _signals_as_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    before = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    install_signal_handlers()
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _unexpected(e: Exception, args: list[str]) -> int:
@@ -540,11 +590,14 @@ def _unexpected(e: Exception, args: list[str]) -> int:
 
     if _opts.debug:
         traceback.print_exc()
-    log = write_crash_log(e, args, _opts.state_dir or _state_dir_of_config())
-    err.print(f"[bold red]Error:[/] unexpected {type(e).__name__}: {escape(str(e))}")
+    try:
+        log = write_crash_log(e, args, _opts.state_dir or _state_dir_of_config())
+    except Exception:  # noqa: BLE001 - a crash log that cannot be written is no second error
+        log = None
+    _say(f"[bold red]Error:[/] unexpected {type(e).__name__}: {escape(str(e))}")
     where = f"The full traceback is in {log}" if log else "No crash log could be written"
     again = shlex.join(["bgdeploy", "--debug", *(a for a in args if a != "--debug")])
-    err.print(f"[dim]Hint:[/] {escape(where)}; `{escape(again)}` shows it here.")
+    _say(f"[dim]Hint:[/] {escape(where)}; `{escape(again)}` shows it here.")
     return EXIT_FAILED
 
 

@@ -84,12 +84,19 @@ class ControlLoop:
     # -- the watcher thread ----------------------------------------------------------------
 
     def _watch(self) -> None:
+        failing = False  # a full disk or a locked registry fails every round: say so once
         while not self.stopping.is_set():
             try:
                 self._watch_once()
             except Exception as e:  # noqa: BLE001 - the watcher must outlive a bad read
-                log.warning("exit watcher: %s", e)
+                if not failing:
+                    log.warning("exit watcher: %s (quiet until it works again)", e)
+                failing = True
                 self.stopping.wait(REREAD_S)
+            else:
+                if failing:
+                    log.warning("exit watcher works again")
+                failing = False
 
     def _watch_once(self) -> None:
         app = self.app

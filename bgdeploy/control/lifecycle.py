@@ -20,7 +20,8 @@ from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Deployer
 from bgdeploy.control.drain import Progress, no_progress
 from bgdeploy.control.lock import LifecycleLock, LockHolder
-from bgdeploy.errors import LockBusy
+from bgdeploy.errors import BgdeployError, LockBusy
+from bgdeploy.faults import Interrupted
 from bgdeploy.states import DeploymentState as St
 
 # Lock holder names of reconcile passes (serve_router's control loop, `bgdeploy reconcile`).
@@ -108,13 +109,23 @@ def lifecycle(
 ) -> Iterator[Deployer]:
     """Hold the lock for one command's Deployer; drain what it demoted after releasing it.
 
-    On Ctrl-C the drains are left to the next reconcile pass (the boots are recorded
-    draining, with the time they lost the route).
+    On SIGINT, SIGTERM or SIGHUP a candidate this command began is stopped and its
+    generation aborted ("interrupted by SIGINT"), still under the lock; the drains are
+    left to the next reconcile pass (the boots are recorded draining, with the time
+    they lost the route).
     """
     lock = take_lock(app, command, wait=wait, no_wait=no_wait, notice=notice)
     deployer = Deployer(app)
+    before: int | None = None  # the generation before this command: a later one is its own
     try:
+        before = app.registry.deployment(app.service).generation
         yield deployer
+    except Interrupted as e:
+        try:
+            e.detail = abort_interrupted(deployer, before, e.reason)
+        except BgdeployError as failed:
+            e.detail = f"the deploy is left for `bgdeploy reconcile` to undo ({failed.message})"
+        raise
     except Exception:
         lock.release()
         deployer.drains.finish(wait=True, progress=progress)
@@ -122,3 +133,25 @@ def lifecycle(
     finally:
         lock.release()
     deployer.drains.finish(wait=True, progress=progress)
+
+
+def abort_interrupted(deployer: Deployer, before: int | None, reason: str) -> str | None:
+    """Stop the candidate of a deploy this command began (its generation is past
+    ``before``: we hold the lock, nobody else began it) and record the abort; a
+    candidate held at ready for `promote` stays. Returns what was done, if anything."""
+    if before is None:
+        return None
+    app = deployer.app
+    row = app.registry.deployment(app.service)
+    if (
+        row.generation <= before
+        or row.state not in (St.STARTING, St.READY)
+        or row.held_ts is not None
+        or row.candidate_boot_id is None
+    ):
+        return None
+    deployer.abort_candidate(row.generation, row.candidate_boot_id, reason)
+    return (
+        f"candidate {row.candidate_boot_id} stopped, generation {row.generation} aborted; "
+        "the active boot is unchanged"
+    )

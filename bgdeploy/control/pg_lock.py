@@ -68,6 +68,15 @@ class PgLifecycleLock:
             raise RuntimeError("lifecycle lock already held by this object")
         who = f"{os.getpid()}@{socket.gethostname()} {command or _own_command()}"
         conn = self._connect(who)
+        try:
+            self._take(conn, wait)
+        except BaseException:
+            # Acquire fully or release: closing the session drops a lock it took.
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _take(self, conn: psycopg.Connection, wait: float | None) -> None:
         deadline = time.monotonic() + max(wait or 0.0, GRACE_S)
         while not conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]:
             if time.monotonic() >= deadline:
@@ -80,7 +89,6 @@ class PgLifecycleLock:
                     holder=holder,
                 )
             time.sleep(POLL_S)
-        self._conn = conn
 
     def release(self) -> None:
         if self._conn is None:

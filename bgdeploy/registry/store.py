@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from statemachine.exceptions import TransitionNotAllowed
 
 from bgdeploy.errors import IllegalTransition, RegistryError
+from bgdeploy.faults import registry_fault
 from bgdeploy.machine import DeploymentFields, DeploymentMachine
 from bgdeploy.registry import migrate
 from bgdeploy.registry.boots import BootRecords, apply_boot_effects
@@ -106,7 +107,7 @@ class Registry:
             raise self._not_sqlite(e) from None
 
     def _not_sqlite(self, e: DatabaseError) -> RegistryError:
-        return RegistryError(
+        return registry_fault(str(e.orig), self.url) or RegistryError(
             f"The registry at {self.url} is not a usable SQLite database ({e.orig}).",
             hint="Move the file aside and run `bgdeploy init` to create a new registry.",
         )
@@ -152,7 +153,7 @@ class Registry:
         except OperationalError as e:
             if self.postgres:
                 raise self._unreachable(e) from None
-            raise RegistryError(
+            raise registry_fault(str(e.orig), self.url) or RegistryError(
                 f"The registry could not be written ({e.orig}).",
                 hint="Another process may hold it for longer than the busy timeout; retry.",
             ) from None
@@ -178,7 +179,8 @@ class Registry:
     def _unusable(self, verb: str, e: DatabaseError) -> RegistryError:
         if self.postgres and isinstance(e, OperationalError):
             return self._unreachable(e)
-        return RegistryError(
+        fault = None if self.postgres else registry_fault(_first_line(e.orig), self.url)
+        return fault or RegistryError(
             f"The registry at {safe_url(self.url)} could not be {verb} ({_first_line(e.orig)}).",
             hint="Run `bgdeploy doctor`; a damaged file can be moved aside and "
             "recreated with `bgdeploy init`.",
