@@ -77,17 +77,6 @@ def _global(
 
 
 @app.command()
-def init() -> None:
-    """Write a commented starter bgdeploy.toml (if absent) and migrate the registry."""
-    from bgdeploy.control.setup import init as do_init
-
-    result = do_init(_opts.config)
-    verb = "Wrote" if result.wrote_config else "Kept existing"
-    out.print(f"{verb} config [bold]{result.config_path}[/]")
-    out.print(f"Registry [bold]{result.registry_url}[/] at migration head {result.revision}")
-
-
-@app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status object.")] = False,
     watch: Annotated[
@@ -528,8 +517,9 @@ def _state_dir_of_config() -> Path | None:
         return None
 
 
-# The operator controls' commands live in their own module and add themselves to `app`.
-from bgdeploy import cli_controls  # noqa: E402, F401
+# The operator controls' and the getting-started commands live in their own modules and
+# add themselves to `app`.
+from bgdeploy import cli_controls, cli_setup  # noqa: E402, F401
 
 
 def main() -> None:

@@ -266,14 +266,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "argv of your daemon, never run through a shell; {port}, {boot_id} and {version} "
             "are filled in, and BGDEPLOY_PORT, BGDEPLOY_BOOT_ID, BGDEPLOY_VERSION are set",
             required=True,
-            starter=[
-                "python3",
-                "tools/demo_daemon.py",
-                "--port",
-                "{port}",
-                "--version",
-                "{version}",
-            ],
+            starter=["./mydaemon", "--port", "{port}"],
             example=["./mydaemon", "--port", "{port}"],
         ),
         "health_path": Key(
@@ -604,8 +597,13 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"no TOML form for {value!r}")
 
 
-def starter_config() -> str:
-    """The commented bgdeploy.toml that `bgdeploy init` writes: every key, with its help."""
+def starter_config(values: dict[str, Any] | None = None) -> str:
+    """The commented bgdeploy.toml that `bgdeploy init` writes: every key, with its help.
+
+    ``values`` maps "section.key" to a value written instead of the starter's
+    (``init --port``, ``--command``, ``--demo``); each must be a key of SCHEMA.
+    """
+    values = dict(values or {})
     lines = [
         "# bgdeploy.toml - written by `bgdeploy init`. Every key is shown: set ones with",
         "# their default (or a working example), unset ones commented out.",
@@ -617,11 +615,15 @@ def starter_config() -> str:
             lines.append(f"[{section}]")
         for key, spec in keys.items():
             lines += textwrap.wrap(spec.help, 88, initial_indent="# ", subsequent_indent="# ")
+            name = f"{section}.{key}" if section else key
             value = spec.starter if spec.starter is not None else spec.default
+            value = values.pop(name, value)
             if value is not None:
                 lines.append(f"{key} = {toml_value(value)}")
             else:
                 lines.append(f"# {key} = {toml_value(spec.example)}")
+    if values:
+        raise KeyError(f"not config keys: {', '.join(values)}")
     return "\n".join(lines) + "\n"
 
 

@@ -78,7 +78,16 @@ def test_starter_config_is_valid(tmp_path):
     path = tmp_path / "bgdeploy.toml"
     path.write_text(STARTER_CONFIG)
     cfg = load_config(path)
-    assert cfg.daemon.command[0] == "python3"
+    assert cfg.daemon.command == ["./mydaemon", "--port", "{port}"]  # a placeholder to replace
+
+
+def test_starter_config_takes_init_choices_and_refuses_unknown_keys(tmp_path):
+    path = tmp_path / "bgdeploy.toml"
+    path.write_text(starter_config({"router.port": 20001, "daemon.command": ["d", "{port}"]}))
+    cfg = load_config(path)
+    assert cfg.router.port == 20001 and cfg.daemon.command == ["d", "{port}"]
+    with pytest.raises(KeyError, match="router.prot"):
+        starter_config({"router.prot": 1})
 
 
 @pytest.mark.parametrize(
@@ -190,7 +199,7 @@ def test_starter_config_shows_every_key_and_loads_to_the_defaults(tmp_path):
     cfg = load_config(path)
     assert cfg.router == RouterConfig() and cfg.health == HealthConfig()
     assert cfg.state_dir == tmp_path / ".bgdeploy"
-    # init's working example: the demo daemon and a VERSION file; the rest are the defaults
+    # init's example: a daemon to replace and a VERSION file; the rest are the defaults
     assert cfg.daemon == DaemonConfig(
         command=SCHEMA["daemon"]["command"].starter, version_file=tmp_path / "VERSION"
     )
