@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -79,6 +81,25 @@ def render_argv(command: list[str], *, port: int, boot_id: str, version: str) ->
             item = item.replace(key, value)
         argv.append(item)
     return argv
+
+
+BASE_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+
+
+def base_env() -> dict[str, str]:
+    """The environment every daemon starts from, whichever process starts it (a CLI
+    command from a shell or cron, the router's heal or auto-deploy): nothing of the
+    starter's own environment leaks in. ``daemon.env`` is merged over it. PATH begins
+    with the bin folder of the Python that runs bgdeploy, so that tools installed beside
+    it (a venv's gunicorn, its python3) are found the same way from everywhere."""
+    user = pwd.getpwuid(os.getuid())
+    return {
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), *BASE_PATH]),
+        "HOME": user.pw_dir,
+        "USER": user.pw_name,
+        "LOGNAME": user.pw_name,
+        "LANG": "C.UTF-8",
+    }
 
 
 def log_tail(path: str | Path | None, lines: int = 15) -> str:
@@ -172,8 +193,11 @@ class Supervisor:
         logs = self.config.logs_dir
         logs.mkdir(parents=True, exist_ok=True, mode=0o700)
         log_path = logs / f"{boot_id}.log"
+        daemon = self.config.daemon
+        cwd = daemon.cwd or self.config.base_dir
         env = {
-            **os.environ,
+            **base_env(),
+            **daemon.env,
             "BGDEPLOY_STATE_DIR": str(self.config.state_dir),
             "BGDEPLOY_PORT": str(port),
             "BGDEPLOY_BOOT_ID": boot_id,
@@ -183,7 +207,7 @@ class Supervisor:
         try:
             proc = subprocess.Popen(  # argv list, never a shell
                 argv,
-                cwd=self.config.base_dir,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
@@ -193,6 +217,11 @@ class Supervisor:
             )
         except OSError as e:
             records.mark_exited(boot_id, BootState.FAILED, None)
+            if not cwd.is_dir():
+                raise BootError(
+                    f"Boot {boot_id} could not start: its working folder {cwd} does not exist.",
+                    hint="Create it, or set daemon.cwd in bgdeploy.toml to a folder that exists.",
+                ) from None
             raise BootError(
                 f"Boot {boot_id} could not start {argv[0]!r}: {e.strerror or e}.",
                 hint="Check daemon.command in bgdeploy.toml (an argv list; the first item "

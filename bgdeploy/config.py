@@ -98,6 +98,21 @@ STR_TABLE = Kind(
     "a table of strings",
     lambda v: isinstance(v, dict) and all(isinstance(s, str) for s in v.values()),
 )
+ENV_TABLE = Kind(
+    "a table of environment variable names to string values",
+    lambda v: (
+        isinstance(v, dict)
+        and all(
+            isinstance(k, str)
+            and k
+            and "=" not in k
+            and "\0" not in k
+            and isinstance(s, str)
+            and "\0" not in s
+            for k, s in v.items()
+        )
+    ),
+)
 PORT_RANGE = Kind(
     "a list of two port numbers [low, high] with low <= high",
     lambda v: (
@@ -269,6 +284,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
             starter=["./mydaemon", "--port", "{port}"],
             example=["./mydaemon", "--port", "{port}"],
         ),
+        "env": Key(
+            ENV_TABLE,
+            {},
+            "environment variables for the daemon, over a minimal base that is the same "
+            "whoever starts it (CLI, router, cron): PATH (bgdeploy's Python's bin folder, "
+            "/usr/local/bin, /usr/bin, /bin), HOME, USER, LOGNAME, LANG=C.UTF-8",
+            example={"APP_ENV": "production"},
+        ),
+        "cwd": Key(
+            FILE,
+            None,
+            "the daemon's working folder (default: the config file's folder)",
+            example="app",
+            shown="the config file's folder",
+        ),
         "health_path": Key(
             URL_PATH,
             "/healthz",
@@ -413,6 +443,8 @@ class RouterConfig:
 @_section("daemon")
 class DaemonConfig:
     command: list[str]
+    env: dict[str, str]
+    cwd: Path | None
     health_path: str
     attach_path: str | None
     version_command: list[str] | None
