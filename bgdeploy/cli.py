@@ -59,6 +59,16 @@ def _print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from bgdeploy import __version__
+    from bgdeploy.router import build
+
+    out.print(f"bgdeploy {__version__} (router build: {build()})")
+    raise typer.Exit()
+
+
 @app.callback()
 def _global(
     config: Annotated[
@@ -70,7 +80,18 @@ def _global(
             show_default=False,
         ),
     ] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks (also accepted after the command).")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print bgdeploy's version and the router build, then exit.",
+            is_eager=True,
+            callback=_print_version,
+        ),
+    ] = False,
 ) -> None:
     _opts.config = config
     _opts.debug = debug
@@ -84,6 +105,9 @@ def status(
     ] = False,
     every: Annotated[
         bool, typer.Option("--all", help="Every service in the registry, one row each.")
+    ] = False,
+    tree: Annotated[
+        bool, typer.Option("--tree", help="The boots as a tree (Argo style), not a table.")
     ] = False,
 ) -> None:
     """Generation, state, the active/candidate/old boots, streaks, rollback and lock."""
@@ -108,12 +132,12 @@ def status(
     from bgdeploy.ui.tables import status_renderable
 
     if not watch:
-        out.print(status_renderable(get_status(a, inflight())))
+        out.print(status_renderable(get_status(a, inflight()), tree))
         return
     from rich.live import Live
 
     with Live(
-        status_renderable(get_status(a, inflight())),
+        status_renderable(get_status(a, inflight()), tree),
         console=out,
         refresh_per_second=4,
         screen=False,
@@ -121,7 +145,7 @@ def status(
         try:
             while True:
                 time.sleep(0.5)
-                live.update(status_renderable(get_status(a, inflight())))
+                live.update(status_renderable(get_status(a, inflight()), tree))
         except KeyboardInterrupt:
             return
 
@@ -223,7 +247,11 @@ NoWait = Annotated[
 
 
 def _waiting(text: str) -> None:
-    err.print(f"[dim]{escape(text[:1].upper() + text[1:])}…[/]")
+    """A wait on the lock: one line saying for whom, and the spinner says it too."""
+    text = text[:1].upper() + text[1:]
+    err.print(f"[dim]{escape(text)}…[/]")
+    if Progress.current is not None and Progress.current.spinner is not None:
+        Progress.current.spinner.update(escape(text) + "…")
 
 
 NEXT_ACTIVITY = {
@@ -241,6 +269,8 @@ NEXT_ACTIVITY = {
 
 class Progress:
     """Deploy progress: a line per finished step with its duration, a spinner between."""
+
+    current: Progress | None = None  # the one a command runs under, for _waiting
 
     def __init__(self) -> None:
         self.start = self.last = time.monotonic()
@@ -260,9 +290,11 @@ class Progress:
         if out.is_terminal:
             self.spinner = out.status("starting…")
             self.spinner.__enter__()
+        Progress.current = self
         return self
 
     def __exit__(self, *exc: object) -> None:
+        Progress.current = None
         if self.spinner is not None:
             self.spinner.__exit__(*exc)
 
@@ -470,9 +502,9 @@ def dashboard(
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this in-process)."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _debug_first(list(sys.argv[1:] if argv is None else argv))
     global _opts
-    _opts = Options(debug="--debug" in args)
+    _opts = Options(debug=args[:1] == ["--debug"])
     command = typer.main.get_command(app)
     try:
         # Standalone mode: Typer prints its own usage errors (exit 2) and exits.
@@ -492,6 +524,14 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the one place a bug becomes a sentence, not a trace
         return _unexpected(e, args)
     return 0
+
+
+def _debug_first(args: list[str]) -> list[str]:
+    """Accept --debug anywhere before a "--" (Click takes it only before the command)."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    return ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
 
 
 def _unexpected(e: Exception, args: list[str]) -> int:

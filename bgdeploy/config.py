@@ -324,7 +324,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
             starter="VERSION",
             example="VERSION",
         ),
-        "port_range": Key(PORT_RANGE, [47800, 47999], "internal ports for boots"),
+        "port_range": Key(
+            PORT_RANGE,
+            [17800, 17999],
+            "internal ports for boots; keep them below the kernel's ephemeral ports "
+            "(/proc/sys/net/ipv4/ip_local_port_range, often 32768-60999), or an outgoing "
+            "connection can take one",
+        ),
         "startup_timeout": Key(NUMBER, 30.0, "seconds for a new boot to become healthy"),
         "stop_timeout": Key(
             NUMBER, 10.0, "seconds after SIGTERM before the boot's process group gets SIGKILL"

@@ -209,7 +209,7 @@ def test_section_defaults_and_router_limits_come_from_the_schema():
     for section, cls in (("router", RouterConfig), ("health", HealthConfig)):
         assert asdict(cls()) == {k: default(section, k) for k in SCHEMA[section]}
     daemon = DaemonConfig(command=["d"])
-    assert daemon.port_range == (47800, 47999) and daemon.drain_timeout == 30.0
+    assert daemon.port_range == (17800, 17999) and daemon.drain_timeout == 30.0
     limits = Limits()
     assert limits.header_timeout == RouterConfig().header_timeout
     assert limits.idle_timeout == RouterConfig().idle_timeout
