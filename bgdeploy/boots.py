@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -171,14 +172,58 @@ def group_members(pgid: int, since: float) -> list[psutil.Process]:
     return members
 
 
+class Children:
+    """The daemons this process started, shared by all its Supervisors: whoever stops a
+    boot (this process, or a CLI command), ``reap`` collects its exit, so that no boot
+    stays a zombie under a long-lived router; the exit codes stay readable."""
+
+    KEEP_EXITED = 256  # exit codes kept for history's "exit" events; older ones go
+
+    def __init__(self) -> None:
+        self._procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: tuple[str, str], proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs[key] = proc
+
+    def get(self, key: tuple[str, str]) -> subprocess.Popen[bytes] | None:
+        with self._lock:
+            return self._procs.get(key)
+
+    def pop(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._procs.pop(key, None)
+
+    def reap(self) -> int:
+        """Collect the exit of every child that has exited; returns how many run on."""
+        with self._lock:
+            procs = list(self._procs.items())
+        exited = [key for key, proc in procs if proc.poll() is not None]
+        with self._lock:
+            for key in exited[: max(0, len(exited) - self.KEEP_EXITED)]:
+                self._procs.pop(key, None)
+        return len(procs) - len(exited)
+
+
+CHILDREN = Children()
+
+
 class Supervisor:
-    """Starts and stops the boots of one config. Keeps the Popen of boots it started
-    itself, to reap them and read their exit codes."""
+    """Starts and stops the boots of one config. The Popen of each boot this process
+    started is kept (in CHILDREN) to reap it and read its exit code."""
 
     def __init__(self, config: Config, registry: Registry) -> None:
         self.config = config
         self.registry = registry
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _key(self, boot_id: str) -> tuple[str, str]:
+        return (str(self.config.state_dir), boot_id)
+
+    def reap(self) -> None:
+        """Collect the exits of the boots this process started (a router calls it every
+        control pass: a boot a CLI command stopped must not stay a zombie)."""
+        CHILDREN.reap()
 
     # -- start ---------------------------------------------------------------------------
 
@@ -229,7 +274,7 @@ class Supervisor:
             ) from None
         finally:
             os.close(fd)
-        self._children[boot_id] = proc
+        CHILDREN.add(self._key(boot_id), proc)
         try:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:  # exited already; still record the pid for the log
@@ -241,14 +286,14 @@ class Supervisor:
     # -- liveness ------------------------------------------------------------------------
 
     def is_running(self, boot: Boot) -> bool:
-        child = self._children.get(boot.boot_id)
+        child = CHILDREN.get(self._key(boot.boot_id))
         if child is not None and child.poll() is not None:
             return False
         return process_matches(boot.pid, boot.pid_create_time)
 
     def exit_code(self, boot: Boot) -> int | None:
         """The exit code when we started the boot ourselves and it has exited, else None."""
-        child = self._children.get(boot.boot_id)
+        child = CHILDREN.get(self._key(boot.boot_id))
         return child.poll() if child is not None else None
 
     def describe_exit(self, boot: Boot, *, honest: bool = False) -> str:
@@ -302,12 +347,12 @@ class Supervisor:
         if code is None:
             code = self.exit_code(boot)
         self.registry.boot_records.mark_exited(boot.boot_id, final_state, code)
-        self._children.pop(boot.boot_id, None)
+        CHILDREN.pop(self._key(boot.boot_id))
         log.info("boot %s: stopped (%s)", boot.boot_id, code)
         return code
 
     def _wait_exit(self, boot: Boot, timeout: float) -> int | None:
-        child = self._children.get(boot.boot_id)
+        child = CHILDREN.get(self._key(boot.boot_id))
         if child is not None:
             try:
                 return child.wait(timeout)
