@@ -665,8 +665,24 @@ def starter_config(values: dict[str, Any] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_keys() -> str:
+    """The README's short list of every key with its default, one row per section."""
+    rows = ["| section | keys (default) |", "| --- | --- |"]
+    for section, keys in SCHEMA.items():
+        cells = []
+        for key, spec in keys.items():
+            if spec.required:
+                cells.append(f"`{key}` (required)")
+            elif spec.default is None or spec.default == {}:
+                cells.append(f"`{key}`")
+            else:
+                cells.append(f"`{key}` {toml_value(spec.default)}")
+        rows.append(f"| {f'[{section}]' if section else '(top level)'} | {' · '.join(cells)} |")
+    return "\n".join(rows) + "\n"
+
+
 def readme_table() -> str:
-    """The README's configuration table, one row per key."""
+    """The configuration table of docs/configuration.md, one row per key."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for section, keys in SCHEMA.items():
         for key, spec in keys.items():

@@ -218,3 +218,51 @@ def test_the_sdist_installs_without_a_compiler_and_serves_pure_python(dist, tmp_
         bgdeploy("down")
     finally:
         bgdeploy.cleanup()
+
+
+def readme_block(heading: str, lang: str) -> str:
+    """The first ```lang block under the README's `## heading`."""
+    text = (REPO / "README.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    match = re.search(rf"^```{lang}\n(.*?)^```", section, re.M | re.S)
+    assert match, f"no {lang} block under ## {heading}"
+    return match.group(1)
+
+
+def test_the_readme_quick_start_runs_verbatim_from_the_wheel(installed, tmp_path):
+    """The quick start's lines, as written, in bash with the wheel's venv on PATH: the
+    daemon is the packaged demo daemon; only the ports come from the environment."""
+    script = readme_block("Quick start", "sh")
+    assert "bgdeploy init --demo" in script and "make" not in script
+    port, admin_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BGDEPLOY_CONFIG")}
+    env.update(
+        PATH=f"{installed}{os.pathsep}{env['PATH']}",
+        PORT=str(port),
+        ADMIN=str(admin_port),
+        TMPDIR=str(tmp_path),  # where its `mktemp -d` folder goes
+        COLUMNS="200",
+    )
+    try:
+        proc = subprocess.run(
+            ["bash", "-e", "-x", "-c", script],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        out = proc.stdout
+        assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+        assert "Traceback" not in out + proc.stderr
+        (work,) = [p for p in tmp_path.iterdir() if (p / "bgdeploy.toml").exists()]
+        assert "bgdeploy.demo" in (work / "bgdeploy.toml").read_text()
+        assert '"version": "1.0", "boot_id": "blue-1"' in out  # curl through the router
+        # The CLI deploys 2.0, or finds that the router's control loop already did.
+        assert re.search(r"2\.0 is (already )?active", out), out
+        assert "Down: router stopped" in out
+        assert not processes_of_state_dir(work / ".bgdeploy"), "down left processes"
+    finally:
+        for folder in tmp_path.iterdir():
+            for leftover in processes_of_state_dir(folder / ".bgdeploy"):
+                leftover.kill()

@@ -24,7 +24,6 @@ from bgdeploy.config import (
     load_config,
     one_of,
     parse_config,
-    readme_table,
     starter_config,
 )
 from bgdeploy.errors import ConfigError
@@ -180,13 +179,17 @@ def test_config_env_variable_is_used(tmp_path):
     assert (folder / ".bgdeploy" / "registry.db").exists()
 
 
-def test_readme_table_is_the_schema():
-    from tools.config_table import README, readme_block
+def test_readme_and_docs_config_tables_are_the_schema():
+    from tools.config_table import BLOCKS, readme_block
 
-    assert readme_block(README.read_text()) == readme_table(), (
-        "README.md's configuration table differs from bgdeploy.config.SCHEMA: "
-        "run `python tools/config_table.py --write`"
-    )
+    for path, block in BLOCKS:
+        assert readme_block(path.read_text()) == block(), (
+            f"{path.name}'s configuration table differs from bgdeploy.config.SCHEMA: "
+            "run `python tools/config_table.py --write`"
+        )
+    for section, keys in SCHEMA.items():  # the README's list names every key
+        for key in keys:
+            assert f"`{key}`" in readme_block(BLOCKS[0][0].read_text()), (section, key)
 
 
 def test_starter_config_shows_every_key_and_loads_to_the_defaults(tmp_path):
