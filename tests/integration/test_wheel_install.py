@@ -23,8 +23,9 @@ from bgdeploy.boots import processes_of_state_dir
 from tests.conftest import DEMO_DAEMON, REPO, poll_until
 from tests.integration.conftest import free_port, free_port_block
 
-# build, then pip installs that resolve every dependency from the index or pip's cache
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# python -m build (a Cython compile), then pip installs that resolve every dependency from the
+# index or pip's cache: minutes on a busy machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 NOT_SOURCE = shutil.ignore_patterns(
     ".git",
