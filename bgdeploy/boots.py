@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -80,6 +83,25 @@ def render_argv(command: list[str], *, port: int, boot_id: str, version: str) ->
             item = item.replace(key, value)
         argv.append(item)
     return argv
+
+
+BASE_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+
+
+def base_env() -> dict[str, str]:
+    """The environment every daemon starts from, whichever process starts it (a CLI
+    command from a shell or cron, the router's heal or auto-deploy): nothing of the
+    starter's own environment leaks in. ``daemon.env`` is merged over it. PATH begins
+    with the bin folder of the Python that runs bgdeploy, so that tools installed beside
+    it (a venv's gunicorn, its python3) are found the same way from everywhere."""
+    user = pwd.getpwuid(os.getuid())
+    return {
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), *BASE_PATH]),
+        "HOME": user.pw_dir,
+        "USER": user.pw_name,
+        "LOGNAME": user.pw_name,
+        "LANG": "C.UTF-8",
+    }
 
 
 def log_tail(path: str | Path | None, lines: int = 15) -> str:
@@ -151,14 +173,58 @@ def group_members(pgid: int, since: float) -> list[psutil.Process]:
     return members
 
 
+class Children:
+    """The daemons this process started, shared by all its Supervisors: whoever stops a
+    boot (this process, or a CLI command), ``reap`` collects its exit, so that no boot
+    stays a zombie under a long-lived router; the exit codes stay readable."""
+
+    KEEP_EXITED = 256  # exit codes kept for history's "exit" events; older ones go
+
+    def __init__(self) -> None:
+        self._procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: tuple[str, str], proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs[key] = proc
+
+    def get(self, key: tuple[str, str]) -> subprocess.Popen[bytes] | None:
+        with self._lock:
+            return self._procs.get(key)
+
+    def pop(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._procs.pop(key, None)
+
+    def reap(self) -> int:
+        """Collect the exit of every child that has exited; returns how many run on."""
+        with self._lock:
+            procs = list(self._procs.items())
+        exited = [key for key, proc in procs if proc.poll() is not None]
+        with self._lock:
+            for key in exited[: max(0, len(exited) - self.KEEP_EXITED)]:
+                self._procs.pop(key, None)
+        return len(procs) - len(exited)
+
+
+CHILDREN = Children()
+
+
 class Supervisor:
-    """Starts and stops the boots of one config. Keeps the Popen of boots it started
-    itself, to reap them and read their exit codes."""
+    """Starts and stops the boots of one config. The Popen of each boot this process
+    started is kept (in CHILDREN) to reap it and read its exit code."""
 
     def __init__(self, config: Config, registry: Registry) -> None:
         self.config = config
         self.registry = registry
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _key(self, boot_id: str) -> tuple[str, str]:
+        return (str(self.config.state_dir), boot_id)
+
+    def reap(self) -> None:
+        """Collect the exits of the boots this process started (a router calls it every
+        control pass: a boot a CLI command stopped must not stay a zombie)."""
+        CHILDREN.reap()
 
     # -- start ---------------------------------------------------------------------------
 
@@ -172,8 +238,11 @@ class Supervisor:
         )
         logs = self.config.logs_dir
         log_path = logs / f"{boot_id}.log"
+        daemon = self.config.daemon
+        cwd = daemon.cwd or self.config.base_dir
         env = {
-            **os.environ,
+            **base_env(),
+            **daemon.env,
             "BGDEPLOY_STATE_DIR": str(self.config.state_dir),
             "BGDEPLOY_PORT": str(port),
             "BGDEPLOY_BOOT_ID": boot_id,
@@ -188,7 +257,7 @@ class Supervisor:
         try:
             proc = subprocess.Popen(  # argv list, never a shell
                 argv,
-                cwd=self.config.base_dir,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
@@ -198,6 +267,11 @@ class Supervisor:
             )
         except OSError as e:
             records.mark_exited(boot_id, BootState.FAILED, None)
+            if not cwd.is_dir():
+                raise BootError(
+                    f"Boot {boot_id} could not start: its working folder {cwd} does not exist.",
+                    hint="Create it, or set daemon.cwd in bgdeploy.toml to a folder that exists.",
+                ) from None
             raise BootError(
                 f"Boot {boot_id} could not start {argv[0]!r}: {e.strerror or e}.",
                 hint="Check daemon.command in bgdeploy.toml (an argv list; the first item "
@@ -205,7 +279,7 @@ class Supervisor:
             ) from None
         finally:
             os.close(fd)
-        self._children[boot_id] = proc
+        CHILDREN.add(self._key(boot_id), proc)
         try:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:  # exited already; still record the pid for the log
@@ -217,14 +291,14 @@ class Supervisor:
     # -- liveness ------------------------------------------------------------------------
 
     def is_running(self, boot: Boot) -> bool:
-        child = self._children.get(boot.boot_id)
+        child = CHILDREN.get(self._key(boot.boot_id))
         if child is not None and child.poll() is not None:
             return False
         return process_matches(boot.pid, boot.pid_create_time)
 
     def exit_code(self, boot: Boot) -> int | None:
         """The exit code when we started the boot ourselves and it has exited, else None."""
-        child = self._children.get(boot.boot_id)
+        child = CHILDREN.get(self._key(boot.boot_id))
         return child.poll() if child is not None else None
 
     def describe_exit(self, boot: Boot, *, honest: bool = False) -> str:
@@ -278,12 +352,12 @@ class Supervisor:
         if code is None:
             code = self.exit_code(boot)
         self.registry.boot_records.mark_exited(boot.boot_id, final_state, code)
-        self._children.pop(boot.boot_id, None)
+        CHILDREN.pop(self._key(boot.boot_id))
         log.info("boot %s: stopped (%s)", boot.boot_id, code)
         return code
 
     def _wait_exit(self, boot: Boot, timeout: float) -> int | None:
-        child = self._children.get(boot.boot_id)
+        child = CHILDREN.get(self._key(boot.boot_id))
         if child is not None:
             try:
                 return child.wait(timeout)

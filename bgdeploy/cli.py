@@ -63,6 +63,16 @@ def _print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from bgdeploy import __version__
+    from bgdeploy.router import build
+
+    out.print(f"bgdeploy {__version__} (router build: {build()})")
+    raise typer.Exit()
+
+
 @app.callback()
 def _global(
     config: Annotated[
@@ -74,21 +84,21 @@ def _global(
             show_default=False,
         ),
     ] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks (also accepted after the command).")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print bgdeploy's version and the router build, then exit.",
+            is_eager=True,
+            callback=_print_version,
+        ),
+    ] = False,
 ) -> None:
     _opts.config = config
     _opts.debug = debug
-
-
-@app.command()
-def init() -> None:
-    """Write a commented starter bgdeploy.toml (if absent) and migrate the registry."""
-    from bgdeploy.control.setup import init as do_init
-
-    result = do_init(_opts.config)
-    verb = "Wrote" if result.wrote_config else "Kept existing"
-    out.print(f"{verb} config [bold]{result.config_path}[/]")
-    out.print(f"Registry [bold]{result.registry_url}[/] at migration head {result.revision}")
 
 
 @app.command()
@@ -99,6 +109,9 @@ def status(
     ] = False,
     every: Annotated[
         bool, typer.Option("--all", help="Every service in the registry, one row each.")
+    ] = False,
+    tree: Annotated[
+        bool, typer.Option("--tree", help="The boots as a tree (Argo style), not a table.")
     ] = False,
 ) -> None:
     """Generation, state, the active/candidate/old boots, streaks, rollback and lock."""
@@ -123,12 +136,12 @@ def status(
     from bgdeploy.ui.tables import status_renderable
 
     if not watch:
-        out.print(status_renderable(get_status(a, inflight())))
+        out.print(status_renderable(get_status(a, inflight()), tree))
         return
     from rich.live import Live
 
     with Live(
-        status_renderable(get_status(a, inflight())),
+        status_renderable(get_status(a, inflight()), tree),
         console=out,
         refresh_per_second=4,
         screen=False,
@@ -136,7 +149,7 @@ def status(
         try:
             while True:
                 time.sleep(0.5)
-                live.update(status_renderable(get_status(a, inflight())))
+                live.update(status_renderable(get_status(a, inflight()), tree))
         except (KeyboardInterrupt, Interrupted):  # how --watch ends: exit 0
             return
 
@@ -238,7 +251,11 @@ NoWait = Annotated[
 
 
 def _waiting(text: str) -> None:
-    err.print(f"[dim]{escape(text[:1].upper() + text[1:])}…[/]")
+    """A wait on the lock: one line saying for whom, and the spinner says it too."""
+    text = text[:1].upper() + text[1:]
+    err.print(f"[dim]{escape(text)}…[/]")
+    if Progress.current is not None and Progress.current.spinner is not None:
+        Progress.current.spinner.update(escape(text) + "…")
 
 
 NEXT_ACTIVITY = {
@@ -256,6 +273,8 @@ NEXT_ACTIVITY = {
 
 class Progress:
     """Deploy progress: a line per finished step with its duration, a spinner between."""
+
+    current: Progress | None = None  # the one a command runs under, for _waiting
 
     def __init__(self) -> None:
         self.start = self.last = time.monotonic()
@@ -275,9 +294,11 @@ class Progress:
         if out.is_terminal:
             self.spinner = out.status("starting…")
             self.spinner.__enter__()
+        Progress.current = self
         return self
 
     def __exit__(self, *exc: object) -> None:
+        Progress.current = None
         if self.spinner is not None:
             self.spinner.__exit__(*exc)
 
@@ -520,9 +541,9 @@ def run(argv: list[str] | None = None) -> int:
 
     SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` (exit 130, 143, 129): our own
     handlers, because Typer turns a KeyboardInterrupt into a silent exit."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _debug_first(list(sys.argv[1:] if argv is None else argv))
     global _opts
-    _opts = Options(debug="--debug" in args)
+    _opts = Options(debug=args[:1] == ["--debug"])
     with _signals_as_interrupts():
         try:
             return _run(args)
@@ -585,6 +606,14 @@ def _signals_as_interrupts() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _debug_first(args: list[str]) -> list[str]:
+    """Accept --debug anywhere before a "--" (Click takes it only before the command)."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    return ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+
+
 def _unexpected(e: Exception, args: list[str]) -> int:
     from bgdeploy.crash import write_crash_log
 
@@ -611,8 +640,9 @@ def _state_dir_of_config() -> Path | None:
         return None
 
 
-# The operator controls' commands live in their own module and add themselves to `app`.
-from bgdeploy import cli_controls  # noqa: E402, F401
+# The operator controls' and the getting-started commands live in their own modules and
+# add themselves to `app`.
+from bgdeploy import cli_controls, cli_setup  # noqa: E402, F401
 
 
 def main() -> None:

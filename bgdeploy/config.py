@@ -100,6 +100,21 @@ STR_TABLE = Kind(
     "a table of strings",
     lambda v: isinstance(v, dict) and all(isinstance(s, str) for s in v.values()),
 )
+ENV_TABLE = Kind(
+    "a table of environment variable names to string values",
+    lambda v: (
+        isinstance(v, dict)
+        and all(
+            isinstance(k, str)
+            and k
+            and "=" not in k
+            and "\0" not in k
+            and isinstance(s, str)
+            and "\0" not in s
+            for k, s in v.items()
+        )
+    ),
+)
 PORT_RANGE = Kind(
     "a list of two port numbers [low, high] with low <= high",
     lambda v: (
@@ -268,15 +283,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "argv of your daemon, never run through a shell; {port}, {boot_id} and {version} "
             "are filled in, and BGDEPLOY_PORT, BGDEPLOY_BOOT_ID, BGDEPLOY_VERSION are set",
             required=True,
-            starter=[
-                "python3",
-                "tools/demo_daemon.py",
-                "--port",
-                "{port}",
-                "--version",
-                "{version}",
-            ],
+            starter=["./mydaemon", "--port", "{port}"],
             example=["./mydaemon", "--port", "{port}"],
+        ),
+        "env": Key(
+            ENV_TABLE,
+            {},
+            "environment variables for the daemon, over a minimal base that is the same "
+            "whoever starts it (CLI, router, cron): PATH (bgdeploy's Python's bin folder, "
+            "/usr/local/bin, /usr/bin, /bin), HOME, USER, LOGNAME, LANG=C.UTF-8",
+            example={"APP_ENV": "production"},
+        ),
+        "cwd": Key(
+            FILE,
+            None,
+            "the daemon's working folder (default: the config file's folder)",
+            example="app",
+            shown="the config file's folder",
         ),
         "health_path": Key(
             URL_PATH,
@@ -303,7 +326,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
             starter="VERSION",
             example="VERSION",
         ),
-        "port_range": Key(PORT_RANGE, [47800, 47999], "internal ports for boots"),
+        "port_range": Key(
+            PORT_RANGE,
+            [17800, 17999],
+            "internal ports for boots; keep them below the kernel's ephemeral ports "
+            "(/proc/sys/net/ipv4/ip_local_port_range, often 32768-60999), or an outgoing "
+            "connection can take one",
+        ),
         "startup_timeout": Key(NUMBER, 30.0, "seconds for a new boot to become healthy"),
         "stop_timeout": Key(
             NUMBER, 10.0, "seconds after SIGTERM before the boot's process group gets SIGKILL"
@@ -422,6 +451,8 @@ class RouterConfig:
 @_section("daemon")
 class DaemonConfig:
     command: list[str]
+    env: dict[str, str]
+    cwd: Path | None
     health_path: str
     attach_path: str | None
     version_command: list[str] | None
@@ -613,8 +644,13 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"no TOML form for {value!r}")
 
 
-def starter_config() -> str:
-    """The commented bgdeploy.toml that `bgdeploy init` writes: every key, with its help."""
+def starter_config(values: dict[str, Any] | None = None) -> str:
+    """The commented bgdeploy.toml that `bgdeploy init` writes: every key, with its help.
+
+    ``values`` maps "section.key" to a value written instead of the starter's
+    (``init --port``, ``--command``, ``--demo``); each must be a key of SCHEMA.
+    """
+    values = dict(values or {})
     lines = [
         "# bgdeploy.toml - written by `bgdeploy init`. Every key is shown: set ones with",
         "# their default (or a working example), unset ones commented out.",
@@ -626,16 +662,36 @@ def starter_config() -> str:
             lines.append(f"[{section}]")
         for key, spec in keys.items():
             lines += textwrap.wrap(spec.help, 88, initial_indent="# ", subsequent_indent="# ")
+            name = f"{section}.{key}" if section else key
             value = spec.starter if spec.starter is not None else spec.default
+            value = values.pop(name, value)
             if value is not None:
                 lines.append(f"{key} = {toml_value(value)}")
             else:
                 lines.append(f"# {key} = {toml_value(spec.example)}")
+    if values:
+        raise KeyError(f"not config keys: {', '.join(values)}")
     return "\n".join(lines) + "\n"
 
 
+def readme_keys() -> str:
+    """The README's short list of every key with its default, one row per section."""
+    rows = ["| section | keys (default) |", "| --- | --- |"]
+    for section, keys in SCHEMA.items():
+        cells = []
+        for key, spec in keys.items():
+            if spec.required:
+                cells.append(f"`{key}` (required)")
+            elif spec.default is None or spec.default == {}:
+                cells.append(f"`{key}`")
+            else:
+                cells.append(f"`{key}` {toml_value(spec.default)}")
+        rows.append(f"| {f'[{section}]' if section else '(top level)'} | {' · '.join(cells)} |")
+    return "\n".join(rows) + "\n"
+
+
 def readme_table() -> str:
-    """The README's configuration table, one row per key."""
+    """The configuration table of docs/configuration.md, one row per key."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for section, keys in SCHEMA.items():
         for key, spec in keys.items():

@@ -38,6 +38,9 @@ def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO: one line per health check would bury the log.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     state: dict[str, Any] = {"app": app}
     # Passes every health.interval (tick) and at once when the active boot exits.
     control = ControlLoop(

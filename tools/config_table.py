@@ -1,7 +1,8 @@
-"""Print the README's configuration table from bgdeploy.config.SCHEMA, or --write it in place.
+"""Print the configuration tables from bgdeploy.config.SCHEMA, or --write them in place.
 
-The table sits between the two marker comments in README.md; tests/unit/test_config.py
-fails while README.md and the schema disagree.
+docs/configuration.md holds the full table (key, default, meaning) and README.md the
+short list (every key with its default), each between two marker comments;
+tests/unit/test_config.py fails while either file and the schema disagree.
 """
 
 from __future__ import annotations
@@ -9,26 +10,32 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bgdeploy.config import readme_table
+from bgdeploy.config import readme_keys, readme_table
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 BEGIN = "<!-- config-table: begin (tools/config_table.py --write) -->\n"
 END = "<!-- config-table: end -->\n"
+# Each file and the block it holds.
+BLOCKS = ((README, readme_keys), (CONFIGURATION, readme_table))
 
 
 def readme_block(text: str) -> str:
-    """The text between the markers in README text."""
+    """The text between the markers in a file's text."""
     start = text.index(BEGIN) + len(BEGIN)
     return text[start : text.index(END, start)]
 
 
 def main(argv: list[str]) -> int:
     if argv != ["--write"]:
-        sys.stdout.write(readme_table())
+        for _path, block in BLOCKS:
+            sys.stdout.write(block() + "\n")
         return 0
-    text = README.read_text()
-    start = text.index(BEGIN) + len(BEGIN)
-    README.write_text(text[:start] + readme_table() + text[text.index(END, start) :])
+    for path, block in BLOCKS:
+        text = path.read_text()
+        start = text.index(BEGIN) + len(BEGIN)
+        path.write_text(text[:start] + block() + text[text.index(END, start) :])
     return 0
 
 

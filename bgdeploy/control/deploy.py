@@ -198,7 +198,7 @@ class Deployer:
             steps("aborted", e.message)
             raise BootError(
                 f"Deploy of {version} aborted: {e.message}",
-                hint=f"The active boot is unchanged. {e.hint or ''}".strip(),
+                hint=f"{self.kept()} {e.hint or ''}".strip(),
                 log_tail=getattr(e, "log_tail", ""),
             ) from None
         reg.transition(
@@ -228,6 +228,12 @@ class Deployer:
             crashes.end_healing(app)
         return result
 
+    def kept(self) -> str:
+        """What an aborted deploy left serving, for its error's hint."""
+        if self.reg.deployment(self.app.service).active_boot_id is None:
+            return "Nothing was deployed before, so nothing serves yet (the router answers 503)."
+        return "The active boot is unchanged."
+
     def switch_candidate(
         self, gen: int, boot_id: str, version: str, steps: Steps, reason: str | None = None
     ) -> DeployResult:
@@ -240,7 +246,7 @@ class Deployer:
             steps("aborted", reason)
             raise OperationFailed(
                 f"Deploy of {version} aborted: {reason}.",
-                hint="The active boot is unchanged.",
+                hint=self.kept(),
             )
         candidate = reg.boot(boot_id)
         assert candidate is not None
@@ -256,7 +262,7 @@ class Deployer:
             steps("aborted", e.message)
             raise BootError(
                 f"Deploy of {version} aborted: {e.message}",
-                hint="The active boot is unchanged.",
+                hint=self.kept(),
             ) from None
         if not sw.applied:
             raise OperationFailed(f"The switch did not apply: {sw.message}")

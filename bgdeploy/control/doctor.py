@@ -61,6 +61,9 @@ def doctor(config_path: str | Path | None = None) -> list[Check]:
     checks.append(schema)
     if schema.status == FAIL:
         return checks
+    from bgdeploy.control import doctor_warnings as warnings
+
+    checks += [c for c in (warnings.port_range(config),) if c is not None]
     app = App(config)
     try:
         intent = app.registry.intents.read(app.service)
@@ -69,6 +72,11 @@ def doctor(config_path: str | Path | None = None) -> list[Check]:
         else:
             checks.append(_router(app))
             checks += _active(app)
+            checks += [
+                c
+                for c in (warnings.failed_deploy(app), warnings.recent_crash(app))
+                if c is not None
+            ]
         checks.append(_decision(app))
         checks.append(_orphans(app))
         checks += _impossible(app)
@@ -230,7 +238,8 @@ def _active(app: App) -> list[Check]:
     row = reg.deployment(app.service)
     active = reg.boot(row.active_boot_id)
     if active is None:
-        return [Check("active boot", WARN, "nothing is deployed yet", "Run `bgdeploy up`.")]
+        fix = "Run `bgdeploy up`." if row.generation == 0 else "Run `bgdeploy deploy`."
+        return [Check("active boot", WARN, "nothing is deployed yet", fix)]
     sup = Supervisor(cfg, reg)
     loop = read_crash_loop(app)
     if loop is not None and not sup.is_running(active):

@@ -55,9 +55,11 @@ def take_lock(
     notice: Notice = no_notice,
 ) -> LifecycleLock:
     lock = app.lock()
-    if wait is not None or no_wait:
-        lock.acquire(wait=wait, command=command)
+    if no_wait and wait is None:
+        lock.acquire(command=command)
         return lock
+    if wait is not None:
+        return _wait_for(lock, command, wait, notice)
     bound = pass_bound(app.config)
     deadline = time.monotonic() + bound
     shown = None
@@ -80,6 +82,33 @@ def take_lock(
             if doing != shown:
                 notice(f"{doing} (up to {bound:g}s; --no-wait to exit at once)")
                 shown = doing
+
+
+def _wait_for(lock: LifecycleLock, command: str, wait: float, notice: Notice) -> LifecycleLock:
+    """--wait S: name the holder once, then wait for the rest of S seconds."""
+    start = time.monotonic()
+    try:
+        lock.acquire(command=command)  # tries for a short grace
+        return lock
+    except LockBusy as e:
+        if wait <= 0:
+            raise
+        notice(f"waiting up to {wait:g}s for the lifecycle lock: {_held_by(e)}")
+    try:
+        lock.acquire(wait=max(0.0, wait - (time.monotonic() - start)), command=command)
+    except LockBusy as e:
+        raise LockBusy(
+            f"The lifecycle lock of service '{lock.service}' is still {_held_by(e)} "
+            f"after waiting {wait:g}s.",
+            holder=e.holder,
+            hint="Run the command again with a longer --wait, or see `bgdeploy status`.",
+        ) from None
+    return lock
+
+
+def _held_by(e: LockBusy) -> str:
+    holder = e.holder if isinstance(e.holder, LockHolder) else None
+    return f"held by {holder.describe()}" if holder else "held by another process"
 
 
 def activity(app: App) -> str:

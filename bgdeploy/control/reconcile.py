@@ -71,6 +71,7 @@ class Reconciler:
 
     def run(self, *, dry_run: bool = False, wait: float | None = None) -> ReconcileReport:
         report = ReconcileReport()
+        self.sup.reap()  # boots this process started that another one stopped
         lock = self.app.lock()
         try:
             lock.acquire(wait=wait, command=self.holder)

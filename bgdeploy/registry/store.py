@@ -86,7 +86,9 @@ class Registry:
             self.engine.execution_options(**{WRITE: True}), expire_on_commit=False
         )
         self.actor_pid = os.getpid()
-        self.actor_command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500]
+        program = Path(sys.argv[0]).name
+        program = "bgdeploy" if program == "__main__.py" else program  # python -m bgdeploy
+        self.actor_command = " ".join([program, *sys.argv[1:]])[:500]
         try:
             if auto_migrate:
                 migrate.ensure_head(self.engine, path)

@@ -36,13 +36,26 @@ ALLOW = b"Allow: GET, HEAD\r\n"
 
 
 class MetricsSnapshot:
-    """The workers' counters, summed."""
+    """The workers' counters, summed. Series labelled by boot are shown for the boots in
+    ``live`` (and whatever still routes or has requests in flight) only, so that /metrics
+    does not grow with every boot ever started; the lifetime totals stay, unlabelled."""
 
-    def __init__(self, stats: RouterStats) -> None:
+    def __init__(self, stats: RouterStats, live: set[str] | None = None) -> None:
         self.stats = stats
-        self.requests = stats.requests
-        self.inflight = stats.inflight
-        self.upstream_errors = stats.upstream_errors
+        self.requests_by_code: dict[int, int] = {}
+        for (_boot, code), n in stats.requests.items():
+            self.requests_by_code[code] = self.requests_by_code.get(code, 0) + n
+        self.errors_by_kind: dict[str, int] = {}
+        for (_boot, kind), n in stats.upstream_errors.items():
+            self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + n
+        if live is not None:
+            live = live | {b for b, n in stats.inflight.items() if n}
+            live |= {r[0] for r in (stats.route, stats.preview) if r is not None}
+        self.requests = {k: n for k, n in stats.requests.items() if live is None or k[0] in live}
+        self.inflight = {b: n for b, n in stats.inflight.items() if live is None or b in live}
+        self.upstream_errors = {
+            k: n for k, n in stats.upstream_errors.items() if live is None or k[0] in live
+        }
         self.switches = stats.switches
         self.route_age = time.time() - stats.route_changed_at
         self.connections = stats.connections
@@ -75,6 +88,22 @@ class MetricsSnapshot:
         for (boot, kind), n in sorted(self.upstream_errors.items()):
             errors.add_metric([boot, kind], n)
         yield errors
+        served = CounterMetricFamily(
+            "bgdeploy_router_requests",
+            "Responses sent since the router started, by status (every boot, stopped ones too).",
+            labels=["code"],
+        )
+        for code, n in sorted(self.requests_by_code.items()):
+            served.add_metric([str(code)], n)
+        yield served
+        failed = CounterMetricFamily(
+            "bgdeploy_router_upstream_errors",
+            "Failed upstream connections since the router started, by kind (every boot).",
+            labels=["kind"],
+        )
+        for kind, n in sorted(self.errors_by_kind.items()):
+            failed.add_metric([kind], n)
+        yield failed
         yield CounterMetricFamily(
             "bgdeploy_switches",
             "Route changes from one boot to another since the router started.",
@@ -131,9 +160,9 @@ class MetricsSnapshot:
         yield served
 
 
-def metrics_text(stats: RouterStats) -> bytes:
+def metrics_text(stats: RouterStats, live: set[str] | None = None) -> bytes:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(MetricsSnapshot(stats))
+    reg.register(MetricsSnapshot(stats, live))
     return generate_latest(reg)
 
 
@@ -172,8 +201,10 @@ class Admin:
         history: Callable[[], list[dict[str, Any]]],
         router: Callable[[RouterStats], dict[str, Any]],
         status_all: Callable[[RouterStats], list[dict[str, Any]]] | None = None,
+        live_boots: Callable[[], set[str] | None] = lambda: None,
     ):
         self.snapshot = snapshot
+        self.live_boots = live_boots
         self.status = status
         self.history = history
         self.series = Series()
@@ -204,7 +235,7 @@ class Admin:
         return json.dumps(await self._in_thread(lambda: self.router(self.snapshot()))).encode()
 
     async def metrics(self) -> bytes:
-        return metrics_text(await self._in_thread(self.snapshot))
+        return await self._in_thread(lambda: metrics_text(self.snapshot(), self.live_boots()))
 
     async def history_json(self) -> bytes:
         events = await asyncio.get_running_loop().run_in_executor(None, self.history)

@@ -123,7 +123,9 @@ class RouteTable:
         if old is not None and route is not None and old.boot_id != route.boot_id:
             self.switches += 1
         self.pools.close_all_but(route.boot_id if route else None)
-        log.info("route: %s -> %s", old.boot_id if old else None, route.boot_id if route else None)
+        before, after = (old.boot_id if old else None), (route.boot_id if route else None)
+        if before != after:  # a new generation of the same boot is not news
+            log.info("route: %s -> %s", before, after)
 
     def is_active(self, boot_id: str) -> bool:
         return self.active is not None and self.active.boot_id == boot_id

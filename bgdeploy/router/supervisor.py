@@ -140,6 +140,7 @@ class RouterSupervisor:
                 self.hooks.history,
                 self._router_info,
                 self._status_all if self.hooks.status_all else None,
+                self._live_boots,
             )
             admin_server = await loop.create_server(
                 lambda: AdminConnection(admin), sock=sockets.admin.dup()
@@ -162,15 +163,17 @@ class RouterSupervisor:
                 target=self._control_loop, name="bgdeploy-control", daemon=True
             ).start()
             cfg = self.config.router
+            n = len(self.workers)
             log.info(
-                "router supervisor on http://%s:%d, admin on http://%s:%d (pid %d, %d workers, "
+                "router supervisor on http://%s:%d, admin on http://%s:%d (pid %d, %d worker%s, "
                 "sockets %s)",
                 cfg.host,
                 cfg.port,
                 cfg.host,
                 cfg.admin_port,
                 os.getpid(),
-                len(self.workers),
+                n,
+                "" if n == 1 else "s",
                 sockets.source,
             )
             await self.done.wait()
@@ -284,6 +287,14 @@ class RouterSupervisor:
 
     def _snapshot(self) -> RouterStats:
         return RouterStats.of(self.collect(), self.retired)
+
+    def _live_boots(self) -> set[str] | None:
+        """The boots whose series /metrics shows (None: all, if the registry is unreadable)."""
+        try:
+            return {b.boot_id for b in self.registry.boots(self.service, live_only=True)}
+        except Exception as e:  # noqa: BLE001 - metrics must answer while the registry is away
+            log.debug("live boots unknown: %s", e)
+            return None
 
     def inflight(self) -> dict[str, int]:
         return self._snapshot().inflight

@@ -42,7 +42,8 @@ def uptime(started: str | None) -> str:
     return f"{secs // 86400}d"
 
 
-def status_renderable(st: dict[str, Any]) -> Group:
+def status_renderable(st: dict[str, Any], tree: bool = False) -> Group:
+    """The status: the boots once (a table, or with ``tree`` Argo's tree), then the facts."""
     state = st["state"]
     head = Text.assemble(
         ("service ", "dim"),
@@ -157,7 +158,8 @@ def status_renderable(st: dict[str, Any]) -> Group:
         if lock
         else "free",
     )
-    parts = [head, Text(""), boots, Text(""), status_tree(st), Text(""), facts]
+    parts = [status_tree(st)] if tree else [head, Text(""), boots]
+    parts += [Text(""), facts]
     if router:
         parts += [Text(""), router_table(router)]
     return Group(*parts)

@@ -305,7 +305,7 @@ def test_a_registry_locked_longer_than_a_pass_costs_nothing_lasting(tmp_path, cl
     busy timeout: a command that writes says so in one sentence (exit 1), the router
     keeps serving, and once it lets go the control loop deploys the installed version
     with no restart."""
-    from bgdeploy.registry.store import BUSY_TIMEOUT_S
+    from bgdeploy.registry.engine import BUSY_TIMEOUT_S
 
     app = faulty_app(tmp_path, tmp_path / "state")
     cleanup.append(app)

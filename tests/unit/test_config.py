@@ -24,7 +24,6 @@ from bgdeploy.config import (
     load_config,
     one_of,
     parse_config,
-    readme_table,
     starter_config,
 )
 from bgdeploy.errors import ConfigError
@@ -78,7 +77,16 @@ def test_starter_config_is_valid(tmp_path):
     path = tmp_path / "bgdeploy.toml"
     path.write_text(STARTER_CONFIG)
     cfg = load_config(path)
-    assert cfg.daemon.command[0] == "python3"
+    assert cfg.daemon.command == ["./mydaemon", "--port", "{port}"]  # a placeholder to replace
+
+
+def test_starter_config_takes_init_choices_and_refuses_unknown_keys(tmp_path):
+    path = tmp_path / "bgdeploy.toml"
+    path.write_text(starter_config({"router.port": 20001, "daemon.command": ["d", "{port}"]}))
+    cfg = load_config(path)
+    assert cfg.router.port == 20001 and cfg.daemon.command == ["d", "{port}"]
+    with pytest.raises(KeyError, match="router.prot"):
+        starter_config({"router.prot": 1})
 
 
 @pytest.mark.parametrize(
@@ -171,13 +179,17 @@ def test_config_env_variable_is_used(tmp_path):
     assert (folder / ".bgdeploy" / "registry.db").exists()
 
 
-def test_readme_table_is_the_schema():
-    from tools.config_table import README, readme_block
+def test_readme_and_docs_config_tables_are_the_schema():
+    from tools.config_table import BLOCKS, readme_block
 
-    assert readme_block(README.read_text()) == readme_table(), (
-        "README.md's configuration table differs from bgdeploy.config.SCHEMA: "
-        "run `python tools/config_table.py --write`"
-    )
+    for path, block in BLOCKS:
+        assert readme_block(path.read_text()) == block(), (
+            f"{path.name}'s configuration table differs from bgdeploy.config.SCHEMA: "
+            "run `python tools/config_table.py --write`"
+        )
+    for section, keys in SCHEMA.items():  # the README's list names every key
+        for key in keys:
+            assert f"`{key}`" in readme_block(BLOCKS[0][0].read_text()), (section, key)
 
 
 def test_starter_config_shows_every_key_and_loads_to_the_defaults(tmp_path):
@@ -190,7 +202,7 @@ def test_starter_config_shows_every_key_and_loads_to_the_defaults(tmp_path):
     cfg = load_config(path)
     assert cfg.router == RouterConfig() and cfg.health == HealthConfig()
     assert cfg.state_dir == tmp_path / ".bgdeploy"
-    # init's working example: the demo daemon and a VERSION file; the rest are the defaults
+    # init's example: a daemon to replace and a VERSION file; the rest are the defaults
     assert cfg.daemon == DaemonConfig(
         command=SCHEMA["daemon"]["command"].starter, version_file=tmp_path / "VERSION"
     )
@@ -200,7 +212,7 @@ def test_section_defaults_and_router_limits_come_from_the_schema():
     for section, cls in (("router", RouterConfig), ("health", HealthConfig)):
         assert asdict(cls()) == {k: default(section, k) for k in SCHEMA[section]}
     daemon = DaemonConfig(command=["d"])
-    assert daemon.port_range == (47800, 47999) and daemon.drain_timeout == 30.0
+    assert daemon.port_range == (17800, 17999) and daemon.drain_timeout == 30.0
     limits = Limits()
     assert limits.header_timeout == RouterConfig().header_timeout
     assert limits.idle_timeout == RouterConfig().idle_timeout
