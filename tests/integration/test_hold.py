@@ -55,7 +55,12 @@ def test_held_deploy_waits_at_ready_then_promote_switches_once(stack, cli):
     again = cli(*cfg, "promote", "--json")
     assert again.code == 0 and json.loads(again.out)["applied"] is False
     assert "no candidate held" in json.loads(again.out)["message"]
-    history = json.loads(cli(*cfg, "history", "--json").out)
+    # Transitions only: `deploy --version 2.0 --hold` also recorded its pin (an intent event).
+    history = [
+        e
+        for e in json.loads(cli(*cfg, "history", "--json").out)
+        if e["event"] not in ("pin", "unpin", "up")
+    ]
     assert [e["event"] for e in history].count("switch") == 2
     assert history[0]["event"] == "switch" and "promoted after" in history[0]["reason"]
     assert history[1]["event"] == "candidate_ready" and "held at ready" in history[1]["reason"]

@@ -234,9 +234,14 @@ def test_a_read_only_lock_folder_gives_one_sentence_and_recovers(tmpfs, tmp_path
         tmpfs.read_only(False, "locks")
     poll_until(lambda: active_version(app) == "2.0", 30, what="the control loop to deploy 2.0")
     poll_until(lambda: route(run) != first, 10, what="the router to follow")
+    # The recovery is logged when the pass that deployed 2.0 returns (after its drain).
+    poll_until(
+        lambda: "control loop passes work again" in (tmp_path / "router.log").read_text(),
+        30,
+        what="the recovery in the router's log",
+    )
     log = (tmp_path / "router.log").read_text()
     assert log.count("control loop pass failed") == 1, log  # once per run of failures
-    assert "control loop passes work again" in log
 
 
 # -- the disk-full test of issue 19 -------------------------------------------------------

@@ -127,6 +127,8 @@ def test_ten_megabytes_stream_both_ways_without_buffering(served):
 def test_dead_upstream_is_502(served):
     app, router, boot_id = served
     boot = app.registry.boot(boot_id)
+    # Nothing may restart it (a heal restarts the version that ran): down by operator.
+    app.registry.intents.set_run(app.service, "down", "test: a dead upstream stays dead")
     os.killpg(boot.pid, signal.SIGKILL)
     poll_until(
         lambda: not psutil.pid_exists(boot.pid) or psutil.Process(boot.pid).status() == "zombie",
