@@ -27,7 +27,7 @@ def assert_clean_error(proc, code: int, needle: str) -> None:
 @pytest.fixture
 def live(stack, tmp_path):
     app, router = stack(
-        flags=["--fault-file", str(tmp_path / "faults-{version}.json")], startup=2, stop=1
+        flags=["--fault-file", str(tmp_path / "faults-{version}.json")], startup=5, stop=1
     )
     first = deploy(app, "1.0")
     settle(app)
@@ -44,7 +44,7 @@ def serving(router, boot_id: str) -> None:
     ("faults", "needle"),
     [
         ({"crash_on_start": True}, "exited with code 3 before it became healthy"),
-        ({"never_healthy": True}, "did not become healthy within 2s"),
+        ({"never_healthy": True}, "did not become healthy within 5s"),
         ({"health_version": "9.9"}, "is the wrong binary"),
         ({"refuse_attach": True}, "refused to attach workspace 'ws-1'"),
     ],
