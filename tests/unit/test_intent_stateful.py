@@ -394,17 +394,12 @@ def test_intent_machine_on_postgresql(pg_server):
     from hypothesis.stateful import run_state_machine_as_test
 
     class PgIntentMachine(IntentMachine):
-        pass
-
-    PgIntentMachine.pg_url = pg_server.clean_database()
-
-    class Fresh(PgIntentMachine):
         def __init__(self) -> None:
-            type(self).pg_url = pg_server.clean_database()
+            type(self).pg_url = pg_server.clean_database()  # an emptied database per example
             super().__init__()
 
     run_state_machine_as_test(
-        Fresh,
+        PgIntentMachine,
         settings=settings(
             max_examples=12,
             stateful_step_count=30,
