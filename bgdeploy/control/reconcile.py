@@ -177,6 +177,9 @@ class Reconciler:
         row, world = seen.row, seen.world
         if row.healing_ts is None and not row.crash_exits:
             return
+        if world.intent.down:
+            crashes.end_healing(self.app)  # nothing will take the dead boot's place
+            return
         active = seen.boots.get(row.active_boot_id or "")
         if active is None or world.active is None or not world.active.alive:
             return
@@ -254,9 +257,12 @@ class Reconciler:
             or world.active.alive
         ):
             return False
-        crashes.record_exit(self.app, self.sup, active)
+        down = reg.intents.read(self.app.service).down
+        # Down by operator: nothing restarts it, so the router must not hold requests for
+        # a replacement (they get 502 at once); the exit is history, not a crash series.
+        crashes.record_exit(self.app, self.sup, active, counts=not down)
         reg.boot_records.mark_exited(active.boot_id, BootState.FAILED, self.sup.exit_code(active))
-        if reg.intents.read(self.app.service).down:
+        if down:
             return False
         return self._failed_auto_deploy(active, report)
 
