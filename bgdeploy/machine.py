@@ -35,6 +35,11 @@ class DeploymentFields:
     last_error: str | None = None
     updated_ts: datetime | None = None
     held_ts: datetime | None = None
+    canary_weight: int | None = None
+    canary_steps: str | None = None
+    canary_step: int | None = None
+    canary_step_s: float | None = None
+    canary_step_ts: datetime | None = None
 
     @classmethod
     def from_row(cls, row: object) -> DeploymentFields:
@@ -76,14 +81,28 @@ class DeploymentMachine(StateMachine):
         # The previous generation's outcome stays in the events, not on the row.
         m.rollback_reason = m.rollback_ts = m.last_error = None
 
-    def on_candidate_ready(self, now: datetime, hold: bool = False) -> None:
-        # A held candidate waits at ready for `promote`; held_ts says since when.
-        self.model.held_ts = now if hold else None
+    def on_candidate_ready(
+        self,
+        now: datetime,
+        hold: bool = False,
+        canary: tuple[tuple[int, ...], float] | None = None,
+    ) -> None:
+        # A held candidate waits at ready for `promote`; held_ts says since when. A
+        # canary is a held candidate with a share of new requests, step by step.
+        m = self.model
+        m.held_ts = now if hold or canary else None
+        _clear_canary(m)
+        if canary:
+            steps, step_s = canary
+            m.canary_steps = ",".join(str(w) for w in steps)
+            m.canary_step, m.canary_weight = 0, steps[0]
+            m.canary_step_s, m.canary_step_ts = step_s, now
 
     def on_abort(self, reason: str) -> None:
         self.model.candidate_boot_id = None
         self.model.last_error = reason
         self.model.held_ts = None
+        _clear_canary(self.model)
 
     def on_switch(self, now: datetime) -> None:
         m = self.model
@@ -94,6 +113,7 @@ class DeploymentMachine(StateMachine):
         )
         m.switch_ts = now
         m.held_ts = None
+        _clear_canary(m)
         m.health_fail_streak = m.health_ok_streak = 0
 
     def on_finalize(self) -> None:
@@ -110,3 +130,8 @@ class DeploymentMachine(StateMachine):
 
     def on_rollback_done(self) -> None:
         self.model.old_boot_id = None
+
+
+def _clear_canary(m: DeploymentFields) -> None:
+    m.canary_weight = m.canary_steps = m.canary_step = None
+    m.canary_step_s = m.canary_step_ts = None

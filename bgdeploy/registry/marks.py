@@ -53,6 +53,23 @@ class RowMarks:
             reg.note_in(s, service, event, reason, row)
             reg.route_changed(s, service)
 
+    def next_canary_step(
+        self, service: str, generation: int, step: int, reason: str
+    ) -> bool:
+        """Fenced like a transition (this generation, at ready, with a canary): the
+        candidate's share becomes the weight of ``step``; with its event. False: stale."""
+        reg = self.registry
+        with reg.writing() as s:
+            row = reg._row(s, service)
+            if row.generation != generation or row.state != "ready" or not row.canary_steps:
+                return False
+            steps = [int(w) for w in row.canary_steps.split(",")]
+            row.canary_step, row.canary_weight = step, steps[step]
+            row.canary_step_ts = utcnow()
+            reg.note_in(s, service, "canary_step", reason, row)
+            reg.route_changed(s, service)
+            return True
+
     def end_healing(self, service: str) -> bool:
         """The route works again (or nothing will take its place): release held requests."""
         reg = self.registry

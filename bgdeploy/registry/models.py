@@ -73,6 +73,14 @@ class Deployment(Base):
     updated_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Set while a deploy held at `ready` waits for `bgdeploy promote` (or abort).
     held_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Canary steps (a held candidate with a share of new requests): the share in
+    # percent the router sends it now, the steps ("10,50"), the index of the current
+    # one, seconds per step and when the current step began. NULL without a canary.
+    canary_weight: Mapped[int | None] = mapped_column(Integer)
+    canary_steps: Mapped[str | None] = mapped_column(String(64))
+    canary_step: Mapped[int | None] = mapped_column(Integer)
+    canary_step_s: Mapped[float | None] = mapped_column()
+    canary_step_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Operator controls the router follows. They are not deploy transitions: set and
     # cleared by `pause`/`resume` and `maintenance on/off`, whatever the state.
     paused_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -233,6 +233,7 @@ class Registry:
         version: str | None = None,
         restore_boot_id: str | None = None,
         hold: bool = False,
+        canary: tuple[tuple[int, ...], float] | None = None,
     ) -> TransitionResult:
         """Apply one event as a compare-and-set on (service, generation, state).
 
@@ -254,6 +255,7 @@ class Registry:
                     "reason": reason,
                     "restore_boot_id": restore_boot_id,
                     "hold": hold,
+                    "canary": canary,
                 }
                 if ev is DeploymentEvent.BEGIN:
                     if version is None:
