@@ -22,7 +22,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("canary_weight", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("canary_steps", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("canary_step", sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column("canary_step_s", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("canary_step_s", sa.Double(), nullable=True))
         batch_op.add_column(sa.Column("canary_step_ts", sa.DateTime(), nullable=True))
 
 
