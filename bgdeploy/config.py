@@ -88,6 +88,11 @@ NUMBER = Kind(
     lambda v: (_is_int(v) or isinstance(v, float)) and v > 0,
     lambda v, base: float(v),
 )
+SECONDS_OR_0 = Kind(
+    "a number of seconds (0 or more)",
+    lambda v: (_is_int(v) or isinstance(v, float)) and v >= 0,
+    lambda v, base: float(v),
+)
 COUNT = Kind("a whole number of at least 1", lambda v: _is_int(v) and v >= 1)
 ARGV = Kind(
     "a non-empty list of strings",
@@ -128,6 +133,31 @@ PORT_RANGE = Kind(
 
 
 BOOL = Kind("true or false", lambda v: isinstance(v, bool))
+RATIO = Kind(
+    "a number above 0 and at most 1 (0.05 is 5%)",
+    lambda v: (_is_int(v) or isinstance(v, float)) and 0 < v <= 1,
+    lambda v, base: float(v),
+)
+RATIO_ABOVE_1 = Kind(
+    "a number above 1 (2 means twice the old boot's)",
+    lambda v: (_is_int(v) or isinstance(v, float)) and v > 1,
+    lambda v, base: float(v),
+)
+
+
+def canary_steps_ok(v: Any) -> bool:
+    return (
+        isinstance(v, list)
+        and all(_is_int(w) and 1 <= w <= 99 for w in v)
+        and all(a < b for a, b in zip(v, v[1:], strict=False))
+    )
+
+
+CANARY_STEPS = Kind(
+    "a list of rising percentages between 1 and 99, such as [10, 50]",
+    canary_steps_ok,
+    lambda v, base: tuple(v),
+)
 METHOD = Kind(
     "an HTTP method such as GET, HEAD or POST",
     lambda v: isinstance(v, str) and v.isalpha() and v.isupper(),
@@ -381,6 +411,38 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "auto_promote": Key(
             BOOL, True, "false: every deploy, automatic ones too, stops at ready for `promote`"
         ),
+        "canary": Key(
+            CANARY_STEPS,
+            [],
+            "canary steps before the switch: the candidate gets this share (percent) of new "
+            "requests, step by step, judged against the active boot; [] is plain blue/green",
+            example=[10, 50],
+        ),
+        "canary_step": Key(NUMBER, 30.0, "seconds each canary step lasts before its verdict"),
+    },
+    "analysis": {
+        "max_error_ratio": Key(
+            RATIO,
+            0.05,
+            "after a switch (and in each canary step): roll back when 5xx answers are more "
+            "than this share of the boot's answers",
+        ),
+        "min_requests": Key(COUNT, 20, "the fewest answers in the window before a verdict"),
+        "max_p99_ratio": Key(
+            RATIO_ABOVE_1,
+            None,
+            "roll back when the new boot's p99 latency is more than this many times the old "
+            "boot's (unset: latency is not judged)",
+            example=2.0,
+        ),
+        "window": Key(NUMBER, 30.0, "seconds of traffic each verdict looks at"),
+        "max_wait": Key(
+            SECONDS_OR_0,
+            300.0,
+            "seconds after a switch to wait for min_requests answers before finalizing "
+            "without a traffic verdict (the finalize event says so); 0: health checks alone "
+            "finalize a quiet service",
+        ),
     },
     "hooks": {
         "pre_switch": Key(
@@ -483,6 +545,18 @@ class HealthConfig:
 @_section("deploy")
 class DeployConfig:
     auto_promote: bool
+    canary: tuple[int, ...]
+    canary_step: float
+
+
+@dataclass(frozen=True)
+@_section("analysis")
+class AnalysisConfig:
+    max_error_ratio: float
+    min_requests: int
+    max_p99_ratio: float | None
+    window: float
+    max_wait: float
 
 
 @dataclass(frozen=True)
@@ -504,6 +578,7 @@ class Config:
     router: RouterConfig = field(default_factory=RouterConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     service: str = "default"
 
@@ -583,6 +658,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         daemon=DaemonConfig(**values["daemon"]),
         health=HealthConfig(**values["health"]),
         deploy=DeployConfig(**values["deploy"]),
+        analysis=AnalysisConfig(**values["analysis"]),
         hooks=HooksConfig(**values["hooks"]),
     )
 

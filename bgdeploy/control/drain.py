@@ -40,6 +40,7 @@ def no_progress(step: str, detail: str) -> None:
 def router_inflight(app: App) -> Inflight:
     """In-flight counts as the running router reports them (empty when none runs; None
     when it runs but did not answer: unknown is not zero, so a drain waits on)."""
+
     def fetch() -> dict[str, int] | None:
         router = running_router(app)
         if router is None:

@@ -117,6 +117,7 @@ def apply_boot_effects(
                 s, after.service, failed.version, after.generation, before.rollback_reason
             )
 
+
 def _rebind_workspaces(s: Session, service: str, boot_id: str | None) -> None:
     if boot_id is not None:
         s.execute(

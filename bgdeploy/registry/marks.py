@@ -53,9 +53,7 @@ class RowMarks:
             reg.note_in(s, service, event, reason, row)
             reg.route_changed(s, service)
 
-    def next_canary_step(
-        self, service: str, generation: int, step: int, reason: str
-    ) -> bool:
+    def next_canary_step(self, service: str, generation: int, step: int, reason: str) -> bool:
         """Fenced like a transition (this generation, at ready, with a canary): the
         candidate's share becomes the weight of ``step``; with its event. False: stale."""
         reg = self.registry
