@@ -384,15 +384,38 @@ def deploy(
             show_default=False,
         ),
     ] = None,
+    canary: Annotated[
+        str | None,
+        typer.Option(
+            "--canary",
+            help="Canary steps before the switch, percent of new requests, e.g. 10,50 "
+            "(default: deploy.canary; '' for none).",
+            metavar="STEPS",
+        ),
+    ] = None,
+    canary_step: Annotated[
+        float | None,
+        typer.Option(
+            "--canary-step",
+            min=0.1,
+            help="Seconds per canary step (default: deploy.canary_step).",
+            metavar="SECONDS",
+        ),
+    ] = None,
     wait: Wait = None,
     no_wait: NoWait = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """One blue/green deploy: exit 0 switched (or held), 1 aborted (active kept)."""
+    """One blue/green deploy: exit 0 switched (or held), 1 aborted (active kept).
+
+    With canary steps it waits for their verdicts (the router's control loop judges
+    them): exit 0 once switched, 1 when a step failed (the active boot kept all
+    traffic). Ctrl-C stops the waiting, not the canary."""
     from bgdeploy.control import operator
     from bgdeploy.control.drain import no_progress
     from bgdeploy.control.lifecycle import lifecycle
 
+    steps = _canary_steps(canary)
     a = _app()
     progress = Progress()
     command = f"bgdeploy deploy{' --version ' + version if version else ''}"
@@ -414,7 +437,11 @@ def deploy(
                 force=force,
                 hold=hold,
                 progress=no_progress if as_json else progress,
+                canary=steps,
+                canary_step=canary_step,
             )
+        if result.canary:
+            result = _follow_canary(a, result, quiet=as_json)
     except BgdeployError as e:
         if as_json:
             _print_json({"ok": False, "message": e.message})
@@ -424,6 +451,58 @@ def deploy(
     else:
         out.print(f"[bold green]{escape(result.message)}[/] [dim](in {progress.elapsed:.1f}s)[/]")
     _notice_no_router(a)
+
+
+def _canary_steps(text: str | None):  # noqa: ANN202 - tuple[int, ...] | None
+    """--canary "10,50" -> (10, 50); "" -> () (none); None -> the config's."""
+    from bgdeploy.config import canary_steps_ok
+
+    if text is None:
+        return None
+    try:
+        steps = [int(w) for w in text.replace(" ", "").split(",") if w]
+    except ValueError:
+        steps = None
+    if steps is None or not canary_steps_ok(steps):
+        raise typer.BadParameter(
+            f"{text!r} is not a list of rising percentages between 1 and 99; for example "
+            "--canary 10,50 (or --canary '' for a plain switch).",
+            param_hint="--canary",
+        )
+    return tuple(steps)
+
+
+def _follow_canary(a, result, *, quiet: bool):  # noqa: ANN001, ANN202 - App, DeployResult
+    """Wait (without the lock) for the canary's outcome, printing each step's verdict."""
+    from bgdeploy.control import canary
+    from bgdeploy.errors import OperationFailed
+
+    def line(text: str) -> None:
+        if not quiet:
+            out.print(f"  [cyan]canary[/] {escape(text)}")
+
+    if not quiet:
+        out.print(f"[bold]{escape(result.message)}[/]")
+    try:
+        switched, reason = canary.follow(a, result.generation, line)
+    except Interrupted:
+        err.print(
+            "Stopped waiting; the canary goes on under the router's control loop "
+            "(`bgdeploy status` shows it; `bgdeploy abort` ends it, `bgdeploy promote` "
+            "switches now)."
+        )
+        raise
+    if not switched:
+        raise OperationFailed(
+            f"Canary of {result.version} aborted: {reason}.",
+            hint="The active boot kept serving; the version is quarantined "
+            "(`bgdeploy deploy --version V --force` tries it again).",
+        )
+    result.message = f"Generation {result.generation}: {result.version} is active on " + (
+        f"{result.boot_id} after its canary steps ({reason})."
+    )
+    result.held = False
+    return result
 
 
 @app.command()

@@ -10,6 +10,10 @@ to ``BGDEPLOY_PORT``, ``BGDEPLOY_VERSION`` and ``BGDEPLOY_BOOT_ID``. Endpoints:
   GET /healthz     {"status": "ok", "version"}; 503 once --fail-health-after S has passed
   GET /slow?ms=N   answers after N ms (to watch a drain)
 
+A version string chooses a fault of ``/`` that health checks do not see, to show the
+traffic analysis: one containing ``-bad`` (e.g. ``3.0-bad``) answers 3 of every 10
+requests with 500; one containing ``-slow`` answers each 300 ms later.
+
 On SIGTERM it stops accepting, finishes the requests in flight, closes idle keep-alive
 connections, and exits 0. ``tools/demo_daemon.py`` in a checkout is the test suite's
 daemon, with many more fault switches (it needs aiohttp).
@@ -29,6 +33,27 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+BAD_SHARE = 0.3  # of `/` answers that are 500 in a "-bad" version
+SLOW_S = 0.3  # added to each `/` answer in a "-slow" version
+
+
+class VersionFaults:
+    """The fault a version string chooses (see the module's doc); thread-safe."""
+
+    def __init__(self, version: str) -> None:
+        self.bad = "-bad" in version
+        self.delay = SLOW_S if "-slow" in version else 0.0
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def fails(self) -> bool:
+        """Whether this answer of `/` is a 500: exactly 3 in every 10 for a bad version."""
+        if not self.bad:
+            return False
+        with self._lock:
+            self._n += 1
+            return self._n % 10 < BAD_SHARE * 10
+
 
 class DemoServer(ThreadingHTTPServer):
     """Tracks its connections, so that a stop can close the idle ones and wait for the rest."""
@@ -38,6 +63,7 @@ class DemoServer(ThreadingHTTPServer):
 
     def __init__(self, port: int, args: argparse.Namespace) -> None:
         self.args = args
+        self.faults = VersionFaults(args.version)
         self.started = time.monotonic()
         self.stopping = threading.Event()
         self.idle: set[socket.socket] = set()
@@ -91,7 +117,13 @@ class DemoHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         identity = {"version": args.version, "boot_id": args.boot_id, "pid": os.getpid()}
         if url.path == "/":
-            self.answer(200, identity)
+            faults = self.server.faults
+            if faults.delay:
+                time.sleep(faults.delay)
+            if faults.fails():
+                self.answer(500, {**identity, "error": "this version fails 30% of requests"})
+            else:
+                self.answer(200, identity)
         elif url.path == "/healthz":
             healthy = self.server.healthy()
             body = {"status": "ok" if healthy else "failing", "version": args.version}

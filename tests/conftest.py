@@ -92,6 +92,7 @@ STATUS_KEYS = {
     "router",
     "lock",
     "held",
+    "canary",
     "pause",
     "maintenance",
     "crash_loop",
@@ -99,7 +100,7 @@ STATUS_KEYS = {
     "installed_version",
     "decision",
 }
-BOOT_KEYS = {"boot_id", "version", "port", "pid", "state", "started_ts", "inflight"}
+BOOT_KEYS = {"boot_id", "version", "port", "pid", "state", "started_ts", "inflight", "traffic"}
 
 
 def poll_until(
@@ -165,7 +166,11 @@ def write_config(folder: Path, body: str = "", command: list[str] | None = None)
     cmd = command or demo_command()
     path = folder / "bgdeploy.toml"
     argv = ", ".join(json.dumps(c) for c in cmd)  # JSON strings are valid TOML strings
-    path.write_text(f"[daemon]\ncommand = [{argv}]\n" + textwrap.dedent(body))
+    body = textwrap.dedent(body)
+    if "[analysis]" not in body:
+        # Most tests send no traffic: health checks alone finalize, as before analysis.
+        body += "\n[analysis]\nmax_wait = 0\n"
+    path.write_text(f"[daemon]\ncommand = [{argv}]\n" + body)
     return path
 
 

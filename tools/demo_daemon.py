@@ -16,6 +16,8 @@ Falls back to BGDEPLOY_PORT / BGDEPLOY_VERSION / BGDEPLOY_BOOT_ID. Endpoints:
   ANY  /probe         a health endpoint with expectations (--probe-* switches)
   GET  /hang          never answers (until the daemon stops)
   GET  /stall         sends the head and half of the body, then nothing
+A version string with "-bad" answers 3 in 10 requests of / with 500, one with "-slow"
+answers / 300 ms later (health checks see neither: bgdeploy.demo.VersionFaults).
 On SIGTERM it stops accepting, finishes in-flight requests, then exits.
 """
 
@@ -31,6 +33,8 @@ import sys
 import time
 
 from aiohttp import WSMsgType, web
+
+from bgdeploy.demo import VersionFaults
 
 CHUNK = 64 * 1024
 CHILD_IGNORING_SIGTERM = (
@@ -105,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Daemon:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.faults = VersionFaults(args.version)
         self.started = time.monotonic()
         self.stopping = asyncio.Event()
         self.workspaces: set[str] = set()
@@ -131,6 +136,13 @@ class Daemon:
         }
 
     async def index(self, request: web.Request) -> web.Response:
+        # The version string's fault (bgdeploy.demo.VersionFaults): "-bad", "-slow".
+        if self.faults.delay:
+            await asyncio.sleep(self.faults.delay)
+        if self.faults.fails():
+            return web.json_response(
+                {**self.identity(), "error": "this version fails 30% of requests"}, status=500
+            )
         return web.json_response(self.identity())
 
     async def healthz(self, request: web.Request) -> web.Response:

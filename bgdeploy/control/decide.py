@@ -35,6 +35,7 @@ class Act(StrEnum):
     ROLLBACK = "rollback"  # switched, the active boot exited, the old one is warm
     FINALIZE = "finalize"  # switched, the active boot exited and nothing is warm
     DEPLOY = "deploy"  # start ``version`` (a first deploy, a heal, an auto-deploy)
+    CANARY = "canary"  # a canary step runs: judge the candidate (and end the step when due)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,22 @@ class BootSeen:
     boot_id: str
     version: str
     alive: bool
+
+
+@dataclass(frozen=True)
+class CanarySeen:
+    """Where a canary stands: the candidate's share now, its steps, the step's time."""
+
+    steps: tuple[int, ...]
+    step: int  # index into steps
+    left: float  # seconds until the current step ends (<= 0: it is over)
+
+    @property
+    def weight(self) -> int:
+        return self.steps[self.step]
+
+    def label(self) -> str:
+        return f"canary step {self.step + 1}/{len(self.steps)} ({self.weight}%)"
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class World:
     failed_version: str | None = None  # the newest generation aborted a deploy of this
     failed_error: str | None = None
     deploy_if_none: bool = False  # the router's loop deploys when nothing ever was
+    canary: CanarySeen | None = None  # a held candidate with canary steps
 
 
 @dataclass(frozen=True)
@@ -132,6 +150,17 @@ def _down_sentence(intent: IntentView) -> str:
 def _mid_deploy(world: World) -> Decision:
     cand, gen = world.candidate, world.generation
     if world.held:
+        if cand is not None and cand.alive and world.canary is not None:
+            c = world.canary
+            if c.left <= 0:
+                what = f"{c.label()} of generation {gen} is over: judge {cand.boot_id}"
+            else:
+                what = (
+                    f"{c.label()} of generation {gen}: {cand.boot_id} ({cand.version}) gets "
+                    f"{c.weight}% of new requests for {c.left:.0f} s more; `bgdeploy promote` "
+                    "skips the steps, `bgdeploy abort` ends the canary"
+                )
+            return Decision(Act.CANARY, what)
         if cand is not None and cand.alive:
             return Decision(
                 Act.NOTHING,

@@ -56,6 +56,7 @@ class DeployResult:
     steps: list[dict[str, object]] = field(default_factory=list)
     held: bool = False  # stopped at ready, waiting for `promote`
     applied: bool = True  # False: a stale or repeated promote/abort changed nothing
+    canary: tuple[int, ...] = ()  # canary steps begun: the control loop takes it from here
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -67,6 +68,7 @@ class DeployResult:
             "steps": self.steps,
             "held": self.held,
             "applied": self.applied,
+            "canary": list(self.canary),
         }
 
 
@@ -112,12 +114,19 @@ class Deployer:
         progress: Progress = no_progress,
         heal: bool = False,
         reason: str | None = None,
+        canary: tuple[int, ...] | None = None,
+        canary_step: float | None = None,
     ) -> DeployResult:
         """Start, check and switch to a candidate; with ``hold`` (default: not
         ``deploy.auto_promote``) stop at ready for `promote`. A deploy that is not
         the control loop's restart of a dead boot (``heal``) ends a crash loop.
         ``reason`` (the intent it serves) goes into the ``begin`` event. Only an
-        operator's ``force`` starts a quarantined version, never a heal."""
+        operator's ``force`` starts a quarantined version, never a heal.
+
+        With canary steps (``canary``, default ``deploy.canary``) the candidate stops
+        at ready with the first step's share of new requests, and the router's control
+        loop judges each step and switches after the last (control/canary.py). A heal
+        and a first deploy have no live active boot to compare with: no canary."""
         app, reg = self.app, self.reg
         if hold is None:
             hold = not app.config.deploy.auto_promote
@@ -150,9 +159,7 @@ class Deployer:
                     f"Version {version} is quarantined: a rollback took it out before.",
                     hint="Deploy another version, or pass --force to try it again.",
                 )
-            self.reg.intents.lift_quarantine(
-                app.service, version, "deployed again with --force"
-            )
+            self.reg.intents.lift_quarantine(app.service, version, "deployed again with --force")
         active = reg.boot(row.active_boot_id)
         if (
             active is not None
@@ -169,6 +176,7 @@ class Deployer:
                 "nothing to do (--force redeploys it).",
                 steps.done,
             )
+        canary_plan = self._canary_plan(canary, canary_step, hold, heal, row.active_boot_id)
         res = reg.transition(
             app.service,
             Ev.BEGIN,
@@ -201,15 +209,35 @@ class Deployer:
                 hint=f"{self.kept()} {e.hint or ''}".strip(),
                 log_tail=getattr(e, "log_tail", ""),
             ) from None
+        if canary_plan is not None:
+            shares = ", ".join(f"{w}%" for w in canary_plan[0])
+            ready_reason = f"canary steps {shares}, {canary_plan[1]:g} s each"
+        else:
+            ready_reason = "held at ready for `bgdeploy promote`" if hold else None
         reg.transition(
             app.service,
             Ev.CANDIDATE_READY,
             generation=gen,
             state=St.STARTING,
             hold=hold,
-            reason="held at ready for `bgdeploy promote`" if hold else None,
+            canary=canary_plan,
+            reason=ready_reason,
         )
         failpoint("after_candidate_ready_commit")
+        if canary_plan is not None:
+            first = canary_plan[0][0]
+            steps("canary", f"{boot_id} gets {first}% of new requests ({ready_reason})")
+            return DeployResult(
+                True,
+                gen,
+                version,
+                boot_id,
+                f"Generation {gen}: canary of {version} on {boot_id} begun ({ready_reason}); "
+                "the router's control loop judges each step and switches after the last.",
+                steps.done,
+                held=True,
+                canary=canary_plan[0],
+            )
         if hold:
             steps("held", f"{boot_id} waits at ready (preview: X-Bgdeploy-Preview: 1)")
             return DeployResult(
@@ -227,6 +255,30 @@ class Deployer:
             crashes.end_crash_loop(app)
             crashes.end_healing(app)
         return result
+
+    def _canary_plan(
+        self,
+        canary: tuple[int, ...] | None,
+        step_s: float | None,
+        hold: bool,
+        heal: bool,
+        active_boot_id: str | None,
+    ) -> tuple[tuple[int, ...], float] | None:
+        """The canary steps this deploy takes, or None for a plain switch (or a hold)."""
+        cfg = self.app.config.deploy
+        shares = cfg.canary if canary is None else tuple(canary)
+        if not shares or hold or heal:
+            return None
+        active = self.reg.boot(active_boot_id)
+        if active is None or not self.sup.is_running(active):
+            return None  # nothing to compare with, and nobody to keep the rest of traffic
+        if running_router(self.app) is None:
+            raise OperationFailed(
+                "A canary needs the router: no router runs to send the candidate its share.",
+                hint="Start it with `bgdeploy up`, or deploy without canary steps "
+                "(--canary '' or [deploy] canary = []).",
+            )
+        return shares, cfg.canary_step if step_s is None else step_s
 
     def kept(self) -> str:
         """What an aborted deploy left serving, for its error's hint."""
@@ -382,11 +434,15 @@ class Deployer:
             steps("rolled back", f"generation {row.generation}")
         return self.reg.deployment(self.app.service)
 
-    def finalize(self, row: DeploymentFields) -> None:
+    def finalize(self, row: DeploymentFields, reason: str | None = None) -> None:
         """switched -> idle: the old boot is recorded draining (drained by finish_drains)."""
         drain = self.drains.claim(row.old_boot_id, Ev.FINALIZE)
         res = self.reg.transition(
-            self.app.service, Ev.FINALIZE, generation=row.generation, state=St.SWITCHED
+            self.app.service,
+            Ev.FINALIZE,
+            generation=row.generation,
+            state=St.SWITCHED,
+            reason=reason,
         )
         failpoint("after_finalize_commit")
         self.drains.keep(drain, res.applied)

@@ -35,6 +35,8 @@ def deploy(
     force: bool = False,
     hold: bool | None = None,
     progress: Progress = no_progress,
+    canary: tuple[int, ...] | None = None,
+    canary_step: float | None = None,
 ) -> DeployResult:
     """`bgdeploy deploy [--version V]`: the deploy, then the intent it expresses."""
     app = d.app
@@ -46,6 +48,8 @@ def deploy(
         hold=hold,
         progress=progress,
         reason=f"{command}: {'pins ' + version if version else 'the installed version'}",
+        canary=canary,
+        canary_step=canary_step,
     )
     record_deploy(app, version, installed)
     return result

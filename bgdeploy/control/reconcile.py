@@ -22,11 +22,12 @@ import httpx
 
 from bgdeploy import health
 from bgdeploy.boots import Supervisor
-from bgdeploy.control import crashes, hold
+from bgdeploy.control import analysis, canary, crashes, hold
 from bgdeploy.control.app import App
 from bgdeploy.control.decide import Act, Decision, World, decide
 from bgdeploy.control.deploy import Deployer
 from bgdeploy.control.drain import Inflight
+from bgdeploy.control.status import running_router
 from bgdeploy.control.world import Seen, read
 from bgdeploy.errors import BgdeployError, LockBusy
 from bgdeploy.registry.models import utcnow
@@ -123,6 +124,14 @@ class Reconciler:
                     self.app.service, "intent_ended", decision.ends_intent
                 )
             return
+        if act is Act.CANARY:
+            if dry_run:
+                report.did(decision.reason)
+            else:
+                assert world.canary is not None
+                row = self.app.registry.marks.snapshot(self.app.service)
+                canary.judge_step(self.app, d, row, world.canary, self._http, report.did)
+            return
         if act in (Act.WAIT, Act.OBSERVE):
             if act is Act.WAIT:
                 report.did(decision.reason)
@@ -212,21 +221,68 @@ class Reconciler:
                 cfg.health.failure_threshold,
                 detail,
             )
+        verdict = self._analyse(row)
+        reason = None
         if streaks.health_fail_streak >= cfg.health.failure_threshold:
             reason = (
                 f"{streaks.health_fail_streak} consecutive failed health checks (last: {detail})"
             )
+        elif verdict is not None and verdict.ok is False:
+            reason = f"traffic analysis: {verdict.reason}"
+        if reason is not None:
             report.did(f"roll back generation {row.generation}: {reason}")
             try:
                 self.deployer.rollback(streaks, reason)
             except BgdeployError as e:
                 report.did(f"rollback failed: {e.message}")
         elif streaks.health_ok_streak >= cfg.health.stable_checks:
-            report.did(
-                f"finalize generation {row.generation} after "
-                f"{streaks.health_ok_streak} healthy checks"
-            )
-            self.deployer.finalize(streaks)
+            self._finalize_if_judged(streaks, verdict, report)
+
+    def _analyse(self, row) -> analysis.Verdict | None:  # noqa: ANN001
+        """The active boot's traffic since the switch (at most analysis.window); None
+        when no router runs to say."""
+        cfg = self.app.config.analysis
+        if row.switch_ts is None:
+            return None
+        now = time.time()
+        switched = row.switch_ts.timestamp()
+        url = self._router_admin_url()
+        since = min(cfg.window, max(now - switched, 0.001))
+        figures = analysis.fetch_traffic(url, since, client=self._http)
+        if figures is None:
+            return None
+        new = figures.get(row.active_boot_id or "", analysis.Figures())
+        old = analysis.Figures()
+        if cfg.max_p99_ratio is not None and row.old_boot_id:
+            before = analysis.fetch_traffic(url, cfg.window, end=switched, client=self._http)
+            old = (before or {}).get(row.old_boot_id, old)
+        return analysis.judge_switched(cfg, new, old)
+
+    def _router_admin_url(self) -> str | None:
+        router = running_router(self.app)
+        return router.admin_url if router is not None else None
+
+    def _finalize_if_judged(
+        self,
+        streaks,  # noqa: ANN001 - DeploymentFields
+        verdict: analysis.Verdict | None,
+        report: ReconcileReport,
+    ) -> None:
+        """Healthy long enough: finalize once the traffic passed analysis too, or once
+        analysis.max_wait is over without enough of it (history says so)."""
+        checks = f"{streaks.health_ok_streak} healthy checks"
+        gen = streaks.generation
+        if verdict is None:
+            why = f"{checks} (no router runs: traffic not analysed)"
+        elif verdict.ok:
+            why = f"{checks} and traffic analysis ({verdict.reason})"
+        else:
+            waited = (utcnow() - streaks.switch_ts).total_seconds() if streaks.switch_ts else 0.0
+            if waited < self.app.config.analysis.max_wait:
+                return  # too few answers yet: wait for them (up to analysis.max_wait)
+            why = f"{checks}; too little traffic to judge after {waited:.0f} s ({verdict.reason})"
+        report.did(f"finalize generation {gen} after {why}")
+        self.deployer.finalize(streaks, f"after {why}")
 
     def _rollback_exited(self, row, report: ReconcileReport) -> None:  # noqa: ANN001
         """An exit while switched is a failed health check that counts failure_threshold at

@@ -13,6 +13,7 @@ import httpx
 from bgdeploy import __version__
 from bgdeploy.boots import process_matches
 from bgdeploy.config import Config, config_digest
+from bgdeploy.control.analysis import fetch_traffic
 from bgdeploy.control.app import App
 from bgdeploy.control.controls import read_controls
 from bgdeploy.control.crashes import read_crash_loop
@@ -35,9 +36,15 @@ def seen_state(boot: Boot) -> str:
     return boot.state
 
 
-def boot_dict(boot: Boot | None, inflight: dict[str, int] | None = None) -> dict[str, Any] | None:
+def boot_dict(
+    boot: Boot | None,
+    inflight: dict[str, int] | None = None,
+    traffic: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """A boot as status shows it; ``traffic``: each boot's figures from the router."""
     if boot is None:
         return None
+    figures = (traffic or {}).get(boot.boot_id)
     return {
         "boot_id": boot.boot_id,
         "version": boot.version,
@@ -46,6 +53,14 @@ def boot_dict(boot: Boot | None, inflight: dict[str, int] | None = None) -> dict
         "state": seen_state(boot),
         "started_ts": iso(boot.started_ts),
         "inflight": (inflight or {}).get(boot.boot_id, 0),
+        # Over analysis.window, as the router counted: null when no router runs.
+        "traffic": None
+        if traffic is None
+        else {
+            "answers": figures.answers if figures else 0,
+            "error_ratio": figures.error_ratio if figures else None,
+            "p99_ms": figures.p99_ms if figures else None,
+        },
     }
 
 
@@ -106,13 +121,15 @@ def status(
         candidate = s.get(Boot, row.candidate_boot_id) if row.candidate_boot_id else None
         old = s.get(Boot, row.old_boot_id) if row.old_boot_id else None
     holder = app.lock().holder()
+    running = running_router(app)
+    traffic = fetch_traffic(running.admin_url if running else None, app.config.analysis.window)
     return {
         "service": row.service,
         "generation": row.generation,
         "state": row.state,
-        "active": boot_dict(active, inflight),
-        "candidate": boot_dict(candidate, inflight),
-        "old": boot_dict(old, inflight),
+        "active": boot_dict(active, inflight, traffic),
+        "candidate": boot_dict(candidate, inflight, traffic),
+        "old": boot_dict(old, inflight, traffic),
         "switch_ts": iso(row.switch_ts),
         "health_fail_streak": row.health_fail_streak,
         "health_ok_streak": row.health_ok_streak,
@@ -120,7 +137,7 @@ def status(
         "rollback_ts": iso(row.rollback_ts),
         "last_error": row.last_error,
         "quarantined_versions": reg.quarantined_versions(app.service),
-        "router": router_dict(running_router(app), router, app.config),
+        "router": router_dict(running, router, app.config),
         "lock": holder.as_dict() if holder else None,
         "held": None
         if row.held_ts is None
@@ -128,6 +145,7 @@ def status(
             "since": iso(row.held_ts),
             "seconds": round((utcnow() - row.held_ts).total_seconds(), 1),
         },
+        "canary": _canary(row),
         **read_controls(app).as_dict(),
         "crash_loop": _crash_loop(app, active),
         **intent_and_decision(app),
@@ -174,6 +192,21 @@ def all_statuses(
         own = name == app.service
         out.append(status(other, inflight if own else None, router if own else None))
     return out
+
+
+def _canary(row: Any) -> dict[str, Any] | None:
+    """The canary while its steps run: the candidate's share now and the step."""
+    if not row.canary_steps or row.canary_step is None:
+        return None
+    steps = [int(w) for w in row.canary_steps.split(",")]
+    elapsed = (utcnow() - row.canary_step_ts).total_seconds() if row.canary_step_ts else 0.0
+    return {
+        "share": row.canary_weight,
+        "step": row.canary_step + 1,
+        "steps": steps,
+        "step_seconds": row.canary_step_s,
+        "step_left_s": round(max(0.0, (row.canary_step_s or 0.0) - elapsed), 1),
+    }
 
 
 def _crash_loop(app: App, active: Boot | None) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from sqlalchemy import or_, select
 from bgdeploy.boots import Supervisor
 from bgdeploy.control import crashes
 from bgdeploy.control.app import App
-from bgdeploy.control.decide import BootSeen, World
+from bgdeploy.control.decide import BootSeen, CanarySeen, World
 from bgdeploy.errors import BgdeployError
 from bgdeploy.installed import installed_version
 from bgdeploy.registry.intent import IntentView
@@ -79,6 +79,14 @@ def read(app: App, sup: Supervisor, *, deploy_if_none: bool = False) -> Seen:
         boot = boots.get(boot_id) if boot_id else None
         return None if boot is None else BootSeen(boot.boot_id, boot.version, sup.is_running(boot))
 
+    canary = None
+    if row.canary_steps and row.canary_step is not None and row.canary_step_ts is not None:
+        elapsed = (utcnow() - row.canary_step_ts).total_seconds()
+        canary = CanarySeen(
+            tuple(int(w) for w in row.canary_steps.split(",")),
+            row.canary_step,
+            (row.canary_step_s or 0.0) - elapsed,
+        )
     world = World(
         intent=intent,
         state=row.state,
@@ -95,5 +103,6 @@ def read(app: App, sup: Supervisor, *, deploy_if_none: bool = False) -> Seen:
         failed_version=failed,
         failed_error=row.last_error if failed else None,
         deploy_if_none=deploy_if_none,
+        canary=canary,
     )
     return Seen(world, row, boots)

@@ -42,6 +42,19 @@ def uptime(started: str | None) -> str:
     return f"{secs // 86400}d"
 
 
+def _traffic_cells(t: dict[str, Any] | None) -> tuple[str, str, str]:
+    """answers, 5xx ratio and p99 over analysis.window ("" without a router)."""
+    if t is None:
+        return "", "", ""
+    ratio = t["error_ratio"]
+    p99 = t["p99_ms"]
+    return (
+        str(t["answers"]),
+        "-" if ratio is None else f"{ratio * 100:.1f}%",
+        "-" if p99 is None else f"{p99:.0f} ms",
+    )
+
+
 def status_renderable(st: dict[str, Any], tree: bool = False) -> Group:
     """The status: the boots once (a table, or with ``tree`` Argo's tree), then the facts."""
     state = st["state"]
@@ -54,12 +67,14 @@ def status_renderable(st: dict[str, Any], tree: bool = False) -> Group:
         (state, STATE_STYLES.get(state, "")),
     )
     boots = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("role", "boot", "version", "state", "port", "pid", "uptime", "in flight"):
-        boots.add_column(col, justify="right" if col in ("port", "pid", "in flight") else "left")
+    cols = ("role", "boot", "version", "state", "port", "pid", "uptime", "in flight")
+    cols += ("answers", "5xx", "p99")
+    for col in cols:
+        boots.add_column(col, justify="left" if col in cols[:4] or col == "uptime" else "right")
     for role in ("active", "candidate", "old"):
         b = st[role]
         if b is None:
-            boots.add_row(role, Text("-", "dim"), "", "", "", "", "", "")
+            boots.add_row(role, Text("-", "dim"), *[""] * (len(cols) - 2))
             continue
         boots.add_row(
             role,
@@ -70,6 +85,7 @@ def status_renderable(st: dict[str, Any], tree: bool = False) -> Group:
             str(b["pid"] or "-"),
             uptime(b["started_ts"]),
             str(b["inflight"]),
+            *_traffic_cells(b.get("traffic")),
         )
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="dim")
@@ -99,13 +115,25 @@ def status_renderable(st: dict[str, Any], tree: bool = False) -> Group:
         )
     if st.get("decision"):
         facts.add_row("decision", st["decision"])
-    if st["held"]:
+    if st["held"] and not st.get("canary"):
         facts.add_row(
             "held",
             Text(
                 f"{st['candidate']['boot_id'] if st['candidate'] else 'candidate'} held at "
                 f"ready for {st['held']['seconds']:.0f}s (preview: X-Bgdeploy-Preview: 1; "
                 "bgdeploy promote / abort)",
+                "cyan",
+            ),
+        )
+    if st.get("canary"):
+        c = st["canary"]
+        steps = ", ".join(f"{w}%" for w in c["steps"])
+        facts.add_row(
+            "canary",
+            Text(
+                f"step {c['step']}/{len(c['steps'])}: the candidate gets {c['share']}% of new "
+                f"requests, {c['step_left_s']:.0f}s left (steps {steps}; bgdeploy promote "
+                "skips them, bgdeploy abort ends the canary)",
                 "cyan",
             ),
         )

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from bgdeploy.control.decide import Act, BootSeen, World, decide
+from bgdeploy.control.decide import Act, BootSeen, CanarySeen, World, decide
 from bgdeploy.registry.intent import DOWN, PINNED, ROLLED_BACK, IntentView
 
 V1 = BootSeen("blue-1", "1.0", alive=True)
@@ -46,6 +46,27 @@ TABLE = [
         Act.NOTHING,
         None,
         ["nothing to do", "held at ready", "bgdeploy promote"],
+    ),
+    (
+        "a canary step runs: judge the candidate as it goes",
+        replace(IDLE, state="ready", held=True, candidate=V2, canary=CanarySeen((10, 50), 0, 12.0)),
+        Act.CANARY,
+        None,
+        ["canary step 1/2 (10%)", "10% of new requests for 12 s more", "bgdeploy abort"],
+    ),
+    (
+        "a canary step is over: its verdict",
+        replace(IDLE, state="ready", held=True, candidate=V2, canary=CanarySeen((10, 50), 1, -0.5)),
+        Act.CANARY,
+        None,
+        ["canary step 2/2 (50%) of generation 2 is over: judge green-2"],
+    ),
+    (
+        "the canary's candidate died: abort it, as a held one",
+        replace(IDLE, state="ready", held=True, candidate=DEAD2, canary=CanarySeen((10,), 0, 5.0)),
+        Act.ABORT,
+        None,
+        ["abort generation 2", "green-2 exited"],
     ),
     (
         "held candidate died: abort it",
