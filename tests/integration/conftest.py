@@ -90,10 +90,8 @@ def make_app(
         )
         + extra
     )
-    # write_config puts command in [daemon]; merge by writing the whole file ourselves
-    path = write_config(tmp_path, command=cmd)
-    text = path.read_text().replace("[daemon]\n", "", 1)
-    path.write_text(body.replace("[daemon]\n", "[daemon]\n" + text, 1))
+    # write_config writes [daemon] with the command first: the body goes on from there
+    path = write_config(tmp_path, body.replace("[daemon]\n", "", 1), command=cmd)
     return App(load_config(path))
 
 
