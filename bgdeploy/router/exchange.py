@@ -15,11 +15,14 @@ was reset before any answer byte is held and resent the same way, once.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from bgdeploy.router.controls import answer, is_preview, wants_json
 from bgdeploy.router.flow import HIGH_WATER
 from bgdeploy.router.http11 import response_fields, simple_response
+from bgdeploy.router.routes import LATENCY_BOUNDS
 from bgdeploy.router.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -63,6 +66,7 @@ class Exchange:
         "counted",
         "streaming",
         "held_once",
+        "started",
     )
 
     def __init__(
@@ -99,6 +103,7 @@ class Exchange:
         self.counted = False
         self.streaming = False  # a text/event-stream answer: stream_idle_timeout applies
         self.held_once = False  # held once after its boot died: the next failure is final
+        self.started = monotonic()  # the head is parsed: the answer's latency counts from here
 
     # -- request side ---------------------------------------------------------------------
 
@@ -249,7 +254,8 @@ class Exchange:
         """Send the answer's head, both paths': status line and fields, each ending in CRLF.
 
         Adds our Connection line and X-Bgdeploy-Boot, and ``body``, the answer's
-        bytes that came in the same read, in the same write.
+        bytes that came in the same read, in the same write. Counts the answer by
+        status and in the boot's latency histogram.
         """
         self.interim = False
         self.response_started = True
@@ -262,6 +268,7 @@ class Exchange:
                 head += b"Connection: keep-alive\r\n"
         client.write(head + up.boot_line + body)
         client.table.count_status(up.boot_id, status)
+        up.latency[bisect_right(LATENCY_BOUNDS, monotonic() - self.started)] += 1
 
     def response_complete(self, up: Upstream) -> None:
         if self.interim:
@@ -372,7 +379,12 @@ class Exchange:
             return
         self.done = True
         self._release_count()
-        self.client.table.count_status(self.route.boot_id if self.route else "-", status)
+        table = self.client.table
+        if self.route is not None:
+            table.count_status(self.route.boot_id, status)
+            table.count_latency(self.route.boot_id, monotonic() - self.started)
+        else:
+            table.count_status("-", status)
         self.client.write(answer)
         self.client.close_after_write()
 

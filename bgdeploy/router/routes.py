@@ -14,6 +14,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass
 from math import ceil
@@ -38,6 +39,11 @@ WATCH_POLL_S = 0.01  # without inotify, and for a moment after each write
 # this long before sleeping again.
 WAKE_FOLLOW_S = 0.05
 SLOW_POLL_S = 1.0  # read the row anyway this often (belt and braces)
+
+# The latency histogram's buckets (seconds from a request's parsed head to its answer's
+# head): an answer of t seconds counts in bucket bisect_right(LATENCY_BOUNDS, t), the
+# last bucket being everything past the last bound.
+LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class RouteTable:
         self.inflight: dict[str, int] = {}
         self.requests: dict[tuple[str, int], int] = {}
         self.upstream_errors: Counter[tuple[str, str]] = Counter()
+        # Per boot, answers by latency: one count per LATENCY_BOUNDS bucket, then +inf.
+        self.latency: dict[str, list[int]] = {}
         # A coarse clock for timeouts, set by tick(): reading it costs less than a call.
         self.clock = time.monotonic()
         self.switches = 0
@@ -145,6 +153,17 @@ class RouteTable:
     def count_status(self, boot_id: str, status: int) -> None:
         key = (boot_id, status)
         self.requests[key] = self.requests.get(key, 0) + 1
+
+    def histogram(self, boot_id: str) -> list[int]:
+        """The boot's latency counts (made on its first answer); see LATENCY_BOUNDS."""
+        counts = self.latency.get(boot_id)
+        if counts is None:
+            counts = self.latency[boot_id] = [0] * (len(LATENCY_BOUNDS) + 1)
+        return counts
+
+    def count_latency(self, boot_id: str, seconds: float) -> None:
+        """An answer of ours (not on the fast path): count it in the boot's histogram."""
+        self.histogram(boot_id)[bisect_right(LATENCY_BOUNDS, seconds)] += 1
 
     def upstream_error(self, boot_id: str, kind: str) -> None:
         self.upstream_errors[(boot_id, kind)] += 1
