@@ -222,6 +222,7 @@ def route_json(stats: RouterStats) -> bytes:
             "healing": stats.healing,
             "held_requests": stats.held,
             "maintenance": stats.maintenance,
+            "canary_weight": stats.canary_weight,
             "workers": [
                 {"pid": w["pid"], "boot_id": w["route"], "draining": w["draining"]}
                 for w in stats.workers_info()

@@ -19,7 +19,13 @@ from bisect import bisect_right
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from bgdeploy.router.controls import answer, is_preview, wants_json
+from bgdeploy.router.controls import (
+    SET_CANARY_COOKIE,
+    answer,
+    canary_bucket,
+    is_preview,
+    wants_json,
+)
 from bgdeploy.router.flow import HIGH_WATER
 from bgdeploy.router.http11 import response_fields, simple_response
 from bgdeploy.router.routes import LATENCY_BOUNDS
@@ -67,6 +73,7 @@ class Exchange:
         "streaming",
         "held_once",
         "started",
+        "canary_cookie",
     )
 
     def __init__(
@@ -104,6 +111,7 @@ class Exchange:
         self.streaming = False  # a text/event-stream answer: stream_idle_timeout applies
         self.held_once = False  # held once after its boot died: the next failure is final
         self.started = monotonic()  # the head is parsed: the answer's latency counts from here
+        self.canary_cookie: bytes | None = None  # a Set-Cookie line for the answer's head
 
     # -- request side ---------------------------------------------------------------------
 
@@ -123,6 +131,15 @@ class Exchange:
             elif table.pause is not None:
                 table.held.hold(self, table.clock + table.pause.max_s)
                 return
+            elif table.canary_weight and table.preview is not None:
+                client = self.client
+                bucket, from_peer = canary_bucket(
+                    self.head, b"%b:%d" % (client.peer, client.peer_port)
+                )
+                if bucket < table.canary_weight:
+                    route = table.preview
+                if from_peer:
+                    self.canary_cookie = SET_CANARY_COOKIE % bucket
         if route is None:
             self.fail(503, "No active boot: bgdeploy has not deployed a daemon yet.")
             return
@@ -253,9 +270,9 @@ class Exchange:
     ) -> None:
         """Send the answer's head, both paths': status line and fields, each ending in CRLF.
 
-        Adds our Connection line and X-Bgdeploy-Boot, and ``body``, the answer's
-        bytes that came in the same read, in the same write. Counts the answer by
-        status and in the boot's latency histogram.
+        Adds our Connection line, a canary cookie, X-Bgdeploy-Boot, and ``body``, the
+        answer's bytes that came in the same read, in the same write. Counts the answer
+        by status and in the boot's latency histogram.
         """
         self.interim = False
         self.response_started = True
@@ -266,6 +283,8 @@ class Exchange:
                 head += b"Connection: close\r\n"
             elif not client.http11:
                 head += b"Connection: keep-alive\r\n"
+        if self.canary_cookie is not None:
+            head += self.canary_cookie
         client.write(head + up.boot_line + body)
         client.table.count_status(up.boot_id, status)
         up.latency[bisect_right(LATENCY_BOUNDS, monotonic() - self.started)] += 1
@@ -282,7 +301,7 @@ class Exchange:
         self.upstream = None
         self._release_count()
         table = client.table
-        if self.request_complete and up.keep_alive and table.is_active(up.boot_id):
+        if self.request_complete and up.keep_alive and table.keeps(up.boot_id):
             table.pools.give_back(up)
         else:
             up.close()

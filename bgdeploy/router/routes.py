@@ -61,6 +61,8 @@ class RouteState:
     preview: Route | None = None  # the candidate held at ready
     pause: Pause | None = None
     maintenance: Maintenance | None = None
+    # Percent (0-100) of new requests that go to the preview route, the canary candidate.
+    canary_weight: int = 0
 
 
 class RouteTable:
@@ -86,7 +88,8 @@ class RouteTable:
         self.pause: Pause | None = None
         self.maintenance: Maintenance | None = None
         self.held = HeldRequests()
-        # Any of the three set: one attribute for the request path to check.
+        self.canary_weight = 0  # percent of new requests the preview route gets
+        # Any of the four set: one attribute for the request path to check.
         self.controlled = False
         # Set when this worker drains: every response from now on says Connection: close.
         self.draining = False
@@ -103,9 +106,16 @@ class RouteTable:
         if state.maintenance != self.maintenance:
             log.info("maintenance: %s", "on" if state.maintenance else "off")
             self.maintenance = state.maintenance
+        if state.canary_weight != self.canary_weight:
+            log.info("canary: %d%% of new requests to the candidate", state.canary_weight)
+            self.canary_weight = state.canary_weight
+        self.pools.close_all_but(self.pooled())
         was_paused, self.pause = self.pause, state.pause
         self.controlled = (
-            self.preview is not None or self.pause is not None or self.maintenance is not None
+            self.preview is not None
+            or self.pause is not None
+            or self.maintenance is not None
+            or self.canary_weight > 0
         )
         if was_paused is not None and state.pause is None:
             log.info("resume: %d held requests released in order", len(self.held))
@@ -130,13 +140,29 @@ class RouteTable:
         self.route_changed_at = time.time()
         if old is not None and route is not None and old.boot_id != route.boot_id:
             self.switches += 1
-        self.pools.close_all_but(route.boot_id if route else None)
+        self.pools.close_all_but(self.pooled())
         before, after = (old.boot_id if old else None), (route.boot_id if route else None)
         if before != after:  # a new generation of the same boot is not news
             log.info("route: %s -> %s", before, after)
 
     def is_active(self, boot_id: str) -> bool:
         return self.active is not None and self.active.boot_id == boot_id
+
+    def keeps(self, boot_id: str) -> bool:
+        """Whether a connection to this boot goes back to the keep-alive pool after an
+        answer: the active boot's, and a canary candidate's (it gets a share of traffic)."""
+        active = self.active
+        if active is not None and active.boot_id == boot_id:
+            return True
+        preview = self.preview
+        return self.canary_weight > 0 and preview is not None and preview.boot_id == boot_id
+
+    def pooled(self) -> set[str]:
+        """The boots whose idle upstream connections are kept (the others can drain)."""
+        boots = set() if self.active is None else {self.active.boot_id}
+        if self.canary_weight > 0 and self.preview is not None:
+            boots.add(self.preview.boot_id)
+        return boots
 
     # -- counting --------------------------------------------------------------------------
 
@@ -218,6 +244,7 @@ def read_route(registry: Registry, service: str) -> RouteState:
                 row.maintenance_retry_after,
                 row.healing_ts is not None,
                 row.healing_hold_s,
+                row.canary_weight,
             )
         )
 
@@ -228,7 +255,7 @@ ROUTE_SQL = (
     "SELECT d.active_boot_id, b.port, d.generation, c.boot_id, c.port, "
     "d.paused_ts IS NOT NULL, d.pause_max_s, d.maintenance_ts IS NOT NULL, "
     "d.maintenance_message, d.maintenance_retry_after, "
-    "d.healing_ts IS NOT NULL, d.healing_hold_s "
+    "d.healing_ts IS NOT NULL, d.healing_hold_s, d.canary_weight "
     "FROM deployments AS d "
     "LEFT JOIN boots AS b ON b.boot_id = d.active_boot_id "
     "LEFT JOIN boots AS c "
@@ -253,7 +280,9 @@ def route_state(row: tuple | None) -> RouteState:  # type: ignore[type-arg]
         retry,
         healing,
         hold_s,
-    ) = row
+    ) = row[:12]
+    # The share of new requests the held candidate gets (a canary step); none without one.
+    weight = row[12] if len(row) > 12 else None
     if paused:
         pause: Pause | None = Pause(float(pause_max or 30.0))
     elif healing:
@@ -261,13 +290,15 @@ def route_state(row: tuple | None) -> RouteState:  # type: ignore[type-arg]
         pause = Pause(float(hold_s or 0.0), healing=True)
     else:
         pause = None
+    preview = Route(held_id, held_port, generation) if held_id and held_port else None
     return RouteState(
         active=Route(active_id, port, generation) if active_id and port else None,
-        preview=Route(held_id, held_port, generation) if held_id and held_port else None,
+        preview=preview,
         pause=pause,
         maintenance=Maintenance(msg or "Down for maintenance.", int(retry or 60))
         if maint
         else None,
+        canary_weight=min(100, max(0, int(weight or 0))) if preview is not None else 0,
     )
 
 

@@ -27,6 +27,7 @@ class RouterStats:
         self.healing = False  # holding new requests while a dead active boot is replaced
         self.held = 0
         self.maintenance = False
+        self.canary_weight = 0
         self.route_changed_at = time.time()
         self.workers: list[dict[str, Any]] = []
 
@@ -51,6 +52,8 @@ class RouterStats:
         snap.paused = any(w.get("paused") for w in workers)
         snap.healing = any(w.get("healing") for w in workers)
         snap.maintenance = any(w.get("maintenance") for w in serving)
+        # While a step is on its way, the share all serving workers give at least.
+        snap.canary_weight = min((w.get("canary_weight", 0) for w in serving), default=0)
         snap.held = sum(w.get("held", 0) for w in workers)
         return snap
 

@@ -49,9 +49,9 @@ class Pools:
         if conns and up in conns:
             conns.remove(up)
 
-    def close_all_but(self, boot_id: str | None) -> None:
+    def close_all_but(self, boot_ids: set[str]) -> None:
         """Drop idle connections of boots that lost the route, so they can drain."""
-        for bid in [b for b in self.idle if b != boot_id]:
+        for bid in [b for b in self.idle if b not in boot_ids]:
             for up in self.idle.pop(bid):
                 up.close()
 

@@ -209,6 +209,7 @@ class Worker:
             "healing": table.pause is not None and table.pause.healing,
             "held": len(table.held),
             "maintenance": table.maintenance is not None,
+            "canary_weight": table.canary_weight,
         }
 
 
