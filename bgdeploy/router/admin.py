@@ -1,4 +1,5 @@
-"""The read-only admin listener: /api/status, /api/route, /api/router, /metrics, the dashboard.
+"""The read-only admin listener: /api/status, /api/route, /api/router, /api/traffic, /metrics,
+the dashboard.
 
 It runs on the router supervisor's event loop. Each answer sums the workers'
 counters (router/stats.py), asked over their unix sockets in a thread, as is
@@ -18,8 +19,9 @@ from typing import Any
 
 import httptools
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from bgdeploy.router.routes import LATENCY_BOUNDS
 from bgdeploy.router.series import Series
 from bgdeploy.router.stats import RouterStats
 
@@ -56,6 +58,7 @@ class MetricsSnapshot:
         self.upstream_errors = {
             k: n for k, n in stats.upstream_errors.items() if live is None or k[0] in live
         }
+        self.latency = {b: c for b, c in stats.latency.items() if live is None or b in live}
         self.switches = stats.switches
         self.route_age = time.time() - stats.route_changed_at
         self.connections = stats.connections
@@ -88,6 +91,14 @@ class MetricsSnapshot:
         for (boot, kind), n in sorted(self.upstream_errors.items()):
             errors.add_metric([boot, kind], n)
         yield errors
+        latency = HistogramMetricFamily(
+            "bgdeploy_response_seconds",
+            "Seconds from a request's head to its answer's head, by boot.",
+            labels=["boot"],
+        )
+        for boot, counts in sorted(self.latency.items()):
+            latency.add_metric([boot], histogram_buckets(counts), None)
+        yield latency
         served = CounterMetricFamily(
             "bgdeploy_router_requests",
             "Responses sent since the router started, by status (every boot, stopped ones too).",
@@ -160,6 +171,38 @@ class MetricsSnapshot:
         yield served
 
 
+def histogram_buckets(counts: list[int]) -> list[tuple[str, float]]:
+    """Prometheus buckets (cumulative, "le" each bound, then +Inf) of a latency histogram."""
+    out, total = [], 0
+    for bound, n in zip((*LATENCY_BOUNDS, float("inf")), counts, strict=False):
+        total += n
+        out.append(("+Inf" if bound == float("inf") else f"{bound:g}", total))
+    return out
+
+
+def traffic_json(series: Series, query: bytes) -> tuple[int, bytes]:
+    """``/api/traffic?window=SECONDS[&end=UNIX]``: each boot's answers, answers by status
+    class, 5xx answers and their ratio, upstream errors and p50/p99 latency over the
+    window (see Series.window); ``span`` is the time between the two samples compared
+    (0 when there are not two yet). 400 for a bad query."""
+    args = dict(p.partition(b"=")[::2] for p in query.split(b"&") if p)
+    try:
+        window = float(args.get(b"window", b"30"))
+        end = float(args[b"end"]) if args.get(b"end") else time.time()
+    except ValueError:
+        return 400, b"window and end must be numbers (seconds, unix time)\n"
+    if not (0 < window < float("inf")) or not (0 <= end < float("inf")):
+        return 400, b"window must be positive and end a unix time\n"
+    edges = series.bounds(window, end)
+    body = {
+        "window": window,
+        "end": end,
+        "span": round(edges[1] - edges[0], 3) if edges else 0.0,
+        "boots": {boot: f.as_dict() for boot, f in series.window(window, end).items()},
+    }
+    return 200, json.dumps(body).encode()
+
+
 def metrics_text(stats: RouterStats, live: set[str] | None = None) -> bytes:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(MetricsSnapshot(stats, live))
@@ -179,6 +222,7 @@ def route_json(stats: RouterStats) -> bytes:
             "healing": stats.healing,
             "held_requests": stats.held,
             "maintenance": stats.maintenance,
+            "canary_weight": stats.canary_weight,
             "workers": [
                 {"pid": w["pid"], "boot_id": w["route"], "draining": w["draining"]}
                 for w in stats.workers_info()
@@ -322,6 +366,10 @@ class AdminConnection(asyncio.Protocol):
         elif path == "/api/series":
             body = json.dumps(self.admin.series.as_dict()).encode()
             self._answer(200, body, JSON, head_only=head_only, close=close)
+        elif path == "/api/traffic":
+            status, body = traffic_json(self.admin.series, parsed.query or b"")
+            ctype = JSON if status == 200 else TEXT
+            self._answer(status, body, ctype, head_only=head_only, close=close)
         elif path == "/metrics":
             self._later(self.admin.metrics, METRICS, head_only, close)
         elif path in ("/", "/index.html"):

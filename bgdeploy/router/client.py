@@ -62,6 +62,7 @@ class ClientConnection(FlowControl):
         self.tunnel_to: Upstream | None = None
         self.http11 = True
         self.peer = b"127.0.0.1"
+        self.peer_port = 0  # with peer, the canary's sticky key when a request has none
         self._forwarded = b""  # the X-Forwarded-* lines after the client's own X-Forwarded-For
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -82,6 +83,7 @@ class ClientConnection(FlowControl):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
+            self.peer_port = peer[1]
         self._forwarded = self.peer + b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "
         self.head_started = self.table.clock  # the first head is due within header_timeout
         if not self.table.connection_opened(self):

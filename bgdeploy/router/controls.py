@@ -8,13 +8,18 @@ so every worker follows them and a reloaded router starts with them.
   ``router.preview_port``, goes to the candidate held at ready;
 - pause: new requests wait in arrival order, unforwarded, until resume (then
   they go to the route of that moment) or until the pause's ``max`` (then 503);
-- maintenance: every new request gets 503, ``Retry-After`` and a short page.
+- maintenance: every new request gets 503, ``Retry-After`` and a short page;
+- canary: while the held candidate has a canary weight (percent), a new request goes
+  to it when its sticky bucket (0-99, see ``canary_bucket``) is below the weight.
+  Buckets never move and steps only grow, so a client on the candidate at 10 % is
+  still on it at 50 %.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +30,11 @@ if TYPE_CHECKING:
     from bgdeploy.router.exchange import Exchange
 
 PREVIEW_HEADER = b"\r\nx-bgdeploy-preview: 1\r\n"
+CANARY_KEY_HEADER = b"\r\nx-bgdeploy-canary-key:"
+CANARY_COOKIE = b"bgdeploy_canary"
+COOKIE_HEADER = b"\r\ncookie:"
+# Added to an answer whose bucket came from the connection: the browser keeps its side.
+SET_CANARY_COOKIE = b"Set-Cookie: bgdeploy_canary=%d; Path=/; SameSite=Lax\r\n"
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,37 @@ class Pause:
 def is_preview(head: bytes) -> bool:
     """The head (as forwarded, CRLF lines) asks for the held candidate."""
     return PREVIEW_HEADER in head.lower()
+
+
+def canary_bucket(head: bytes, peer: bytes) -> tuple[int, bool]:
+    """The request's sticky canary bucket (0-99) and whether it came from the connection.
+
+    ``head`` is the forwarded head (CRLF lines). In order: the ``X-Bgdeploy-Canary-Key``
+    header (any non-empty value; bucket = crc32(value) % 100), so that an API client
+    picks its own stickiness; else the ``bgdeploy_canary=<bucket>`` cookie the router
+    set earlier (digits 0-99, anything else is ignored); else ``peer``, the client's
+    address *and port*. Every client of a local daemon comes from 127.0.0.1, so a key
+    of the address alone would send all of them to one side or none: the port makes it
+    one bucket per TCP connection, and the answer then sets the cookie (True) so that
+    a browser, which opens several connections, stays on one side.
+    """
+    h = head.lower()
+    i = h.find(CANARY_KEY_HEADER)
+    if i >= 0:
+        start = i + len(CANARY_KEY_HEADER)
+        value = head[start : h.find(b"\r\n", start)].strip(b" \t")
+        if value:
+            return zlib.crc32(value) % 100, False
+    i = h.find(COOKIE_HEADER)
+    while i >= 0:
+        start = i + len(COOKIE_HEADER)
+        end = h.find(b"\r\n", start)
+        for pair in head[start:end].split(b";"):
+            name, _, value = pair.strip(b" \t").partition(b"=")
+            if name == CANARY_COOKIE and value.isdigit() and len(value) <= 2:
+                return int(value), False
+        i = h.find(COOKIE_HEADER, end)
+    return zlib.crc32(peer) % 100, True
 
 
 def wants_json(head: bytes) -> bool:

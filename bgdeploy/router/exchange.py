@@ -15,11 +15,20 @@ was reset before any answer byte is held and resent the same way, once.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from time import monotonic
 from typing import TYPE_CHECKING
 
-from bgdeploy.router.controls import answer, is_preview, wants_json
+from bgdeploy.router.controls import (
+    SET_CANARY_COOKIE,
+    answer,
+    canary_bucket,
+    is_preview,
+    wants_json,
+)
 from bgdeploy.router.flow import HIGH_WATER
 from bgdeploy.router.http11 import response_fields, simple_response
+from bgdeploy.router.routes import LATENCY_BOUNDS
 from bgdeploy.router.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -33,6 +42,7 @@ RETRY_BUFFER_LIMIT = 64 * 1024  # requests up to this size can be resent on a fr
 # the boot (then the request gets 502, as it would have at once).
 CRASH_HOLD_S = 1.0
 IDEMPOTENT = (b"GET", b"HEAD", b"OPTIONS")
+FIRST_BOUND = LATENCY_BOUNDS[0]
 
 
 class Exchange:
@@ -63,6 +73,8 @@ class Exchange:
         "counted",
         "streaming",
         "held_once",
+        "started",
+        "canary_cookie",
     )
 
     def __init__(
@@ -99,6 +111,8 @@ class Exchange:
         self.counted = False
         self.streaming = False  # a text/event-stream answer: stream_idle_timeout applies
         self.held_once = False  # held once after its boot died: the next failure is final
+        self.started = monotonic()  # the head is parsed: the answer's latency counts from here
+        self.canary_cookie: bytes | None = None  # a Set-Cookie line for the answer's head
 
     # -- request side ---------------------------------------------------------------------
 
@@ -118,6 +132,15 @@ class Exchange:
             elif table.pause is not None:
                 table.held.hold(self, table.clock + table.pause.max_s)
                 return
+            elif table.canary_weight and table.preview is not None:
+                client = self.client
+                bucket, from_peer = canary_bucket(
+                    self.head, b"%b:%d" % (client.peer, client.peer_port)
+                )
+                if bucket < table.canary_weight:
+                    route = table.preview
+                if from_peer:
+                    self.canary_cookie = SET_CANARY_COOKIE % bucket
         if route is None:
             self.fail(503, "No active boot: bgdeploy has not deployed a daemon yet.")
             return
@@ -248,8 +271,9 @@ class Exchange:
     ) -> None:
         """Send the answer's head, both paths': status line and fields, each ending in CRLF.
 
-        Adds our Connection line and X-Bgdeploy-Boot, and ``body``, the answer's
-        bytes that came in the same read, in the same write.
+        Adds our Connection line, a canary cookie, X-Bgdeploy-Boot, and ``body``, the
+        answer's bytes that came in the same read, in the same write. Counts the answer
+        by status and in the boot's latency histogram.
         """
         self.interim = False
         self.response_started = True
@@ -260,8 +284,13 @@ class Exchange:
                 head += b"Connection: close\r\n"
             elif not client.http11:
                 head += b"Connection: keep-alive\r\n"
+        if self.canary_cookie is not None:
+            head += self.canary_cookie
         client.write(head + up.boot_line + body)
         client.table.count_status(up.boot_id, status)
+        took = monotonic() - self.started
+        # Most answers of a local daemon take less than the first bound: skip the search.
+        up.latency[0 if took < FIRST_BOUND else bisect_right(LATENCY_BOUNDS, took)] += 1
 
     def response_complete(self, up: Upstream) -> None:
         if self.interim:
@@ -275,7 +304,7 @@ class Exchange:
         self.upstream = None
         self._release_count()
         table = client.table
-        if self.request_complete and up.keep_alive and table.is_active(up.boot_id):
+        if self.request_complete and up.keep_alive and table.keeps(up.boot_id):
             table.pools.give_back(up)
         else:
             up.close()
@@ -372,7 +401,12 @@ class Exchange:
             return
         self.done = True
         self._release_count()
-        self.client.table.count_status(self.route.boot_id if self.route else "-", status)
+        table = self.client.table
+        if self.route is not None:
+            table.count_status(self.route.boot_id, status)
+            table.count_latency(self.route.boot_id, monotonic() - self.started)
+        else:
+            table.count_status("-", status)
         self.client.write(answer)
         self.client.close_after_write()
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass
 from math import ceil
@@ -39,6 +40,11 @@ WATCH_POLL_S = 0.01  # without inotify, and for a moment after each write
 WAKE_FOLLOW_S = 0.05
 SLOW_POLL_S = 1.0  # read the row anyway this often (belt and braces)
 
+# The latency histogram's buckets (seconds from a request's parsed head to its answer's
+# head): an answer of t seconds counts in bucket bisect_right(LATENCY_BOUNDS, t), the
+# last bucket being everything past the last bound.
+LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 
 @dataclass(frozen=True)
 class Route:
@@ -55,6 +61,8 @@ class RouteState:
     preview: Route | None = None  # the candidate held at ready
     pause: Pause | None = None
     maintenance: Maintenance | None = None
+    # Percent (0-100) of new requests that go to the preview route, the canary candidate.
+    canary_weight: int = 0
 
 
 class RouteTable:
@@ -68,6 +76,8 @@ class RouteTable:
         self.inflight: dict[str, int] = {}
         self.requests: dict[tuple[str, int], int] = {}
         self.upstream_errors: Counter[tuple[str, str]] = Counter()
+        # Per boot, answers by latency: one count per LATENCY_BOUNDS bucket, then +inf.
+        self.latency: dict[str, list[int]] = {}
         # A coarse clock for timeouts, set by tick(): reading it costs less than a call.
         self.clock = time.monotonic()
         self.switches = 0
@@ -78,7 +88,8 @@ class RouteTable:
         self.pause: Pause | None = None
         self.maintenance: Maintenance | None = None
         self.held = HeldRequests()
-        # Any of the three set: one attribute for the request path to check.
+        self.canary_weight = 0  # percent of new requests the preview route gets
+        # Any of the four set: one attribute for the request path to check.
         self.controlled = False
         # Set when this worker drains: every response from now on says Connection: close.
         self.draining = False
@@ -95,9 +106,16 @@ class RouteTable:
         if state.maintenance != self.maintenance:
             log.info("maintenance: %s", "on" if state.maintenance else "off")
             self.maintenance = state.maintenance
+        if state.canary_weight != self.canary_weight:
+            log.info("canary: %d%% of new requests to the candidate", state.canary_weight)
+            self.canary_weight = state.canary_weight
+        self.pools.close_all_but(self.pooled())
         was_paused, self.pause = self.pause, state.pause
         self.controlled = (
-            self.preview is not None or self.pause is not None or self.maintenance is not None
+            self.preview is not None
+            or self.pause is not None
+            or self.maintenance is not None
+            or self.canary_weight > 0
         )
         if was_paused is not None and state.pause is None:
             log.info("resume: %d held requests released in order", len(self.held))
@@ -122,13 +140,29 @@ class RouteTable:
         self.route_changed_at = time.time()
         if old is not None and route is not None and old.boot_id != route.boot_id:
             self.switches += 1
-        self.pools.close_all_but(route.boot_id if route else None)
+        self.pools.close_all_but(self.pooled())
         before, after = (old.boot_id if old else None), (route.boot_id if route else None)
         if before != after:  # a new generation of the same boot is not news
             log.info("route: %s -> %s", before, after)
 
     def is_active(self, boot_id: str) -> bool:
         return self.active is not None and self.active.boot_id == boot_id
+
+    def keeps(self, boot_id: str) -> bool:
+        """Whether a connection to this boot goes back to the keep-alive pool after an
+        answer: the active boot's, and a canary candidate's (it gets a share of traffic)."""
+        active = self.active
+        if active is not None and active.boot_id == boot_id:
+            return True
+        preview = self.preview
+        return self.canary_weight > 0 and preview is not None and preview.boot_id == boot_id
+
+    def pooled(self) -> set[str]:
+        """The boots whose idle upstream connections are kept (the others can drain)."""
+        boots = set() if self.active is None else {self.active.boot_id}
+        if self.canary_weight > 0 and self.preview is not None:
+            boots.add(self.preview.boot_id)
+        return boots
 
     # -- counting --------------------------------------------------------------------------
 
@@ -145,6 +179,17 @@ class RouteTable:
     def count_status(self, boot_id: str, status: int) -> None:
         key = (boot_id, status)
         self.requests[key] = self.requests.get(key, 0) + 1
+
+    def histogram(self, boot_id: str) -> list[int]:
+        """The boot's latency counts (made on its first answer); see LATENCY_BOUNDS."""
+        counts = self.latency.get(boot_id)
+        if counts is None:
+            counts = self.latency[boot_id] = [0] * (len(LATENCY_BOUNDS) + 1)
+        return counts
+
+    def count_latency(self, boot_id: str, seconds: float) -> None:
+        """An answer of ours (not on the fast path): count it in the boot's histogram."""
+        self.histogram(boot_id)[bisect_right(LATENCY_BOUNDS, seconds)] += 1
 
     def upstream_error(self, boot_id: str, kind: str) -> None:
         self.upstream_errors[(boot_id, kind)] += 1
@@ -199,6 +244,7 @@ def read_route(registry: Registry, service: str) -> RouteState:
                 row.maintenance_retry_after,
                 row.healing_ts is not None,
                 row.healing_hold_s,
+                row.canary_weight,
             )
         )
 
@@ -209,7 +255,7 @@ ROUTE_SQL = (
     "SELECT d.active_boot_id, b.port, d.generation, c.boot_id, c.port, "
     "d.paused_ts IS NOT NULL, d.pause_max_s, d.maintenance_ts IS NOT NULL, "
     "d.maintenance_message, d.maintenance_retry_after, "
-    "d.healing_ts IS NOT NULL, d.healing_hold_s "
+    "d.healing_ts IS NOT NULL, d.healing_hold_s, d.canary_weight "
     "FROM deployments AS d "
     "LEFT JOIN boots AS b ON b.boot_id = d.active_boot_id "
     "LEFT JOIN boots AS c "
@@ -234,7 +280,9 @@ def route_state(row: tuple | None) -> RouteState:  # type: ignore[type-arg]
         retry,
         healing,
         hold_s,
-    ) = row
+    ) = row[:12]
+    # The share of new requests the held candidate gets (a canary step); none without one.
+    weight = row[12] if len(row) > 12 else None
     if paused:
         pause: Pause | None = Pause(float(pause_max or 30.0))
     elif healing:
@@ -242,13 +290,15 @@ def route_state(row: tuple | None) -> RouteState:  # type: ignore[type-arg]
         pause = Pause(float(hold_s or 0.0), healing=True)
     else:
         pause = None
+    preview = Route(held_id, held_port, generation) if held_id and held_port else None
     return RouteState(
         active=Route(active_id, port, generation) if active_id and port else None,
-        preview=Route(held_id, held_port, generation) if held_id and held_port else None,
+        preview=preview,
         pause=pause,
         maintenance=Maintenance(msg or "Down for maintenance.", int(retry or 60))
         if maint
         else None,
+        canary_weight=min(100, max(0, int(weight or 0))) if preview is not None else 0,
     )
 
 

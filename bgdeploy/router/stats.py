@@ -16,6 +16,8 @@ class RouterStats:
     def __init__(self) -> None:
         self.requests: dict[tuple[str, int], int] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
+        # Per boot, answers by latency bucket (routes.LATENCY_BOUNDS, then +inf).
+        self.latency: dict[str, list[int]] = {}
         self.inflight: dict[str, int] = {}
         self.connections = 0
         self.switches = 0
@@ -25,6 +27,7 @@ class RouterStats:
         self.healing = False  # holding new requests while a dead active boot is replaced
         self.held = 0
         self.maintenance = False
+        self.canary_weight = 0
         self.route_changed_at = time.time()
         self.workers: list[dict[str, Any]] = []
 
@@ -49,6 +52,8 @@ class RouterStats:
         snap.paused = any(w.get("paused") for w in workers)
         snap.healing = any(w.get("healing") for w in workers)
         snap.maintenance = any(w.get("maintenance") for w in serving)
+        # While a step is on its way, the share all serving workers give at least.
+        snap.canary_weight = min((w.get("canary_weight", 0) for w in serving), default=0)
         snap.held = sum(w.get("held", 0) for w in workers)
         return snap
 
@@ -56,15 +61,23 @@ class RouterStats:
         """Add one worker's counters (or the retired workers' sum)."""
         if isinstance(w, RouterStats):
             requests, errors = w.requests.items(), w.upstream_errors.items()
+            latency = w.latency.items()
             inflight, connections, switches = w.inflight, w.connections, w.switches
         else:
             requests = (((b, c), n) for b, c, n in w["requests"])
             errors = (((b, k), n) for b, k, n in w["upstream_errors"])
+            latency = w.get("latency", ())  # a worker of an older bgdeploy has none
             inflight, connections, switches = w["inflight"], w["connections"], w["switches"]
         for key, n in requests:
             self.requests[key] = self.requests.get(key, 0) + n
         for key, n in errors:
             self.upstream_errors[key] = self.upstream_errors.get(key, 0) + n
+        for boot, counts in latency:
+            mine = self.latency.get(boot)
+            if mine is None:
+                self.latency[boot] = list(counts)
+            elif len(mine) == len(counts):  # (buckets of another version: not summed)
+                self.latency[boot] = [a + b for a, b in zip(mine, counts, strict=True)]
         for boot, n in inflight.items():
             self.inflight[boot] = self.inflight.get(boot, 0) + n
         self.connections += connections

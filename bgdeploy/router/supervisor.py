@@ -239,7 +239,9 @@ class RouterSupervisor:
             if ticks % STATS_EVERY == 0:  # and the dashboard chart's once-a-second sample
                 snapshot = await loop.run_in_executor(None, self._snapshot)
                 if self.admin is not None:
-                    self.admin.series.sample(snapshot.requests)
+                    self.admin.series.sample(
+                        snapshot.requests, snapshot.upstream_errors, snapshot.latency
+                    )
             with self.lock:
                 gone = [w for w in self.workers.values() if w.exited()]
                 for w in gone:

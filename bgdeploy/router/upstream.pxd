@@ -5,5 +5,5 @@ from bgdeploy.router.flow cimport FlowControl
 
 cdef class Upstream(FlowControl):
     cdef public object boot_id, boot_line, table, exchange, parser, uses
-    cdef public object _headers, _reason, _body_left, last_read
+    cdef public object _headers, _reason, _body_left, last_read, latency
     cdef public bint tunnel, keep_alive, _head_done, _partial

@@ -49,9 +49,9 @@ class Pools:
         if conns and up in conns:
             conns.remove(up)
 
-    def close_all_but(self, boot_id: str | None) -> None:
+    def close_all_but(self, boot_ids: set[str]) -> None:
         """Drop idle connections of boots that lost the route, so they can drain."""
-        for bid in [b for b in self.idle if b != boot_id]:
+        for bid in [b for b in self.idle if b not in boot_ids]:
             for up in self.idle.pop(bid):
                 up.close()
 
@@ -64,6 +64,7 @@ class Upstream(FlowControl):
         self.boot_id = boot_id
         self.boot_line = b"X-Bgdeploy-Boot: " + boot_id.encode() + b"\r\n\r\n"
         self.table = table
+        self.latency = table.histogram(boot_id)  # the boot's answers by latency (send_head)
         self.exchange: Exchange | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.uses = 0

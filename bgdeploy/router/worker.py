@@ -198,6 +198,7 @@ class Worker:
             "inflight": dict(table.inflight),
             "requests": [[b, c, n] for (b, c), n in table.requests.items()],
             "upstream_errors": [[b, k, n] for (b, k), n in table.upstream_errors.items()],
+            "latency": [[b, list(counts)] for b, counts in table.latency.items()],
             "switches": table.switches,
             "route": None if route is None else [route.boot_id, route.generation],
             "route_changed_at": table.route_changed_at,
@@ -208,6 +209,7 @@ class Worker:
             "healing": table.pause is not None and table.pause.healing,
             "held": len(table.held),
             "maintenance": table.maintenance is not None,
+            "canary_weight": table.canary_weight,
         }
 
 

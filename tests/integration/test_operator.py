@@ -140,8 +140,15 @@ def test_metrics_parse_and_carry_the_documented_series(live):
         "bgdeploy_route_age_seconds",
         "bgdeploy_open_connections",
         "bgdeploy_active_boot_info",
+        "bgdeploy_response_seconds",
     ):
         assert name in families, name
+    answered = {
+        s.labels["le"]: s.value
+        for s in families["bgdeploy_response_seconds"].samples
+        if s.labels.get("boot") == boot_id and s.name.endswith("_bucket")
+    }
+    assert answered["+Inf"] >= 5 and answered["0.001"] <= answered["10"] <= answered["+Inf"]
     ok = [
         s
         for s in families["bgdeploy_requests"].samples
