@@ -74,7 +74,11 @@ def doctor(config_path: str | Path | None = None) -> list[Check]:
             checks += _active(app)
             checks += [
                 c
-                for c in (warnings.failed_deploy(app), warnings.recent_crash(app))
+                for c in (
+                    warnings.failed_deploy(app),
+                    warnings.last_rollback(app),
+                    warnings.recent_crash(app),
+                )
                 if c is not None
             ]
         checks.append(_decision(app))

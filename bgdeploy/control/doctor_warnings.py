@@ -101,3 +101,37 @@ def failed_deploy(app: App) -> Check | None:
                 f"See {boot}, fix the cause, then `bgdeploy deploy`.",
             )
     return None
+
+
+def last_rollback(app: App) -> Check | None:
+    """The newest generation's automatic or manual rollback, with its reason: a traffic
+    analysis rollback leaves a healthy-looking service, and only history said why."""
+    reg = app.registry
+    row = reg.deployment(app.service)
+    events = [e for e in reg.events(app.service, limit=500) if e.generation == row.generation]
+    rollback = next((e for e in events if e.event == "rollback"), None)
+    if rollback is None:
+        return None
+    switch = next((e for e in events if e.event == "switch"), None)
+    boot = reg.boot(switch.active_boot_id) if switch and switch.active_boot_id else None
+    version = boot.version if boot is not None else "the new version"
+    reason = (rollback.reason or "rolled back").rstrip(".")
+    when = ago((utcnow() - rollback.ts).total_seconds())
+    if reason.startswith("traffic analysis: "):
+        why = f"by traffic analysis (what users got, while its health checks passed): {reason[18:]}"
+    else:
+        why = f"({reason})"
+    quarantined = version in reg.quarantined_versions(app.service)
+    logs = f"`bgdeploy logs {boot.boot_id}`" if boot is not None else "`bgdeploy history`"
+    return Check(
+        "last rollback",
+        WARN,
+        f"generation {rollback.generation} ({version}) was rolled back {when} {why}"
+        + (f"; {version} is quarantined" if quarantined else ""),
+        f"See {logs}; deploy a fixed version"
+        + (
+            f", or `bgdeploy deploy --force --version {version}` to retry it."
+            if quarantined
+            else "."
+        ),
+    )

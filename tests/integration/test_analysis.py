@@ -1,0 +1,299 @@
+"""Rollback on what users see, through the CLI with a real router and demo daemons whose
+version string selects their faults: ``-bad`` answers 3 of every 10 ``/`` with 500 (its
+/healthz stays fine), ``-slow`` answers ``/`` 300 ms late, anything else is healthy.
+
+Load comes from threads that send each request with a fresh ``X-Bgdeploy-Canary-Key``,
+so a canary's share is a share of requests, and record when each was answered and by
+which boot, to measure each step's share from the client's side.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from bgdeploy.control.app import App
+from tests.conftest import REPORT, poll_until
+
+pytestmark = pytest.mark.slow
+
+ANALYSIS = "\n[analysis]\nwindow = 3\nmin_requests = 20\nmax_wait = 30\n"
+
+
+@dataclass
+class Answer:
+    at: float  # unix time, when the answer came
+    boot: str
+    status: int  # 0: the connection failed
+
+
+@dataclass
+class KeyedLoad:
+    """GET / from a few keep-alive clients, each request with a random canary key (or
+    ``key``), bounded in time and count."""
+
+    url: str
+    clients: int = 3
+    seconds: float = 120.0
+    max_requests: int = 200_000
+    key: str | None = None
+    answers: list[Answer] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> KeyedLoad:
+        deadline = time.monotonic() + self.seconds
+        for n in range(self.clients):
+            t = threading.Thread(target=self._client, args=(n, deadline), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> list[Answer]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        return self.answers
+
+    def _client(self, n: int, deadline: float) -> None:
+        host, port = self.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        rng = random.Random(n)
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if len(self.answers) >= self.max_requests:
+                break
+            key = self.key or f"{n}-{rng.getrandbits(64)}"
+            try:
+                conn.request("GET", "/", headers={"X-Bgdeploy-Canary-Key": key})
+                resp = conn.getresponse()
+                resp.read()
+                got = Answer(time.time(), resp.getheader("X-Bgdeploy-Boot", "?"), resp.status)
+            except (OSError, http.client.HTTPException):
+                got = Answer(time.time(), "?", 0)
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            self.answers.append(got)  # list.append is atomic under the GIL
+        conn.close()
+
+
+def history(app: App) -> list:
+    return list(reversed(app.registry.events(app.service, limit=200)))
+
+
+def active_version(app: App) -> str | None:
+    row = app.registry.deployment(app.service)
+    boot = app.registry.boot(row.active_boot_id) if row.active_boot_id else None
+    return boot.version if boot else None
+
+
+def start_with_load(stack, cli, **kw):  # noqa: ANN001, ANN201
+    """A router with 1.0 active (deployed by the CLI) and keyed load already running."""
+    app, router = stack(extra=ANALYSIS + kw.pop("extra", ""), **kw)
+    cfg = str(app.config.path)
+    assert cli("--config", cfg, "deploy", "--version", "1.0").code == 0
+    load = KeyedLoad(router.url).start()
+    poll_until(lambda: len(load.answers) >= 200, 30, what="load through the router")
+    return app, router, cfg, load
+
+
+def test_bad_answers_after_a_plain_switch_are_rolled_back_by_analysis(stack, cli):
+    app, router, cfg, load = start_with_load(stack, cli)
+    try:
+        res = cli("--config", cfg, "deploy", "--version", "3.0-bad")
+        assert res.code == 0, res.out
+        switched = time.time()
+        poll_until(
+            lambda: app.registry.deployment(app.service).state == "idle",
+            30,
+            what="the analysis rollback",
+        )
+        rolled = time.time()
+        poll_until(
+            lambda: sum(a.at > rolled + 1 for a in load.answers) >= 100,
+            30,
+            what="answers after the rollback",
+        )
+    finally:
+        answers = load.stop()
+    assert active_version(app) == "1.0"
+    (rb,) = [e for e in history(app) if e.event == "rollback"]
+    assert rb.reason.startswith("traffic analysis: 5xx ratio"), rb.reason
+    assert "(limit 5%)" in rb.reason, rb.reason
+    assert "3.0-bad" in app.registry.quarantined_versions(app.service)
+    # The quarantine and its figure are what `status --json` and `history` show.
+    status = json.loads(cli("--config", cfg, "status", "--json").out)
+    assert status["state"] == "idle" and status["active"]["version"] == "1.0"
+    shown = cli("--config", cfg, "history").out
+    assert "traffic analysis" in shown
+    doctor = cli("--config", cfg, "doctor").out
+    assert "3.0-bad" in doctor and "5xx ratio" in doctor, doctor
+    failed = [a for a in answers if a.status != 200]
+    assert all(a.status == 500 for a in failed)  # the version's own 500s, no 502s
+    # Within the window plus a pass or two of reaching min_requests (loaded machine: +5 s).
+    assert rolled - switched < 3 + 5, rolled - switched
+    after = [a for a in answers if a.at > rolled + 1]
+    assert after and all(a.status == 200 for a in after)
+    REPORT.append(
+        f"analysis: 3.0-bad (30% 500 on /) rolled back {rolled - switched:.1f} s after "
+        f"the switch; {len(failed)} of {len(answers)} requests failed; reason: {rb.reason}"
+    )
+
+
+def test_slow_answers_are_rolled_back_by_the_latency_rule(stack, cli):
+    app, router, cfg, load = start_with_load(stack, cli, extra="max_p99_ratio = 2\n")
+    try:
+        # The old boot's p99 comes from the window before the switch: let it fill (the
+        # router sums its figures once a second).
+        def baseline() -> bool:
+            seen = httpx.get(f"{router.admin_url}/api/traffic?window=3", timeout=5).json()
+            return seen["span"] >= 2 and len(seen["boots"]) == 1
+
+        poll_until(baseline, 30, interval=0.2, what="a window of the old boot's answers")
+        assert cli("--config", cfg, "deploy", "--version", "3.0-slow").code == 0
+        poll_until(
+            lambda: app.registry.deployment(app.service).state == "idle",
+            40,
+            what="the latency rollback",
+        )
+    finally:
+        answers = load.stop()
+    (rb,) = [e for e in history(app) if e.event == "rollback"]
+    assert rb.reason.startswith("traffic analysis: p99"), rb.reason
+    assert "the old boot's" in rb.reason and "(limit 2" in rb.reason, rb.reason
+    assert active_version(app) == "1.0"
+    assert all(a.status == 200 for a in answers)
+    REPORT.append(f"analysis: 3.0-slow (+300 ms) rolled back; reason: {rb.reason}")
+
+
+def shares(answers: list[Answer], start: float, end: float, boot: str) -> tuple[int, float]:
+    inside = [a for a in answers if start <= a.at < end]
+    return len(inside), sum(a.boot == boot for a in inside) / max(len(inside), 1)
+
+
+def test_a_canary_of_a_bad_version_is_aborted_at_its_first_step(stack, cli):
+    app, router, cfg, load = start_with_load(stack, cli)
+    active = app.registry.deployment(app.service).active_boot_id
+    try:
+        begun = time.time()
+        res = cli(
+            "--config",
+            cfg,
+            "deploy",
+            "--version",
+            "3.0-bad",
+            "--canary",
+            "10,50",
+            "--canary-step",
+            "20",
+        )
+        ended = time.time()
+    finally:
+        answers = load.stop()
+    assert res.code != 0, res.out
+    assert "canary step 1/2 (10%) failed: 5xx ratio" in res.err, res.err
+    row = app.registry.deployment(app.service)
+    assert row.state == "idle" and row.active_boot_id == active
+    (abort,) = [e for e in history(app) if e.event == "abort"]
+    assert abort.reason.startswith("canary step 1/2 (10%) failed: 5xx ratio"), abort.reason
+    assert not [e for e in history(app) if e.event == "canary_step"]  # never reached 50%
+    assert "3.0-bad" in app.registry.quarantined_versions(app.service)
+    during = [a for a in answers if begun <= a.at <= ended]
+    bad = [a for a in during if a.boot not in (active, "?")]
+    share = len(bad) / len(during)
+    assert share < 0.20, share  # under ~2x the step's 10%
+    # The active boot never stopped serving: every answer it gave was a 200.
+    assert all(a.status == 200 for a in answers if a.boot == active)
+    assert all(a.status != 0 for a in answers)
+    REPORT.append(
+        f"canary 10,50 of 3.0-bad: aborted at 10% after {ended - begun:.1f} s; it answered "
+        f"{share:.1%} of {len(during)} requests meanwhile; reason: {abort.reason}"
+    )
+
+
+def test_a_canary_of_a_good_version_goes_through_its_steps_and_switches(stack, cli):
+    app, router, cfg, load = start_with_load(stack, cli, stable=5)
+    try:
+        res = cli(
+            "--config", cfg, "deploy", "--version", "2.0", "--canary", "10,50", "--canary-step", "6"
+        )
+        assert res.code == 0, res.out
+        poll_until(
+            lambda: app.registry.deployment(app.service).state == "idle", 40, what="the finalize"
+        )
+    finally:
+        answers = load.stop()
+    assert active_version(app) == "2.0"
+    events = history(app)
+    gen = max(e.generation for e in events)
+    mine = {e.event: e for e in events if e.generation == gen}
+    assert mine["canary_step"].reason.startswith("canary step 1/2 (10%) passed: "), mine[
+        "canary_step"
+    ].reason
+    assert mine["switch"].reason.startswith("canary step 2/2 (50%) passed: "), mine["switch"].reason
+    assert "finalize" in mine
+    candidate = mine["switch"].active_boot_id
+    steps = [
+        (10, mine["candidate_ready"].ts, mine["canary_step"].ts),
+        (50, mine["canary_step"].ts, mine["switch"].ts),
+    ]
+    measured = []
+    for weight, start, end in steps:
+        # Answers come a little after their route changed: skip the first half second.
+        n, share = shares(answers, start.timestamp() + 0.5, end.timestamp(), candidate)
+        measured.append(f"{weight}%: {share:.1%} of {n}")
+        assert n >= 1000, measured
+        assert abs(share * 100 - weight) <= 5, measured
+    failed = [a for a in answers if a.status != 200]
+    assert failed == []
+    REPORT.append(
+        f"canary 10,50 of 2.0: {len(answers)} requests, 0 failed; measured share "
+        + ", ".join(measured)
+    )
+
+
+def key_in(low: int, high: int, prefix: str) -> str:
+    """A canary key whose bucket (crc32 % 100) is in [low, high)."""
+    return next(
+        k for i in range(10_000) if low <= zlib.crc32((k := f"{prefix}{i}").encode()) % 100 < high
+    )
+
+
+def test_one_key_sees_one_version_through_a_canary(stack, cli):
+    app, router, cfg, load = start_with_load(stack, cli)
+    load.stop()
+    active = app.registry.deployment(app.service).active_boot_id
+    keys = [key_in(0, 50, f"in-{i}-") for i in range(3)] + [
+        key_in(50, 100, f"out-{i}-") for i in range(3)
+    ]
+    loads = {k: KeyedLoad(router.url, clients=1, key=k).start() for k in keys}
+    try:
+        res = cli(
+            "--config", cfg, "deploy", "--version", "2.0", "--canary", "50", "--canary-step", "4"
+        )
+        assert res.code == 0, res.out
+    finally:
+        answers = {k: load.stop() for k, load in loads.items()}
+    events = history(app)
+    gen = max(e.generation for e in events)
+    ready, switch = (
+        next(e.ts.timestamp() for e in events if e.generation == gen and e.event == ev)
+        for ev in ("candidate_ready", "switch")
+    )
+    candidate = app.registry.deployment(app.service).active_boot_id
+    for key, got in answers.items():
+        during = {a.boot for a in got if ready + 0.5 < a.at < switch}
+        want = candidate if key.startswith("in-") else active
+        assert during == {want}, (key, during)
+        assert all(a.status == 200 for a in got)
+    REPORT.append(
+        f"canary stickiness: 6 keys, {sum(map(len, answers.values()))} requests, each key "
+        "answered by one boot until the switch"
+    )
