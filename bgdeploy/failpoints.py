@@ -39,13 +39,17 @@ ROUTER_FAILPOINTS = (
 )
 
 
+# Inside a canary: after the next step's share was committed, before the pass ends.
+CANARY_FAILPOINTS = ("after_canary_step_commit",)
+
+
 class FailpointError(RuntimeError):
     """An injected bug: deliberately not a BgdeployError."""
 
 
 def failpoint(name: str) -> None:
     # A typo here would make a test silently pass.
-    if name not in FAILPOINTS and name not in ROUTER_FAILPOINTS:
+    if name not in (*FAILPOINTS, *ROUTER_FAILPOINTS, *CANARY_FAILPOINTS):
         raise ValueError(f"unknown failpoint {name!r}")
     wanted = os.environ.get(ENV)
     if wanted == name:

@@ -28,6 +28,7 @@ class LoadStats:
     failures: int = 0
     mismatches: int = 0
     boots: Counter = field(default_factory=Counter)
+    failed_by_boot: Counter = field(default_factory=Counter)  # "?" when no boot answered
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -37,6 +38,7 @@ class LoadStats:
             "failed": self.failures,
             "mismatched": self.mismatches,
             "by_boot": dict(self.boots),
+            "failed_by_boot": dict(self.failed_by_boot),
             "errors": self.errors[:10],
         }
 
@@ -111,6 +113,7 @@ class LoadGen:
                     self.stats.boots[boot] += 1
                     if resp.status != 200:
                         self.stats.failures += 1
+                        self.stats.failed_by_boot[boot] += 1
                         self.stats.errors.append(f"HTTP {resp.status}: {got[:200]!r}")
                     elif not ok_body:
                         self.stats.mismatches += 1
@@ -118,6 +121,7 @@ class LoadGen:
             except (OSError, http.client.HTTPException) as e:
                 with self.stats.lock:
                     self.stats.failures += 1
+                    self.stats.failed_by_boot["?"] += 1
                     self.stats.errors.append(f"{type(e).__name__}: {e}")
                 conn.close()
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=30)

@@ -29,6 +29,7 @@ from bgdeploy.control.decide import CanarySeen
 from bgdeploy.control.deploy import Deployer, Steps, no_progress
 from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError
+from bgdeploy.failpoints import failpoint
 from bgdeploy.registry.models import Deployment
 
 SERIES_LIMIT_S = 300.0  # the router keeps five minutes of samples
@@ -79,7 +80,8 @@ def judge_step(
     nxt = canary.step + 1
     if nxt < len(canary.steps):
         did(f"{text}; next: {canary.steps[nxt]}% of new requests")
-        d.reg.marks.next_canary_step(app.service, gen, nxt, text)
+        if d.reg.marks.next_canary_step(app.service, gen, nxt, text):
+            failpoint("after_canary_step_commit")
         return
     did(f"{text}; switch generation {gen} to {boot_id}")
     try:

@@ -143,6 +143,15 @@ def totals_of(
     return out
 
 
+def _p99_between(before: Sequence[int], after: Sequence[int]) -> float | None:
+    """The p99 of the answers between two cumulative histograms, in ms (None: none)."""
+    if not after:
+        return None
+    delta = [n - (before[i] if i < len(before) else 0) for i, n in enumerate(after)]
+    p99 = quantile_ms(delta, 0.99)
+    return None if p99 is None else round(p99, 1)
+
+
 class Series:
     def __init__(self, seconds: int = SERIES_SECONDS) -> None:
         # (wall-clock time, {boot: Totals}) once a second
@@ -159,8 +168,9 @@ class Series:
         self.samples.append((time.time() if now is None else now, totals))
 
     def as_dict(self) -> dict[str, object]:
-        """{"t": [unix seconds...], "boots": {boot: {"rps": [...], "non_2xx": [...]}}}:
-        one point per interval between two samples, at its end."""
+        """{"t": [unix seconds...], "boots": {boot: {"rps": [...], "non_2xx": [...],
+        "p99_ms": [...]}}}: one point per interval between two samples, at its end
+        (p99 is null for an interval without answers)."""
         samples = list(self.samples)
         times: list[float] = []
         boots: dict[str, dict[str, list[float]]] = {}
@@ -173,13 +183,17 @@ class Series:
                 good = now.by_class[0] - was.by_class[0]
                 if not now.answers and boot not in boots:
                     continue  # upstream errors only, no answer yet: not on the chart
-                line = boots.setdefault(boot, {"rps": [0.0] * i, "non_2xx": [0.0] * i})
+                line = boots.setdefault(
+                    boot, {"rps": [0.0] * i, "non_2xx": [0.0] * i, "p99_ms": [None] * i}
+                )
                 line["rps"].append(round(total / span, 2))
                 line["non_2xx"].append(round((total - good) / span, 2))
+                line["p99_ms"].append(_p99_between(was.latency, now.latency))
             for line in boots.values():  # a boot with no answers in this interval
                 if len(line["rps"]) == i:
                     line["rps"].append(0.0)
                     line["non_2xx"].append(0.0)
+                    line["p99_ms"].append(None)
         return {"t": times, "boots": boots}
 
     def bounds(self, seconds: float, end: float | None = None) -> tuple[float, float] | None:

@@ -22,6 +22,7 @@ import pytest
 
 from bgdeploy.control.app import App
 from tests.conftest import REPORT, poll_until
+from tests.integration.conftest import deploy, settle
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +85,13 @@ class KeyedLoad:
         conn.close()
 
 
+KEY = "X-Bgdeploy-Canary-Key"
+
+
+def route(router) -> dict:  # noqa: ANN001 - RouterRun
+    return httpx.get(f"{router.admin_url}/api/route", timeout=5).json()
+
+
 def history(app: App) -> list:
     return list(reversed(app.registry.events(app.service, limit=200)))
 
@@ -138,12 +146,14 @@ def test_bad_answers_after_a_plain_switch_are_rolled_back_by_analysis(stack, cli
     failed = [a for a in answers if a.status != 200]
     assert all(a.status == 500 for a in failed)  # the version's own 500s, no 502s
     # Within the window plus a pass or two of reaching min_requests (loaded machine: +5 s).
-    assert rolled - switched < 3 + 5, rolled - switched
+    (sw,) = [e for e in history(app) if e.event == "switch" and e.generation == rb.generation]
+    took = (rb.ts - sw.ts).total_seconds()
+    assert took < 3 + 5 and rolled - switched < 3 + 5, (took, rolled - switched)
     after = [a for a in answers if a.at > rolled + 1]
     assert after and all(a.status == 200 for a in after)
     REPORT.append(
-        f"analysis: 3.0-bad (30% 500 on /) rolled back {rolled - switched:.1f} s after "
-        f"the switch; {len(failed)} of {len(answers)} requests failed; reason: {rb.reason}"
+        f"analysis: 3.0-bad (30% 500 on /) rolled back {took:.1f} s after the switch;"
+        f" {len(failed)} of {len(answers)} requests failed; reason: {rb.reason}"
     )
 
 
@@ -297,3 +307,55 @@ def test_one_key_sees_one_version_through_a_canary(stack, cli):
         f"canary stickiness: 6 keys, {sum(map(len, answers.values()))} requests, each key "
         "answered by one boot until the switch"
     )
+
+
+def test_promote_skips_the_steps_abort_ends_a_canary_and_pause_holds_both_sides(stack, cli):
+    app, router = stack(extra=ANALYSIS)
+    cfg = str(app.config.path)
+    active = deploy(app, "1.0").boot_id
+    first = deploy(app, "2.0", canary=(10, 50), canary_step=600.0)
+    assert first.held and first.canary, first.message
+    st = json.loads(cli("--config", cfg, "status", "--json").out)
+    assert st["canary"]["share"] == 10 and st["canary"]["steps"] == [10, 50]
+    # promote: switched at once, the 50% step skipped; the canary is over.
+    assert cli("--config", cfg, "promote").code == 0
+    row = app.registry.deployment(app.service)
+    assert row.state == "switched" and row.active_boot_id == first.boot_id
+    assert row.canary_weight is None
+    assert not [e for e in history(app) if e.event == "canary_step"]
+    settle(app)
+    # abort: the candidate stops and the active boot keeps every request.
+    second = deploy(app, "3.0", canary=(50,), canary_step=600.0)
+    poll_until(lambda: route(router)["canary_weight"] == 50, 10, what="the canary weight")
+    assert cli("--config", cfg, "abort", "--reason", "not today").code == 0
+    row = app.registry.deployment(app.service)
+    assert row.state == "idle" and row.canary_weight is None
+    poll_until(lambda: route(router)["canary_weight"] in (None, 0), 10, what="no canary")
+    keys = [key_in(0, 50, "a"), key_in(50, 100, "b")]
+    with httpx.Client(timeout=10) as c:
+        got = {c.get(router.url + "/", headers={KEY: k}).headers["x-bgdeploy-boot"] for k in keys}
+    assert got == {first.boot_id}
+    assert second.boot_id not in {
+        b.boot_id for b in app.registry.boots(app.service, live_only=True)
+    }
+    # pause: a request for either side waits, and both are answered after resume.
+    third = deploy(app, "4.0", canary=(50,), canary_step=600.0)
+    poll_until(lambda: route(router)["canary_weight"] == 50, 10, what="the canary weight")
+    assert cli("--config", cfg, "pause", "--max", "30").code == 0
+    poll_until(lambda: route(router).get("paused"), 10, what="the pause")
+    answers: dict[str, str] = {}
+
+    def ask(key: str) -> None:
+        r = httpx.get(router.url + "/", headers={KEY: key}, timeout=30)
+        answers[key] = r.headers["x-bgdeploy-boot"]
+
+    asking = [threading.Thread(target=ask, args=(k,)) for k in keys]
+    for t in asking:
+        t.start()
+    poll_until(lambda: route(router)["held_requests"] == 2, 10, what="two held requests")
+    assert answers == {}
+    assert cli("--config", cfg, "resume").code == 0
+    for t in asking:
+        t.join(timeout=30)
+    assert answers == {keys[0]: third.boot_id, keys[1]: first.boot_id}
+    assert active != first.boot_id

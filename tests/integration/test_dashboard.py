@@ -113,6 +113,20 @@ def test_dashboard_shows_held_pause_maintenance_and_draws_the_traffic_chart(stac
             # The lines grow with each second's sample: wait for them (a loaded machine
             # may have drawn only the first few points when the condition above held).
             page.wait_for_function(f"() => ({COUNT_LINE_PIXELS})() > 200", timeout=20_000)
+            # The latency chart draws both boots' p99 beside each other, and the active
+            # boot's card shows its answers and 5xx ratio over the analysis window.
+            page.wait_for_function(
+                "(() => { const c = document.getElementById('latency');"
+                f" return c.dataset.boots?.includes('{second.boot_id}')"
+                " && Number(c.dataset.points) >= 4; })()",
+                timeout=20_000,
+            )
+            page.wait_for_function(
+                "Number(document.querySelector('[data-testid=active] [data-testid=answers]')"
+                "?.textContent) > 0",
+                timeout=20_000,
+            )
+            assert page.text_content("[data-testid=active] [data-testid=error-ratio]") == "0.0%"
             legend = page.text_content("#legend")
             assert first.boot_id in legend and second.boot_id in legend
             # A held candidate, a pause and maintenance each show.

@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import os
 import signal
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -16,7 +18,7 @@ from sqlalchemy import select
 from bgdeploy.boots import Supervisor, processes_of_boot
 from bgdeploy.control.reconcile import Reconciler
 from bgdeploy.control.router_ctl import running_router, up
-from bgdeploy.failpoints import ENV, FAILPOINTS, failpoint
+from bgdeploy.failpoints import CANARY_FAILPOINTS, ENV, FAILPOINTS, failpoint
 from bgdeploy.registry.models import Boot, Event
 from tests.conftest import REPO, REPORT, poll_until, run_bgdeploy
 from tests.integration.conftest import locked
@@ -56,6 +58,7 @@ def test_the_campaign_covers_every_failpoint_in_the_code():
                 called.add(node.args[0].value)
     assert FAILPOINTS and len(set(FAILPOINTS)) == len(FAILPOINTS)
     assert set(FAILPOINTS) <= called, set(FAILPOINTS) - called
+    assert set(CANARY_FAILPOINTS) <= called, set(CANARY_FAILPOINTS) - called
     for name in called:
         failpoint(name)  # a name it does not know raises (BGDEPLOY_FAILPOINT is unset here)
 
@@ -209,3 +212,86 @@ def test_router_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, nam
         if again is not None:  # the stack fixture stops the boots
             os.kill(again.pid, signal.SIGTERM)
             poll_until(lambda: running_router(app) is None, 30, what="the router to stop")
+
+
+@pytest.mark.slow
+def test_router_killed_inside_a_canary_step_then_reconcile_recovers(stack, tmp_path):
+    """The router's control loop dies right after it moved a canary to its next step;
+    cron's reconcile finishes the canary (no router: no figures, so each step goes on
+    after analysis.max_wait) and `up` serves the switched candidate."""
+    app, router = stack(startup=3, router_env={ENV: "after_canary_step_commit"})
+    try:
+        locked(app, lambda d: d.deploy("1.0"))
+        held = locked(app, lambda d: d.deploy("2.0", canary=(10, 50), canary_step=0.5))
+        assert held.held and held.canary
+        assert router.proc.wait(timeout=60) == -signal.SIGKILL
+        row = app.registry.deployment(app.service)
+        assert (row.state, row.canary_step, row.canary_weight) == ("ready", 1, 50)
+        rec = Reconciler(app)  # cron: a pass now and then, until the last step is over
+        poll_until(
+            lambda: rec.run(wait=30) and app.registry.deployment(app.service).state != "ready",
+            30,
+            interval=0.2,
+            what="reconcile to finish the canary",
+        )
+        reconcile_until_quiet(app)
+        row = app.registry.deployment(app.service)
+        assert row.state == "switched" and row.active_boot_id == held.boot_id
+        assert row.canary_weight is None
+        result = up(app, wait=30)
+        assert result.started
+        check_invariants(app, router)
+        REPORT.append("router killed inside a canary step: recovered by reconcile, then up")
+    finally:
+        again = running_router(app)
+        if again is not None:
+            os.kill(again.pid, signal.SIGTERM)
+            poll_until(lambda: running_router(app) is None, 30, what="the router to stop")
+
+
+@pytest.mark.slow
+def test_cli_killed_mid_canary_the_canary_goes_on_and_reconcile_finds_nothing_to_fix(
+    stack, tmp_path
+):
+    app, router = stack(startup=3)
+    cfg = str(app.config.path)
+    locked(app, lambda d: d.deploy("1.0"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bgdeploy",
+            "--config",
+            cfg,
+            "deploy",
+            "--version",
+            "2.0",
+            "--canary",
+            "10,50",
+            "--canary-step",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        poll_until(
+            lambda: app.registry.deployment(app.service).canary_weight == 10,
+            60,
+            what="the canary's first step",
+        )
+        proc.kill()
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The router's control loop judges the steps on (the plan is on the row) and switches.
+    poll_until(
+        lambda: app.registry.deployment(app.service).state == "switched", 60, what="the switch"
+    )
+    reconcile_until_quiet(app)
+    check_invariants(app, router)
+    events = [e.event for e in reversed(app.registry.events(app.service, limit=50))]
+    lifecycle = [e for e in events if e != "pin"]  # deploy --version also pins 2.0
+    assert lifecycle[-3:] == ["candidate_ready", "canary_step", "switch"], events

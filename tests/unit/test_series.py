@@ -16,9 +16,12 @@ def test_rates_and_non_2xx_per_boot_between_samples():
     s.sample({("blue-1", 200): 10, ("blue-1", 503): 2, ("green-2", 200): 8}, now=103.0)
     data = s.as_dict()
     assert data["t"] == [101.0, 103.0]
-    assert data["boots"]["blue-1"] == {"rps": [12.0, 0.0], "non_2xx": [2.0, 0.0]}
+    blue, green = data["boots"]["blue-1"], data["boots"]["green-2"]
+    assert (blue["rps"], blue["non_2xx"]) == ([12.0, 0.0], [2.0, 0.0])
     # A boot that appears later has zeros before it.
-    assert data["boots"]["green-2"] == {"rps": [0.0, 4.0], "non_2xx": [0.0, 0.0]}
+    assert (green["rps"], green["non_2xx"]) == ([0.0, 4.0], [0.0, 0.0])
+    # No latency was sampled: no p99 to draw.
+    assert blue["p99_ms"] == [None, None] and green["p99_ms"] == [None, None]
 
 
 def test_only_the_last_minutes_are_kept():
@@ -126,3 +129,15 @@ def test_quantiles_interpolate_inside_their_bucket():
     assert quantile_ms(hist(b1=98, b100=2), 0.99) == pytest.approx(75.0)
     # Past the last bound: at least that, reported as the last bound.
     assert quantile_ms(hist(b1=1, inf=9), 0.5) == 10_000.0
+
+
+def test_the_chart_series_has_each_intervals_p99_per_boot():
+    s = Series(seconds=10)
+    s.sample({("blue-1", 200): 100}, latency={"blue-1": hist(b1=100)}, now=100.0)
+    # The next second: 100 more answers, all between 250 and 500 ms.
+    s.sample({("blue-1", 200): 200}, latency={"blue-1": hist(b1=100, b500=100)}, now=101.0)
+    s.sample({("blue-1", 200): 200}, latency={"blue-1": hist(b1=100, b500=100)}, now=102.0)
+    p99 = s.as_dict()["boots"]["blue-1"]["p99_ms"]
+    # Only the interval's answers count (the earlier fast ones do not pull it down); an
+    # interval without answers has none.
+    assert 250 < p99[0] <= 500 and p99[1] is None
