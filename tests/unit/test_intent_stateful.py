@@ -1,6 +1,7 @@
 """Stateful property test of operator intent: random sequences of operator commands
-(deploy, deploy --version [--force], rollback, down, up, reconcile, unpin), version-file
-changes, daemon kills, control-loop ticks and disk-full windows.
+(deploy, deploy --version [--force], deploy --canary, rollback, down, up, reconcile,
+unpin), version-file changes, daemon kills, control-loop ticks, canary steps running out
+and disk-full windows.
 
 It drives the real decision function (``control.decide``) over the real intent
 store (a real registry: SQLite, and the throw-away PostgreSQL server) with a fake
@@ -17,7 +18,8 @@ After every step it checks the rules of the intent issue:
 - a pin or an operator rollback holds until a new installed version (not
   quarantined) ends it, or a later operator command;
 - a command that fails under a full disk changes no intent (all or nothing);
-- one active daemon at most.
+- one active daemon at most; a canary is a candidate with a share, never a second
+  active, and a version in BAD never gets past its canary's first verdict.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from sqlalchemy import event
 from bgdeploy.config import load_config
 from bgdeploy.control import operator
 from bgdeploy.control.app import App
-from bgdeploy.control.decide import Act, BootSeen, World, decide
+from bgdeploy.control.decide import Act, BootSeen, CanarySeen, World, decide
 from bgdeploy.control.router_ctl import start_version
 from bgdeploy.errors import BgdeployError
 from bgdeploy.registry.intent import DOWN, INSTALLED, UP
@@ -117,8 +119,7 @@ class IntentMachine(RuleBasedStateMachine):
         else:
             url = self.pg_url
         (self.folder / "bgdeploy.toml").write_text(
-            f'[registry]\nurl = "{url}"\n[daemon]\ncommand = ["true"]\n'
-            'version_file = "VERSION"\n'
+            f'[registry]\nurl = "{url}"\n[daemon]\ncommand = ["true"]\nversion_file = "VERSION"\n'
         )
         self.set_installed("1.0")
         self.app = App(load_config(self.folder / "bgdeploy.toml"))
@@ -127,8 +128,10 @@ class IntentMachine(RuleBasedStateMachine):
         self.full = False
         self._page_limit(False)
         self.n = 0
-        self.state = "idle"  # idle or switched (the fake world deploys instantly)
+        self.state = "idle"  # idle, ready (a canary) or switched (deploys are instant)
         self.active: Daemon | None = None
+        self.candidate: Daemon | None = None  # a canary's held candidate
+        self.canary: CanarySeen | None = None
         self.old: Daemon | None = None
         self.started: list[tuple[str, str]] = []  # (version, who) of this step
         self.ran: list[str] = []  # every version started, in order
@@ -153,12 +156,16 @@ class IntentMachine(RuleBasedStateMachine):
             installed=self.installed,
             quarantined={q.version: q.reason for q in self.reg.intents.quarantine(self.svc)},
             deploy_if_none=deploy_if_none,
+            held=self.candidate is not None,
+            candidate=self.candidate.seen() if self.candidate else None,
+            canary=self.canary,
         )
 
     def start(self, version: str, who: str) -> None:
         """A deploy: the candidate is healthy at once and takes the route. Nothing starts
         a quarantined version (`deploy --force` lifts the quarantine first)."""
         assert version not in self.quarantined(), f"{who} started quarantined {version}"
+        self._drop_canary()  # a new deploy drops a held candidate first
         self.ran.append(version)
         self.n += 1
         self.started.append((version, who))
@@ -166,6 +173,13 @@ class IntentMachine(RuleBasedStateMachine):
             self.old = self.active
             self.state = "switched"
         self.active = Daemon(f"b{self.n}", version)
+
+    def _drop_canary(self) -> None:
+        if self.candidate is not None:
+            self.candidate.alive = False
+        self.candidate, self.canary = None, None
+        if self.state == "ready":
+            self.state = "idle"
 
     def quarantined(self) -> set[str]:
         return set(self.reg.quarantined_versions(self.svc))
@@ -242,6 +256,42 @@ class IntentMachine(RuleBasedStateMachine):
         if self.operator_step(command):
             self.start(version, "operator")
 
+    @precondition(lambda self: self.active is not None and self.active.alive)
+    @rule(version=st.sampled_from(VERSIONS), steps=st.sampled_from([(50,), (10, 50)]))
+    def deploy_canary(self, version: str, steps: tuple[int, ...]) -> None:
+        """`deploy --version V --canary 10,50`: the candidate is held at ready with the
+        first step's share (the fake world starts it at once)."""
+        self.started.clear()
+        if version in self.quarantined():
+            return
+        if not self.operator_step(
+            lambda: operator.record_deploy(self.app, version, self.installed)
+        ):
+            return
+        self.start(version, "operator")  # counts the generation; undone just below
+        self.ran.pop()  # a candidate never active is no version to roll back to
+        self.active, self.state = self.old or self.active, "idle"
+        if self.old is not None:
+            self.old = None
+        self.candidate = Daemon(f"b{self.n}", version)
+        self.canary = CanarySeen(steps, 0, 30.0)
+        self.state = "ready"
+        hyp_event("a canary began")
+
+    @precondition(lambda self: self.canary is not None)
+    @rule()
+    def canary_step_ends(self) -> None:
+        self.started.clear()
+        c = self.canary
+        self.canary = CanarySeen(c.steps, c.step, 0.0)
+
+    @precondition(lambda self: self.candidate is not None)
+    @rule()
+    def kill_candidate(self) -> None:
+        self.started.clear()
+        self.candidate.alive = False
+
+    @precondition(lambda self: self.state != "ready")
     @rule(reason=st.sampled_from(["bad numbers", "slow"]))
     def rollback(self, reason: str) -> None:
         self.started.clear()
@@ -269,7 +319,7 @@ class IntentMachine(RuleBasedStateMachine):
     def down(self) -> None:
         self.started.clear()
         if self.operator_step(lambda: self.reg.intents.set_run(self.svc, DOWN, "bgdeploy down")):
-            for d in (self.active, self.old):
+            for d in (self.active, self.old, self.candidate):
                 if d is not None:
                     d.alive = False
 
@@ -321,6 +371,9 @@ class IntentMachine(RuleBasedStateMachine):
         """A control-loop pass (or cron's `bgdeploy reconcile`, which does not deploy
         when nothing ever was), acting on the decision as the reconcile pass does."""
         self.started.clear()
+        if self.canary is not None:  # a pass comes a step after the last (30 s)
+            c = self.canary
+            self.canary = CanarySeen(c.steps, c.step, max(0.0, c.left - 30.0))
         world = self.world(deploy_if_none=not cron)
         decision = decide(world)
         self.last = (world, decision)
@@ -330,12 +383,27 @@ class IntentMachine(RuleBasedStateMachine):
                 self.reg.intents.add_quarantine(self.svc, self.active.version, self.n, "checks")
             elif act is Act.ROLLBACK:
                 self.reg.intents.add_quarantine(self.svc, self.active.version, self.n, "exited")
+            elif act is Act.CANARY and self.candidate.version in BAD:
+                self.reg.intents.add_quarantine(self.svc, self.candidate.version, self.n, "5xx")
             elif act is Act.DEPLOY and decision.ends_intent:
                 self.reg.intents.follow_installed(self.svc, "intent_ended", decision.ends_intent)
         except BgdeployError:
             assert self.full, "a pass failed with space to spare"
             return  # the control loop logs it and tries again next tick
-        if act is Act.OBSERVE:
+        if act is Act.CANARY:
+            c = self.canary
+            if self.candidate.version in BAD:  # its first verdict fails: aborted
+                hyp_event("a bad canary aborted")
+                self._drop_canary()
+            elif c.left <= 0 and c.step + 1 < len(c.steps):
+                self.canary = CanarySeen(c.steps, c.step + 1, 30.0)
+            elif c.left <= 0:  # the last step passed: switched to, as promote does
+                hyp_event("a canary switched")
+                self.old, self.active = self.active, self.candidate
+                self.candidate, self.canary, self.state = None, None, "switched"
+        elif act is Act.ABORT:
+            self._drop_canary()
+        elif act is Act.OBSERVE:
             if self.active.version in BAD:  # its health checks fail: rolled back
                 self.active, self.old, self.state = self.old, None, "idle"
             else:
@@ -372,6 +440,16 @@ class IntentMachine(RuleBasedStateMachine):
         if decision.ends_intent:
             assert world.installed != intent.installed_seen
             assert world.installed not in world.quarantined
+
+    @invariant()
+    def a_canary_is_a_held_candidate_never_a_second_active(self) -> None:
+        if self.state == "ready":
+            assert self.candidate is not None and self.canary is not None
+            assert self.active is None or self.active.boot_id != self.candidate.boot_id
+        else:
+            assert self.canary is None
+        if self.candidate is not None:
+            assert self.candidate.version not in self.quarantined() or not self.candidate.alive
 
     @invariant()
     def one_active_at_most(self) -> None:
