@@ -167,10 +167,10 @@ def write_config(folder: Path, body: str = "", command: list[str] | None = None)
     path = folder / "bgdeploy.toml"
     argv = ", ".join(json.dumps(c) for c in cmd)  # JSON strings are valid TOML strings
     body = textwrap.dedent(body)
-    if "[analysis]" not in body:
-        # Most tests send no traffic: health checks alone finalize, as before analysis.
-        body += "\n[analysis]\nmax_wait = 0\n"
-    path.write_text(f"[daemon]\ncommand = [{argv}]\n" + body)
+    # Most tests send no traffic: health checks alone finalize, as before analysis. First
+    # in the file, so that a test appending keys to its last section still can.
+    head = "" if "[analysis]" in body else "[analysis]\nmax_wait = 0\n\n"
+    path.write_text(f"{head}[daemon]\ncommand = [{argv}]\n" + body)
     return path
 
 

@@ -42,6 +42,9 @@ def uptime(started: str | None) -> str:
     return f"{secs // 86400}d"
 
 
+ROLES = ("active", "candidate", "old")
+
+
 def _traffic_cells(t: dict[str, Any] | None) -> tuple[str, str, str]:
     """answers, 5xx ratio and p99 over analysis.window ("" without a router)."""
     if t is None:
@@ -68,10 +71,14 @@ def status_renderable(st: dict[str, Any], tree: bool = False) -> Group:
     )
     boots = Table(box=None, header_style="bold", pad_edge=False)
     cols = ("role", "boot", "version", "state", "port", "pid", "uptime", "in flight")
-    cols += ("answers", "5xx", "p99")
+    # Traffic columns once a boot has answers in the window (a narrow terminal keeps the
+    # boot columns whole while nothing is served).
+    served = any((st[r] or {}).get("traffic") and st[r]["traffic"]["answers"] for r in ROLES)
+    if served:
+        cols += ("answers", "5xx", "p99")
     for col in cols:
         boots.add_column(col, justify="left" if col in cols[:4] or col == "uptime" else "right")
-    for role in ("active", "candidate", "old"):
+    for role in ROLES:
         b = st[role]
         if b is None:
             boots.add_row(role, Text("-", "dim"), *[""] * (len(cols) - 2))
@@ -85,7 +92,7 @@ def status_renderable(st: dict[str, Any], tree: bool = False) -> Group:
             str(b["pid"] or "-"),
             uptime(b["started_ts"]),
             str(b["inflight"]),
-            *_traffic_cells(b.get("traffic")),
+            *(_traffic_cells(b.get("traffic")) if served else ()),
         )
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="dim")
