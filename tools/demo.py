@@ -37,7 +37,7 @@ command = ["{sys.executable}", "{REPO / "tools" / "demo_daemon.py"}", "--port", 
            "--version", "{{version}}", "--fail-health-file", "unhealthy-{{version}}"]
 version_file = "VERSION"
 attach_path = "/workspaces"
-port_range = [47800, 47899]
+port_range = [17800, 17899]
 startup_timeout = 20.0
 stop_timeout = 5.0
 drain_timeout = 5.0
