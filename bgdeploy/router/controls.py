@@ -22,6 +22,7 @@ import json
 import zlib
 from collections import deque
 from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from bgdeploy.router.http11 import REASONS
@@ -136,8 +137,12 @@ class HeldRequests:
     def release(self) -> None:
         """Resume: start every held request, in arrival order, on the current route."""
         queue, self.queue = self.queue, deque()
+        now = monotonic()
         for _, ex in queue:
             if not (ex.done or ex.client.closed):
+                # The wait was the pause's or a restart's, not the boot's: its latency
+                # (for the traffic analysis) counts from now.
+                ex.started = now
                 ex.start()
 
     def expire(
