@@ -465,7 +465,8 @@ def _canary_steps(text: str | None):  # noqa: ANN202 - tuple[int, ...] | None
         steps = None
     if steps is None or not canary_steps_ok(steps):
         raise typer.BadParameter(
-            f"{text!r} is not a list of rising percentages between 1 and 99; for example "
+            f"{text!r} is not a list of at most 10 rising percentages between 1 and 99; "
+            "for example "
             "--canary 10,50 (or --canary '' for a plain switch).",
             param_hint="--canary",
         )
@@ -493,10 +494,16 @@ def _follow_canary(a, result, *, quiet: bool):  # noqa: ANN001, ANN202 - App, De
         )
         raise
     if not switched:
+        quarantined = result.version in a.registry.quarantined_versions(a.service)
         raise OperationFailed(
             f"Canary of {result.version} aborted: {reason}.",
-            hint="The active boot kept serving; the version is quarantined "
-            "(`bgdeploy deploy --version V --force` tries it again).",
+            hint="The active boot kept serving"
+            + (
+                f"; {result.version} is quarantined (`bgdeploy deploy --version "
+                f"{result.version} --force` tries it again)."
+                if quarantined
+                else "."
+            ),
         )
     result.message = f"Generation {result.generation}: {result.version} is active on " + (
         f"{result.boot_id} after its canary steps ({reason})."

@@ -145,16 +145,20 @@ RATIO_ABOVE_1 = Kind(
 )
 
 
+MAX_CANARY_STEPS = 10  # the registry keeps them in 64 characters
+
+
 def canary_steps_ok(v: Any) -> bool:
     return (
         isinstance(v, list)
+        and len(v) <= MAX_CANARY_STEPS
         and all(_is_int(w) and 1 <= w <= 99 for w in v)
         and all(a < b for a, b in zip(v, v[1:], strict=False))
     )
 
 
 CANARY_STEPS = Kind(
-    "a list of rising percentages between 1 and 99, such as [10, 50]",
+    "a list of at most 10 rising percentages between 1 and 99, such as [10, 50]",
     canary_steps_ok,
     lambda v, base: tuple(v),
 )

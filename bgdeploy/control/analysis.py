@@ -80,13 +80,15 @@ def _too_few(cfg: AnalysisConfig, fig: Figures, who: str) -> Verdict:
     )
 
 
-def _error_rule(cfg: AnalysisConfig, fig: Figures, baseline: float) -> Verdict | None:
+def _error_rule(
+    cfg: AnalysisConfig, fig: Figures, baseline: float, whose: str = "the active boot's"
+) -> Verdict | None:
     ratio = fig.error_ratio or 0.0
     limit = cfg.max_error_ratio
     if ratio > limit and ratio > baseline + limit:
         text = f"5xx ratio {_pct(ratio)} over {fig.answers} answers (limit {_pct(limit)})"
         if baseline > 0:
-            text += f"; the active boot's was {_pct(baseline)}"
+            text += f"; {whose} was {_pct(baseline)}"
         return Verdict(False, text)
     return None
 
@@ -113,7 +115,12 @@ def judge_switched(cfg: AnalysisConfig, new: Figures, old_before: Figures) -> Ve
     over the window before the switch (for the latency rule)."""
     if new.answers < cfg.min_requests:
         return _too_few(cfg, new, "the new boot")
-    failed = _error_rule(cfg, new, 0.0) or _latency_rule(cfg, new, old_before, "the old boot's")
+    # The margin, as for a canary: a backend error that the old boot met too (before the
+    # switch) is not the new version's.
+    baseline = old_before.error_ratio if old_before.answers >= cfg.min_requests else None
+    failed = _error_rule(cfg, new, baseline or 0.0, "the old boot's") or _latency_rule(
+        cfg, new, old_before, "the old boot's"
+    )
     return failed or Verdict(True, new.describe())
 
 

@@ -28,11 +28,12 @@ from bgdeploy.control.app import App
 from bgdeploy.control.decide import CanarySeen
 from bgdeploy.control.deploy import Deployer, Steps, no_progress
 from bgdeploy.control.status import running_router
-from bgdeploy.errors import BgdeployError
+from bgdeploy.errors import BgdeployError, OperationFailed
 from bgdeploy.failpoints import failpoint
 from bgdeploy.registry.models import Deployment
 
 SERIES_LIMIT_S = 300.0  # the router keeps five minutes of samples
+ROUTERLESS_S = 5.0  # how long `deploy` follows a canary with no router before it says so
 
 
 def judge_step(
@@ -51,6 +52,8 @@ def judge_step(
     span = min(max(time.time() - started, 0.001), SERIES_LIMIT_S)
     router = running_router(app)
     figures = analysis.fetch_traffic(router.admin_url if router else None, span, client=client)
+    if figures is None and router is not None and -canary.left < max(cfg.max_wait, 10.0):
+        return  # it runs but did not answer this time: ask again next pass
     if figures is None:
         verdict = analysis.Verdict(None, "no router answered with traffic figures")
     else:
@@ -66,6 +69,10 @@ def judge_step(
         reason = f"{label} failed: {verdict.reason}"
         did(f"abort generation {gen}: {reason}; quarantine {version}")
         crashes.quarantine(app, version, reason)
+        # New requests leave the candidate before it is stopped (those in flight finish
+        # within its stop_timeout, as on any abort).
+        if d.reg.marks.withdraw_canary_share(app.service, gen) and router is not None:
+            _wait_share_withdrawn(router.admin_url, client)
         d.abort_candidate(gen, boot_id, reason)
         return
     if canary.left > 0:
@@ -90,6 +97,20 @@ def judge_step(
         did(f"switch after the canary failed: {e.message}")
 
 
+def _wait_share_withdrawn(admin_url: str, client: httpx.Client, timeout: float = 2.0) -> None:
+    """Until the router's route has no canary share (bounded: a router that does not
+    answer costs at most ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            route = client.get(f"{admin_url}/api/route", timeout=1.0).json()
+            if not route.get("canary_weight"):
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.02)
+
+
 def follow(
     app: App,
     generation: int,
@@ -103,6 +124,7 @@ def follow(
     (True) or is aborted (False), with the reason."""
     reg, svc = app.registry, app.service
     shown: set[int] = set()
+    routerless_since: float | None = None
     while True:
         for e in reversed(reg.events(svc, limit=20)):
             if e.generation != generation or e.id in shown:
@@ -117,4 +139,15 @@ def follow(
         row = reg.deployment(svc)
         if row.generation != generation:
             return False, f"generation {generation} was replaced by generation {row.generation}"
+        if running_router(app) is not None:
+            routerless_since = None
+        elif routerless_since is None:
+            routerless_since = time.monotonic()
+        elif time.monotonic() - routerless_since > ROUTERLESS_S:
+            raise OperationFailed(
+                f"The router stopped: nothing judges the canary of generation {generation}, "
+                "which waits at ready.",
+                hint="`bgdeploy up` starts the router, whose control loop goes on with it "
+                "(or `bgdeploy abort` ends it).",
+            )
         sleep(poll)

@@ -267,6 +267,15 @@ class Deployer:
         """The canary steps this deploy takes, or None for a plain switch (or a hold)."""
         cfg = self.app.config.deploy
         shares = cfg.canary if canary is None else tuple(canary)
+        if canary and hold and not heal:
+            # A canary switches by itself after its last step; a held deploy waits for
+            # `promote`. Asked for both, say so rather than drop one.
+            raise OperationFailed(
+                "--canary cannot be combined with a held deploy (--hold, or "
+                "deploy.auto_promote = false): a canary switches by itself after its "
+                "last step.",
+                hint="Pass --no-hold to run the canary, or leave out --canary to hold.",
+            )
         if not shares or hold or heal:
             return None
         active = self.reg.boot(active_boot_id)

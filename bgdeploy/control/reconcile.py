@@ -68,6 +68,7 @@ class Reconciler:
         self.deployer = Deployer(app, self.sup, inflight)
         self.drains = self.deployer.drains  # this pass's demotions join the drains it finishes
         self._http = httpx.Client()
+        self._baselines: dict = {}  # the old boot's figures before this generation's switch
         self._pruned = -PRUNE_EVERY_S
 
     def run(self, *, dry_run: bool = False, wait: float | None = None) -> ReconcileReport:
@@ -239,24 +240,50 @@ class Reconciler:
             self._finalize_if_judged(streaks, verdict, report)
 
     def _analyse(self, row) -> analysis.Verdict | None:  # noqa: ANN001
-        """The active boot's traffic since the switch (at most analysis.window); None
-        when no router runs to say."""
+        """The active boot's traffic since the switch (at most analysis.window), against
+        the old boot's over the window before it; None when no router runs to say."""
         cfg = self.app.config.analysis
         if row.switch_ts is None:
             return None
+        url = self._router_admin_url()
+        if url is None:
+            return None
+        if self._same_version(row):
+            # A restart of the running version (a heal while switched): the old boot was
+            # the same version, dead; traffic analysis would judge the crash, not a
+            # version, and a rollback would quarantine what runs.
+            return analysis.Verdict(True, "a restart of the same version: not analysed")
         now = time.time()
         switched = row.switch_ts.timestamp()
-        url = self._router_admin_url()
         since = min(cfg.window, max(now - switched, 0.001))
         figures = analysis.fetch_traffic(url, since, client=self._http)
-        if figures is None:
-            return None
+        if figures is None:  # it runs but did not answer: no verdict yet, and no rollback
+            return analysis.Verdict(None, "the router did not answer with traffic figures")
         new = figures.get(row.active_boot_id or "", analysis.Figures())
-        old = analysis.Figures()
-        if cfg.max_p99_ratio is not None and row.old_boot_id:
-            before = analysis.fetch_traffic(url, cfg.window, end=switched, client=self._http)
-            old = (before or {}).get(row.old_boot_id, old)
-        return analysis.judge_switched(cfg, new, old)
+        return analysis.judge_switched(cfg, new, self._baseline(row, url, switched))
+
+    def _same_version(self, row) -> bool:  # noqa: ANN001
+        if not row.old_boot_id:
+            return False
+        old, new = (
+            self.app.registry.boot(row.old_boot_id),
+            self.app.registry.boot(row.active_boot_id),
+        )
+        return old is not None and new is not None and old.version == new.version
+
+    def _baseline(self, row, url: str, switched: float) -> analysis.Figures:  # noqa: ANN001
+        """The old boot's figures over the window before the switch, read once per
+        generation (the router keeps only five minutes of samples)."""
+        if row.old_boot_id is None:
+            return analysis.Figures()
+        key = (row.generation, row.old_boot_id)
+        if self._baselines.get("key") != key:
+            window = self.app.config.analysis.window
+            before = analysis.fetch_traffic(url, window, end=switched, client=self._http)
+            if before is None:
+                return analysis.Figures()  # asked again next pass
+            self._baselines = {"key": key, "figures": before.get(row.old_boot_id)}
+        return self._baselines["figures"] or analysis.Figures()
 
     def _router_admin_url(self) -> str | None:
         router = running_router(self.app)

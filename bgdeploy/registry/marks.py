@@ -59,12 +59,29 @@ class RowMarks:
         reg = self.registry
         with reg.writing() as s:
             row = reg._row(s, service)
-            if row.generation != generation or row.state != "ready" or not row.canary_steps:
+            if (
+                row.generation != generation
+                or row.state != "ready"
+                or not row.canary_steps
+                or row.canary_step != step - 1
+            ):
                 return False
             steps = [int(w) for w in row.canary_steps.split(",")]
             row.canary_step, row.canary_weight = step, steps[step]
             row.canary_step_ts = utcnow()
             reg.note_in(s, service, "canary_step", reason, row)
+            reg.route_changed(s, service)
+            return True
+
+    def withdraw_canary_share(self, service: str, generation: int) -> bool:
+        """A failed canary's candidate gets no new request from now (before it is
+        stopped); fenced like next_canary_step. False: stale."""
+        reg = self.registry
+        with reg.writing() as s:
+            row = reg._row(s, service)
+            if row.generation != generation or row.state != "ready" or not row.canary_weight:
+                return False
+            row.canary_weight = 0
             reg.route_changed(s, service)
             return True
 

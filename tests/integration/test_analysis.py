@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from bgdeploy.control.app import App
+from bgdeploy.registry.models import Deployment, utcnow
 from tests.conftest import REPORT, poll_until
 from tests.integration.conftest import deploy, settle
 
@@ -46,6 +47,7 @@ class KeyedLoad:
     seconds: float = 120.0
     max_requests: int = 200_000
     key: str | None = None
+    path: str = "/"
     answers: list[Answer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -73,7 +75,7 @@ class KeyedLoad:
                 break
             key = self.key or f"{n}-{rng.getrandbits(64)}"
             try:
-                conn.request("GET", "/", headers={"X-Bgdeploy-Canary-Key": key})
+                conn.request("GET", self.path, headers={"X-Bgdeploy-Canary-Key": key})
                 resp = conn.getresponse()
                 resp.read()
                 got = Answer(time.time(), resp.getheader("X-Bgdeploy-Boot", "?"), resp.status)
@@ -359,3 +361,52 @@ def test_promote_skips_the_steps_abort_ends_a_canary_and_pause_holds_both_sides(
         t.join(timeout=30)
     assert answers == {keys[0]: third.boot_id, keys[1]: first.boot_id}
     assert active != first.boot_id
+
+
+def test_a_pause_after_the_switch_is_not_the_new_versions_latency(stack, cli):
+    """Requests held by `pause` wait as long as the pause; their latency counts from
+    their release, so the p99 rule does not roll back a good version for the pause.
+    40 clients of a 100 ms page: the ~40 held requests are over 1% of the window's
+    answers, so counted from their arrival they would be its p99."""
+    app, router = stack(extra=ANALYSIS + "max_p99_ratio = 2\n", stable=5)
+    cfg = str(app.config.path)
+    assert cli("--config", cfg, "deploy", "--version", "1.0").code == 0
+    load = KeyedLoad(router.url, clients=40, path="/slow?ms=100").start()
+    try:
+
+        def baseline() -> bool:
+            seen = httpx.get(f"{router.admin_url}/api/traffic?window=3", timeout=5).json()
+            return seen["span"] >= 2 and len(seen["boots"]) == 1
+
+        poll_until(baseline, 30, interval=0.2, what="a window of the old boot's answers")
+        assert cli("--config", cfg, "deploy", "--version", "2.0", "--no-hold").code == 0
+        assert cli("--config", cfg, "pause", "--max", "30").code == 0
+        poll_until(lambda: route(router)["held_requests"] >= 35, 10, what="held requests")
+
+        def paused_for(seconds: float) -> bool:
+            with app.registry.reading() as s:
+                since = s.get(Deployment, app.service).paused_ts
+            return since is not None and (utcnow() - since).total_seconds() >= seconds
+
+        # A pause an operator takes lasts seconds: 2 s, 20 times the page's 100 ms.
+        poll_until(lambda: paused_for(2.0), 10, interval=0.1, what="a 2 s pause")
+        assert cli("--config", cfg, "resume").code == 0
+        poll_until(
+            lambda: app.registry.deployment(app.service).state == "idle", 60, what="the finalize"
+        )
+    finally:
+        answers = load.stop()
+    assert active_version(app) == "2.0"
+    assert not [e for e in history(app) if e.event == "rollback"], history(app)[-3:]
+    assert all(a.status == 200 for a in answers)
+
+
+def test_canary_and_a_held_deploy_are_refused_together(stack, cli):
+    app, router = stack(extra=ANALYSIS)
+    cfg = str(app.config.path)
+    deploy(app, "1.0")
+    res = cli("--config", cfg, "deploy", "--version", "2.0", "--canary", "10", "--hold")
+    assert res.code == 1 and "cannot be combined with a held deploy" in res.err, res.err
+    assert "--no-hold" in res.err
+    row = app.registry.deployment(app.service)
+    assert row.generation == 1 and row.state == "idle"  # nothing began

@@ -88,3 +88,14 @@ def test_canary_latency_is_compared_with_the_active_in_the_same_window():
 def test_canary_needs_min_requests_from_the_candidate():
     v = judge_canary(CFG, Figures(10, 10, 5.0), Figures(400, 0, 5.0))
     assert v.ok is None and "from the candidate" in v.reason
+
+
+def test_after_a_switch_the_old_boots_errors_before_it_are_the_margin():
+    # A shared backend failed 40% before the switch too: 42% is not the new version's.
+    before = Figures(answers=300, errors=120)
+    assert judge_switched(CFG, Figures(answers=200, errors=84), before).ok is True
+    # Past the old boot's ratio plus the limit it fails, and says what the old one had.
+    v = judge_switched(CFG, Figures(answers=200, errors=100), before)
+    assert v.ok is False and v.reason.endswith("; the old boot's was 40%")
+    # Too few old answers to trust: no margin.
+    assert judge_switched(CFG, Figures(answers=200, errors=84), Figures(10, 4)).ok is False
