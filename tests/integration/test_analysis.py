@@ -14,7 +14,6 @@ import json
 import random
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import httpx
@@ -24,6 +23,7 @@ from bgdeploy.control.app import App
 from bgdeploy.registry.models import Deployment, utcnow
 from tests.conftest import REPORT, poll_until
 from tests.integration.conftest import deploy, settle
+from tests.integration.test_canary import KEY, key_in, route
 
 pytestmark = pytest.mark.slow
 
@@ -87,13 +87,6 @@ class KeyedLoad:
         conn.close()
 
 
-KEY = "X-Bgdeploy-Canary-Key"
-
-
-def route(router) -> dict:  # noqa: ANN001 - RouterRun
-    return httpx.get(f"{router.admin_url}/api/route", timeout=5).json()
-
-
 def history(app: App) -> list:
     return list(reversed(app.registry.events(app.service, limit=200)))
 
@@ -102,6 +95,17 @@ def active_version(app: App) -> str | None:
     row = app.registry.deployment(app.service)
     boot = app.registry.boot(row.active_boot_id) if row.active_boot_id else None
     return boot.version if boot else None
+
+
+def wait_for_a_baseline(router) -> None:  # noqa: ANN001 - RouterRun
+    """The old boot's p99 comes from the window before the switch: let it fill (the
+    router sums its figures once a second)."""
+
+    def filled() -> bool:
+        seen = httpx.get(f"{router.admin_url}/api/traffic?window=3", timeout=5).json()
+        return seen["span"] >= 2 and len(seen["boots"]) == 1
+
+    poll_until(filled, 30, interval=0.2, what="a window of the old boot's answers")
 
 
 def start_with_load(stack, cli, **kw):  # noqa: ANN001, ANN201
@@ -162,13 +166,7 @@ def test_bad_answers_after_a_plain_switch_are_rolled_back_by_analysis(stack, cli
 def test_slow_answers_are_rolled_back_by_the_latency_rule(stack, cli):
     app, router, cfg, load = start_with_load(stack, cli, extra="max_p99_ratio = 2\n")
     try:
-        # The old boot's p99 comes from the window before the switch: let it fill (the
-        # router sums its figures once a second).
-        def baseline() -> bool:
-            seen = httpx.get(f"{router.admin_url}/api/traffic?window=3", timeout=5).json()
-            return seen["span"] >= 2 and len(seen["boots"]) == 1
-
-        poll_until(baseline, 30, interval=0.2, what="a window of the old boot's answers")
+        wait_for_a_baseline(router)
         assert cli("--config", cfg, "deploy", "--version", "3.0-slow").code == 0
         poll_until(
             lambda: app.registry.deployment(app.service).state == "idle",
@@ -271,13 +269,6 @@ def test_a_canary_of_a_good_version_goes_through_its_steps_and_switches(stack, c
     )
 
 
-def key_in(low: int, high: int, prefix: str) -> str:
-    """A canary key whose bucket (crc32 % 100) is in [low, high)."""
-    return next(
-        k for i in range(10_000) if low <= zlib.crc32((k := f"{prefix}{i}").encode()) % 100 < high
-    )
-
-
 def test_one_key_sees_one_version_through_a_canary(stack, cli):
     app, router, cfg, load = start_with_load(stack, cli)
     load.stop()
@@ -373,12 +364,7 @@ def test_a_pause_after_the_switch_is_not_the_new_versions_latency(stack, cli):
     assert cli("--config", cfg, "deploy", "--version", "1.0").code == 0
     load = KeyedLoad(router.url, clients=40, path="/slow?ms=100").start()
     try:
-
-        def baseline() -> bool:
-            seen = httpx.get(f"{router.admin_url}/api/traffic?window=3", timeout=5).json()
-            return seen["span"] >= 2 and len(seen["boots"]) == 1
-
-        poll_until(baseline, 30, interval=0.2, what="a window of the old boot's answers")
+        wait_for_a_baseline(router)
         assert cli("--config", cfg, "deploy", "--version", "2.0", "--no-hold").code == 0
         assert cli("--config", cfg, "pause", "--max", "30").code == 0
         poll_until(lambda: route(router)["held_requests"] >= 35, 10, what="held requests")
