@@ -9,23 +9,17 @@ from dataclasses import asdict
 import pytest
 
 from bgdeploy.config import (
-    ARGV,
-    COUNT,
     SCHEMA,
     STARTER_CONFIG,
-    STR,
-    STR_LIST,
-    STR_TABLE,
     DaemonConfig,
     HealthConfig,
     RouterConfig,
     default,
-    literal,
     load_config,
-    one_of,
     parse_config,
     starter_config,
 )
+from bgdeploy.config_kinds import ARGV, COUNT, STR, STR_LIST, STR_TABLE, literal, one_of
 from bgdeploy.errors import ConfigError
 from bgdeploy.router.client import Limits
 from tests.conftest import run_bgdeploy, write_config
