@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from bgdeploy.cli import Progress, Wait, _app, _print_json, _waiting, app, out
+from bgdeploy.cli_base import Progress, Wait, _app, _print_json, _waiting, app, out
 
 Generation = Annotated[
     int | None,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from bgdeploy.cli import _opts, app, out
+from bgdeploy.cli_base import _opts, app, out
 
 
 @app.command()
