@@ -6,7 +6,6 @@ import ipaddress
 import os
 import shutil
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,9 @@ import psutil
 from bgdeploy import __version__
 from bgdeploy.boots import Supervisor, port_holder, processes_of_state_dir
 from bgdeploy.config import Config, find_config_path, load_config
+from bgdeploy.control import doctor_warnings as warnings
 from bgdeploy.control.app import App
+from bgdeploy.control.checks import FAIL, PASS, WARN, Check
 from bgdeploy.control.crashes import read_crash_loop
 from bgdeploy.control.decide import decide
 from bgdeploy.control.lock import LifecycleLock
@@ -34,19 +35,7 @@ from bgdeploy.router import build_of
 from bgdeploy.states import LIVE_BOOT_STATES, BootState, DeploymentState
 from bgdeploy.timefmt import iso
 
-PASS, WARN, FAIL = "pass", "warn", "fail"
 MIN_FREE_BYTES = 100 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str
-    message: str
-    fix: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "message": self.message, "fix": self.fix}
 
 
 def doctor(config_path: str | Path | None = None) -> list[Check]:
@@ -61,8 +50,6 @@ def doctor(config_path: str | Path | None = None) -> list[Check]:
     checks.append(schema)
     if schema.status == FAIL:
         return checks
-    from bgdeploy.control import doctor_warnings as warnings
-
     checks += [c for c in (warnings.port_range(config),) if c is not None]
     app = App(config)
     try:

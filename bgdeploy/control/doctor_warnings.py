@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bgdeploy.config import Config
 from bgdeploy.control.app import App
-from bgdeploy.control.doctor import PASS, WARN, Check
+from bgdeploy.control.checks import PASS, WARN, Check
 from bgdeploy.registry.models import utcnow
 from bgdeploy.timefmt import iso
 
