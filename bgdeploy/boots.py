@@ -210,7 +210,7 @@ class Children:
 CHILDREN = Children()
 
 
-class Supervisor:
+class BootProcesses:
     """Starts and stops the boots of one config. The Popen of each boot this process
     started is kept (in CHILDREN) to reap it and read its exit code."""
 

@@ -79,12 +79,11 @@ def status(
     ] = False,
 ) -> None:
     """Generation, state, the active/candidate/old boots, streaks, rollback and lock."""
-    from bgdeploy.control.drain import router_inflight
     from bgdeploy.control.status import all_statuses
     from bgdeploy.control.status import status as get_status
 
     a = _app()
-    inflight = router_inflight(a)
+    inflight = a.router.inflight
     if every:
         statuses = all_statuses(a, inflight())
         if as_json:
@@ -339,7 +338,7 @@ def _state_dir_of_config() -> Path | None:
 
 # The operator controls' and the getting-started commands live in their own modules and
 # add themselves to `app`.
-from bgdeploy import cli_controls, cli_setup  # noqa: E402, F401
+from bgdeploy import cli_setup, cli_traffic  # noqa: E402, F401
 
 
 def main() -> None:

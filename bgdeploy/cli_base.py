@@ -2,7 +2,7 @@
 options, the app loader, JSON output, the lock-wait options and the deploy progress.
 
 The commands live in ``cli.py`` (reading and the error handler), ``cli_lifecycle.py``
-(up, down, deploy, rollback, ...), ``cli_controls.py`` and ``cli_setup.py``; each
+(up, down, deploy, rollback, ...), ``cli_traffic.py`` and ``cli_setup.py``; each
 imports from here, and none from another.
 """
 

@@ -1,6 +1,6 @@
 """Getting started: `init` (with --demo, --port, --admin-port, --command) and `demo-daemon`.
 
-Kept out of ``cli.py`` (which imports this module at its end), like ``cli_controls``.
+Kept out of ``cli.py`` (which imports this module at its end), like ``cli_traffic``.
 """
 
 from __future__ import annotations

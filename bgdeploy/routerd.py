@@ -12,18 +12,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from bgdeploy import __version__
 from bgdeploy.config import Config, config_digest, load_config
 from bgdeploy.control.app import App
+from bgdeploy.control.control_loop import ControlLoop
 from bgdeploy.control.deploy import Progress, no_progress
-from bgdeploy.control.exitwatch import ControlLoop
 from bgdeploy.control.lifecycle import Notice, no_notice, take_lock
 from bgdeploy.control.reconcile import Reconciler
-from bgdeploy.control.router_ctl import UpResult
+from bgdeploy.control.router_api import RouterApi, running_router
+from bgdeploy.control.router_ctl import UpResult, supervisor_argv
 from bgdeploy.control.router_ctl import up as start_up
-from bgdeploy.control.status import all_statuses, history, router_info, running_router, status
+from bgdeploy.control.status import all_statuses, history, status
 from bgdeploy.errors import ConfigError, OperationFailed
 from bgdeploy.router import ipc
 from bgdeploy.router.supervisor import Hooks, RouterSupervisor
@@ -41,7 +43,14 @@ def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
     # httpx logs every request at INFO: one line per health check would bury the log.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    state: dict[str, Any] = {"app": app}
+    supervisor: RouterSupervisor | None = None
+
+    def in_process(app_: App) -> App:
+        # The control loop asks this supervisor itself, never its own admin listener.
+        app_.router = SupervisorAnswers(app_, lambda: supervisor)
+        return app_
+
+    state: dict[str, Any] = {"app": in_process(app)}
     # Passes every health.interval (tick) and at once when the active boot exits.
     control = ControlLoop(
         lambda app_, inflight: Reconciler(
@@ -50,23 +59,14 @@ def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
             deploy_if_none=deploy_if_none,
             holder=f"bgdeploy router control loop (pid {os.getpid()})",
         ),
-        app,
+        state["app"],
     )
 
     def on_config(config: Config) -> None:
         # The next control pass (and the next deploy it starts) uses the new file.
-        state["app"] = App(config, app.service)
+        state["app"] = in_process(App(config, app.service))
         control.reset(state["app"])
 
-    argv = [
-        sys.executable,
-        "-m",
-        "bgdeploy",
-        "--config",
-        str(app.config.path),
-        "up",
-        "--foreground",
-    ]
     hooks = Hooks(
         status=lambda inflight, router: {
             **status(state["app"], inflight, router),
@@ -77,17 +77,37 @@ def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
         load_config=lambda: load_config(app.config.path),
         control_tick=control.tick,
         on_config=on_config,
-        argv=argv if deploy_if_none else [*argv, "--no-deploy"],
+        argv=supervisor_argv(app.config, deploy_if_none=deploy_if_none),
     )
     supervisor = RouterSupervisor(app.config, app.registry, app.service, hooks)
     control.watch(supervisor.inflight)
     supervisor.serve()
 
 
+class SupervisorAnswers(RouterApi):
+    """The router port answered by the supervisor this process runs (``get()``; None
+    before it is made), in-process: no HTTP, and the workers asked over their IPC."""
+
+    def __init__(self, app: App, get: Callable[[], RouterSupervisor | None]) -> None:
+        super().__init__(app)
+        self._get = get
+
+    def info(self) -> dict[str, Any] | None:
+        sup = self._get()
+        return None if sup is None else sup.info()
+
+    def route(self) -> dict[str, Any] | None:
+        sup = self._get()
+        return None if sup is None else sup.route()
+
+    def traffic(self, window: float, end: float | None = None) -> dict[str, Any] | None:
+        sup = self._get()
+        return None if sup is None else sup.traffic(window, end)
+
+
 def running_info(app: App) -> dict[str, Any] | None:
     """The running supervisor and its workers (pid, version, counters), or None."""
-    row = running_router(app)
-    return None if row is None else router_info(row)
+    return app.router.info() if app.router.running() is not None else None
 
 
 def reload(app: App, *, wait: float | None = None, notice: Notice = no_notice) -> dict[str, Any]:
@@ -135,7 +155,7 @@ def up(
     """`bgdeploy up`: start the router (or reload it onto the installed code, or onto a
     changed bgdeploy.toml), then deploy."""
     row = running_router(app)
-    info = None if row is None else router_info(row)
+    info = None if row is None else app.router.info()
     if info is not None and _outdated(info):
         running = sorted({info["version"], *(w["version"] for w in info["workers"])})
         answer = reload(app, wait=wait, notice=notice)

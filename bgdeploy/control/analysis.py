@@ -25,14 +25,14 @@ regression users notice, and the histogram's buckets are coarser than that anywa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from bgdeploy.config import AnalysisConfig
 
+if TYPE_CHECKING:
+    from bgdeploy.control.router_api import RouterApi
+
 P99_FLOOR_MS = 10.0
-FETCH_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -136,22 +136,12 @@ def judge_canary(cfg: AnalysisConfig, candidate: Figures, active: Figures) -> Ve
 
 
 def fetch_traffic(
-    admin_url: str | None,
-    window: float,
-    end: float | None = None,
-    client: httpx.Client | None = None,
+    router: RouterApi, window: float, end: float | None = None
 ) -> dict[str, Figures] | None:
     """Each boot's figures over ``window`` seconds ending at ``end`` (unix time; now),
     from the running router; None when no router runs or it did not answer."""
-    if admin_url is None:
-        return None
-    params: dict[str, str] = {"window": f"{window:g}"}
-    if end is not None:
-        params["end"] = f"{end:.3f}"
+    answer = router.traffic(window, end)
     try:
-        get = client.get if client is not None else httpx.get
-        resp = get(f"{admin_url}/api/traffic", params=params, timeout=FETCH_TIMEOUT_S)
-        boots = resp.json()["boots"]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return {boot: Figures.of(data) for boot, data in answer["boots"].items()}
+    except (KeyError, TypeError, AttributeError):
         return None
-    return {boot: Figures.of(data) for boot, data in boots.items()}

@@ -1,4 +1,5 @@
-"""What one command works with: the config, its registry and its lifecycle lock."""
+"""What one command works with: the config, its registry, its lifecycle lock and the
+port to a running router (``router``; see router_api.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from bgdeploy.config import Config, find_config_path, load_config
 from bgdeploy.control.lock import LifecycleLock
+from bgdeploy.control.router_api import AdminApi, RouterApi
 from bgdeploy.registry.store import Registry
 from bgdeploy.registry.urls import is_postgres
 
@@ -19,6 +21,9 @@ class App:
     def __init__(self, config: Config, service: str | None = None) -> None:
         self.config = config
         self.service = service or config.service
+        # Over the admin listener; the control loop in the router supervisor swaps in
+        # the supervisor's own answers (bgdeploy/routerd.py).
+        self.router: RouterApi = AdminApi(self)
 
     @classmethod
     def load(cls, config_path: str | Path | None = None) -> App:
@@ -38,5 +43,6 @@ class App:
         return LifecycleLock(self.config.state_dir, self.service)
 
     def close(self) -> None:
+        self.router.close()
         if "registry" in self.__dict__:
             self.registry.close()

@@ -21,18 +21,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import httpx
-
 from bgdeploy.control import analysis, crashes
 from bgdeploy.control.app import App
 from bgdeploy.control.decide import CanarySeen
 from bgdeploy.control.deploy import Deployer, Steps, no_progress
-from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError, OperationFailed
 from bgdeploy.failpoints import failpoint
 from bgdeploy.registry.models import Deployment
 
 SERIES_LIMIT_S = 300.0  # the router keeps five minutes of samples
+WITHDRAW_WAIT_S = 2.0  # at most this long for the router to take back a canary share
 ROUTERLESS_S = 5.0  # how long `deploy` follows a canary with no router before it says so
 
 
@@ -41,7 +39,6 @@ def judge_step(
     d: Deployer,
     row: Deployment,
     canary: CanarySeen,
-    client: httpx.Client,
     did: Callable[[str], None],
 ) -> None:
     """One pass over a running canary step (the caller holds the lifecycle lock)."""
@@ -50,8 +47,8 @@ def judge_step(
     assert boot_id is not None and row.canary_step_ts is not None
     started = row.canary_step_ts.timestamp()
     span = min(max(time.time() - started, 0.001), SERIES_LIMIT_S)
-    router = running_router(app)
-    figures = analysis.fetch_traffic(router.admin_url if router else None, span, client=client)
+    router = app.router.running()
+    figures = analysis.fetch_traffic(app.router, span)
     if figures is None and router is not None and -canary.left < max(cfg.max_wait, 10.0):
         return  # it runs but did not answer this time: ask again next pass
     if figures is None:
@@ -72,7 +69,7 @@ def judge_step(
         # New requests leave the candidate before it is stopped (those in flight finish
         # within its stop_timeout, as on any abort).
         if d.reg.marks.withdraw_canary_share(app.service, gen) and router is not None:
-            _wait_share_withdrawn(router.admin_url, client)
+            app.router.wait_route(lambda route: not route.get("canary_weight"), WITHDRAW_WAIT_S)
         d.abort_candidate(gen, boot_id, reason)
         return
     if canary.left > 0:
@@ -95,20 +92,6 @@ def judge_step(
         d.switch_candidate(gen, boot_id, version, Steps(no_progress), reason=text)
     except BgdeployError as e:
         did(f"switch after the canary failed: {e.message}")
-
-
-def _wait_share_withdrawn(admin_url: str, client: httpx.Client, timeout: float = 2.0) -> None:
-    """Until the router's route has no canary share (bounded: a router that does not
-    answer costs at most ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            route = client.get(f"{admin_url}/api/route", timeout=1.0).json()
-            if not route.get("canary_weight"):
-                return
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.02)
 
 
 def follow(
@@ -139,7 +122,7 @@ def follow(
         row = reg.deployment(svc)
         if row.generation != generation:
             return False, f"generation {generation} was replaced by generation {row.generation}"
-        if running_router(app) is not None:
+        if app.router.running() is not None:
             routerless_since = None
         elif routerless_since is None:
             routerless_since = time.monotonic()

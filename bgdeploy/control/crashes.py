@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bgdeploy.boots import Supervisor, log_tail
+from bgdeploy.boots import BootProcesses, log_tail
 from bgdeploy.control.app import App
 from bgdeploy.registry.models import Boot, Deployment, utcnow
 from bgdeploy.timefmt import iso
@@ -78,7 +78,7 @@ def end_crash_loop(app: App) -> bool:
     return app.registry.marks.end_crash_loop(app.service)
 
 
-def record_exit(app: App, sup: Supervisor, boot: Boot, *, counts: bool = True) -> float:
+def record_exit(app: App, sup: BootProcesses, boot: Boot, *, counts: bool = True) -> float:
     """Note a boot's exit in history (status, lifetime, the log's last lines) and, with
     ``counts``, in the crash series; returns the wait before the next start."""
     lifetime = (utcnow() - boot.started_ts).total_seconds()

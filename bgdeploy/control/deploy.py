@@ -7,7 +7,7 @@ one long wait (up to drain_timeout + stop_timeout), and it needs no lock: the
 registry no longer routes to the boot, which is recorded ``draining``. So finalize
 and rollback only commit and claim the boot's drain; the caller drains it with
 ``drains.finish`` after releasing the lock, and if that caller dies, the next
-reconcile pass stops the boot (``control.drain``).
+reconcile pass stops the boot (``control/drain.py``).
 """
 
 from __future__ import annotations
@@ -17,19 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bgdeploy import health
-from bgdeploy.boots import Supervisor, log_tail
+from bgdeploy.boots import BootProcesses, log_tail
 from bgdeploy.control import crashes
 from bgdeploy.control.app import App
 from bgdeploy.control.drain import (
+    ROUTER_FOLLOW_TIMEOUT_S,
     Drain,
     Drains,
     Inflight,
     Progress,
     no_progress,
-    router_inflight,
-    wait_router_follows,
 )
-from bgdeploy.control.status import running_router
 from bgdeploy.errors import BgdeployError, BootError, OperationFailed
 from bgdeploy.failpoints import failpoint
 from bgdeploy.hooks import HookResult, run_hook
@@ -92,14 +90,14 @@ class Deployer:
     def __init__(
         self,
         app: App,
-        supervisor: Supervisor | None = None,
+        processes: BootProcesses | None = None,
         inflight: Inflight | None = None,
         drains: Drains | None = None,
     ) -> None:
         self.app = app
         self.reg = app.registry
-        self.sup = supervisor or Supervisor(app.config, app.registry)
-        self.inflight = inflight or router_inflight(app)
+        self.sup = processes or BootProcesses(app.config, app.registry)
+        self.inflight = inflight or app.router.inflight
         # Boots this deployer demoted to draining and claimed, to drain without the lock.
         self.drains = drains or Drains(app, self.sup, self.inflight)
 
@@ -281,7 +279,7 @@ class Deployer:
         active = self.reg.boot(active_boot_id)
         if active is None or not self.sup.is_running(active):
             return None  # nothing to compare with, and nobody to keep the rest of traffic
-        if running_router(self.app) is None:
+        if self.app.router.running() is None:
             raise OperationFailed(
                 "A canary needs the router: no router runs to send the candidate its share.",
                 hint="Start it with `bgdeploy up`, or deploy without canary steps "
@@ -328,7 +326,7 @@ class Deployer:
         if not sw.applied:
             raise OperationFailed(f"The switch did not apply: {sw.message}")
         failpoint("after_switch_commit")
-        followed = wait_router_follows(app, boot_id)
+        followed = app.router.follows(boot_id, ROUTER_FOLLOW_TIMEOUT_S)
         steps("switched", f"{boot_id} active" + (" (router follows)" if followed else ""))
         self.run_hook("post_switch", sw.row)
         return DeployResult(
@@ -362,7 +360,7 @@ class Deployer:
                         f"{role}_port": boot.port,
                     }
                 )
-        router = running_router(self.app)
+        router = self.app.router.running()
         if router is not None:
             fields["router_url"] = router.url
         result = run_hook(self.app.config, name, fields)
@@ -519,7 +517,7 @@ class Deployer:
         self._record_if_dead(row.active_boot_id)
         failpoint("after_rollback_commit")
         if res.row.active_boot_id:
-            wait_router_follows(self.app, res.row.active_boot_id)
+            self.app.router.follows(res.row.active_boot_id, ROUTER_FOLLOW_TIMEOUT_S)
         self.complete_rollback(res.row, drain)
         return self.reg.deployment(self.app.service)
 

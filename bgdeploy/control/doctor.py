@@ -13,7 +13,7 @@ import httpx
 import psutil
 
 from bgdeploy import __version__
-from bgdeploy.boots import Supervisor, port_holder, processes_of_state_dir
+from bgdeploy.boots import BootProcesses, port_holder, processes_of_state_dir
 from bgdeploy.config import Config, find_config_path, load_config
 from bgdeploy.control import doctor_warnings as warnings
 from bgdeploy.control.app import App
@@ -21,7 +21,8 @@ from bgdeploy.control.checks import FAIL, PASS, WARN, Check
 from bgdeploy.control.crashes import read_crash_loop
 from bgdeploy.control.decide import decide
 from bgdeploy.control.lock import LifecycleLock
-from bgdeploy.control.status import config_current, running_router
+from bgdeploy.control.router_api import build_of_workers, running_router
+from bgdeploy.control.status import config_current
 from bgdeploy.control.world import gather
 from bgdeploy.errors import BgdeployError
 from bgdeploy.health import check as health_check
@@ -31,7 +32,6 @@ from bgdeploy.registry.engine import make_engine, safe_url
 from bgdeploy.registry.intent import INSTALLED, IntentView
 from bgdeploy.registry.models import Boot, utcnow
 from bgdeploy.registry.urls import is_postgres, sqlite_path
-from bgdeploy.router import build_of
 from bgdeploy.states import LIVE_BOOT_STATES, BootState, DeploymentState
 from bgdeploy.timefmt import iso
 
@@ -144,15 +144,12 @@ def _router(app: App) -> Check:
     cfg = app.config.router
     row = running_router(app)
     if row is not None:
-        try:
-            resp = httpx.get(f"{row.admin_url}/api/router", timeout=2)
-            resp.raise_for_status()
-            info = resp.json()
-        except (httpx.HTTPError, ValueError) as e:
+        info = app.router.info()
+        if info is None:
             return Check(
                 "router",
                 FAIL,
-                f"router pid {row.pid} does not answer on its admin listener ({type(e).__name__})",
+                f"router pid {row.pid} does not answer on its admin listener {row.admin_url}",
                 "Restart it: bgdeploy down && bgdeploy up.",
             )
         workers = [w for w in info["workers"] if not w["draining"]]
@@ -176,9 +173,8 @@ def _router(app: App) -> Check:
                 f"{shape} with an older configuration than {app.config.path}",
                 "Run `bgdeploy up` (or `bgdeploy router reload`) to apply it.",
             )
-        return Check(
-            "router", PASS, f"{shape} on bgdeploy {__version__}; router build: {build_of(row.pid)}"
-        )
+        build = build_of_workers(info) or "unknown"
+        return Check("router", PASS, f"{shape} on bgdeploy {__version__}; router build: {build}")
     holder = port_holder(cfg.host, cfg.port)
     if holder:
         return Check(
@@ -215,7 +211,7 @@ def _down(app: App, intent: IntentView) -> Check:
 
 def _decision(app: App) -> Check:
     """The decision function's sentence: what the control loop and reconcile would do."""
-    world = gather(app, Supervisor(app.config, app.registry))
+    world = gather(app, BootProcesses(app.config, app.registry))
     decision = decide(world)
     intent = world.intent
     what = decision.sentence
@@ -231,7 +227,7 @@ def _active(app: App) -> list[Check]:
     if active is None:
         fix = "Run `bgdeploy up`." if row.generation == 0 else "Run `bgdeploy deploy`."
         return [Check("active boot", WARN, "nothing is deployed yet", fix)]
-    sup = Supervisor(cfg, reg)
+    sup = BootProcesses(cfg, reg)
     loop = read_crash_loop(app)
     if loop is not None and not sup.is_running(active):
         return [
@@ -305,7 +301,7 @@ def _orphans(app: App) -> Check:
     reg = app.registry
     row = reg.deployment(app.service)
     referenced = {row.active_boot_id, row.candidate_boot_id, row.old_boot_id}
-    sup = Supervisor(app.config, reg)
+    sup = BootProcesses(app.config, reg)
     known_pids = set()
     orphans = []
     for boot in reg.boots(app.service):
@@ -338,7 +334,7 @@ def _still_draining(app: App, boot: Boot) -> bool:
 def _impossible(app: App) -> list[Check]:
     reg = app.registry
     row = reg.deployment(app.service)
-    sup = Supervisor(app.config, reg)
+    sup = BootProcesses(app.config, reg)
     problems = []
     active = reg.boot(row.active_boot_id)
     down = reg.intents.read(app.service).down

@@ -15,12 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
-
-from bgdeploy.boots import Supervisor
+from bgdeploy.boots import BootProcesses
 from bgdeploy.control.app import App
 from bgdeploy.control.lock import DrainClaim
-from bgdeploy.control.status import running_router
 from bgdeploy.failpoints import failpoint
 from bgdeploy.registry.models import Boot, utcnow
 from bgdeploy.states import BootState
@@ -35,43 +32,6 @@ ROUTER_FOLLOW_TIMEOUT_S = 2.0
 
 def no_progress(step: str, detail: str) -> None:
     return None
-
-
-def router_inflight(app: App) -> Inflight:
-    """In-flight counts as the running router reports them (empty when none runs; None
-    when it runs but did not answer: unknown is not zero, so a drain waits on)."""
-
-    def fetch() -> dict[str, int] | None:
-        router = running_router(app)
-        if router is None:
-            return {}
-        try:
-            return dict(httpx.get(f"{router.admin_url}/api/route", timeout=1.0).json()["inflight"])
-        except (httpx.HTTPError, ValueError, KeyError):
-            return None
-
-    return fetch
-
-
-def _router_admin_url(app: App) -> str | None:
-    router = running_router(app)
-    return router.admin_url if router is not None else None
-
-
-def wait_router_follows(app: App, boot_id: str) -> bool:
-    """Wait (briefly) until a running router routes new requests to boot_id."""
-    url = _router_admin_url(app)
-    if url is None:
-        return False
-    deadline = time.monotonic() + ROUTER_FOLLOW_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/api/route", timeout=1.0).json().get("boot_id") == boot_id:
-                return True
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.01)
-    return False
 
 
 def in_flight(counts: dict[str, int] | None, boot_id: str) -> int:
@@ -106,7 +66,7 @@ class Drain:
 class Drains:
     """The drains one process claimed, and the one way they end."""
 
-    def __init__(self, app: App, sup: Supervisor, inflight: Inflight) -> None:
+    def __init__(self, app: App, sup: BootProcesses, inflight: Inflight) -> None:
         self.app = app
         self.sup = sup
         self.inflight = inflight

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from bgdeploy.control.app import App
 from bgdeploy.control.deploy import Deployer, DeployResult
 from bgdeploy.control.drain import Progress, no_progress
-from bgdeploy.control.status import running_router
+from bgdeploy.control.router_api import running_router
 from bgdeploy.errors import BgdeployError, OperationFailed
 from bgdeploy.installed import installed_version
 from bgdeploy.registry.intent import INSTALLED

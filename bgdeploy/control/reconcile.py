@@ -21,13 +21,12 @@ from pathlib import Path
 import httpx
 
 from bgdeploy import health
-from bgdeploy.boots import Supervisor
+from bgdeploy.boots import BootProcesses
 from bgdeploy.control import analysis, canary, crashes, hold
 from bgdeploy.control.app import App
 from bgdeploy.control.decide import Act, Decision, World, decide
 from bgdeploy.control.deploy import Deployer
 from bgdeploy.control.drain import Inflight
-from bgdeploy.control.status import running_router
 from bgdeploy.control.world import Seen, read
 from bgdeploy.errors import BgdeployError, LockBusy
 from bgdeploy.registry.models import utcnow
@@ -56,7 +55,7 @@ class Reconciler:
         self,
         app: App,
         *,
-        supervisor: Supervisor | None = None,
+        processes: BootProcesses | None = None,
         inflight: Inflight | None = None,
         deploy_if_none: bool = False,
         holder: str = "bgdeploy reconcile",
@@ -64,7 +63,7 @@ class Reconciler:
         self.holder = holder
         self.app = app
         self.deploy_if_none = deploy_if_none
-        self.sup = supervisor or Supervisor(app.config, app.registry)
+        self.sup = processes or BootProcesses(app.config, app.registry)
         self.deployer = Deployer(app, self.sup, inflight)
         self.drains = self.deployer.drains  # this pass's demotions join the drains it finishes
         self._http = httpx.Client()
@@ -131,7 +130,7 @@ class Reconciler:
             else:
                 assert world.canary is not None
                 row = self.app.registry.marks.snapshot(self.app.service)
-                canary.judge_step(self.app, d, row, world.canary, self._http, report.did)
+                canary.judge_step(self.app, d, row, world.canary, report.did)
             return
         if act in (Act.WAIT, Act.OBSERVE):
             if act is Act.WAIT:
@@ -245,8 +244,7 @@ class Reconciler:
         cfg = self.app.config.analysis
         if row.switch_ts is None:
             return None
-        url = self._router_admin_url()
-        if url is None:
+        if self.app.router.running() is None:
             return None
         if self._same_version(row):
             # A restart of the running version (a heal while switched): the old boot was
@@ -256,11 +254,11 @@ class Reconciler:
         now = time.time()
         switched = row.switch_ts.timestamp()
         since = min(cfg.window, max(now - switched, 0.001))
-        figures = analysis.fetch_traffic(url, since, client=self._http)
+        figures = analysis.fetch_traffic(self.app.router, since)
         if figures is None:  # it runs but did not answer: no verdict yet, and no rollback
             return analysis.Verdict(None, "the router did not answer with traffic figures")
         new = figures.get(row.active_boot_id or "", analysis.Figures())
-        return analysis.judge_switched(cfg, new, self._baseline(row, url, switched))
+        return analysis.judge_switched(cfg, new, self._baseline(row, switched))
 
     def _same_version(self, row) -> bool:  # noqa: ANN001
         if not row.old_boot_id:
@@ -271,7 +269,7 @@ class Reconciler:
         )
         return old is not None and new is not None and old.version == new.version
 
-    def _baseline(self, row, url: str, switched: float) -> analysis.Figures:  # noqa: ANN001
+    def _baseline(self, row, switched: float) -> analysis.Figures:  # noqa: ANN001
         """The old boot's figures over the window before the switch, read once per
         generation (the router keeps only five minutes of samples)."""
         if row.old_boot_id is None:
@@ -279,15 +277,11 @@ class Reconciler:
         key = (row.generation, row.old_boot_id)
         if self._baselines.get("key") != key:
             window = self.app.config.analysis.window
-            before = analysis.fetch_traffic(url, window, end=switched, client=self._http)
+            before = analysis.fetch_traffic(self.app.router, window, end=switched)
             if before is None:
                 return analysis.Figures()  # asked again next pass
             self._baselines = {"key": key, "figures": before.get(row.old_boot_id)}
         return self._baselines["figures"] or analysis.Figures()
-
-    def _router_admin_url(self) -> str | None:
-        router = running_router(self.app)
-        return router.admin_url if router is not None else None
 
     def _finalize_if_judged(
         self,

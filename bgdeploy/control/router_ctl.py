@@ -12,12 +12,13 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
-from bgdeploy.boots import Supervisor, log_tail, process_matches
+from bgdeploy.boots import BootProcesses, log_tail, process_matches
+from bgdeploy.config import Config
 from bgdeploy.control.app import App
 from bgdeploy.control.decide import Act, World, decide, target
 from bgdeploy.control.deploy import DeployResult, Progress, no_progress
 from bgdeploy.control.lifecycle import Notice, lifecycle, no_notice, take_lock
-from bgdeploy.control.status import running_router
+from bgdeploy.control.router_api import running_router
 from bgdeploy.control.world import gather
 from bgdeploy.errors import EXIT_LOCK_BUSY, OperationFailed
 from bgdeploy.registry.intent import DOWN, UP
@@ -47,6 +48,13 @@ def router_log_path(app: App):  # noqa: ANN201
     return app.config.state_dir / "router.log"
 
 
+def supervisor_argv(config: Config, *, deploy_if_none: bool) -> list[str]:
+    """How a router supervisor is started: by `bgdeploy up`, and by a supervisor that
+    hands over to the installed code (it keeps its own ``deploy_if_none``)."""
+    argv = [sys.executable, "-m", "bgdeploy", "--config", str(config.path), "up", "--foreground"]
+    return argv if deploy_if_none else [*argv, "--no-deploy"]
+
+
 def start_router_background(app: App) -> tuple[int, bool]:
     """Start `bgdeploy up --foreground` detached; return its pid once the port answers, and
     whether it was this call that started it (two `up` at once: one starts it, the other
@@ -57,16 +65,7 @@ def start_router_background(app: App) -> tuple[int, bool]:
     fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bgdeploy",
-                "--config",
-                str(cfg.path),
-                "up",
-                "--foreground",
-                "--no-deploy",
-            ],
+            supervisor_argv(cfg, deploy_if_none=False),
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=subprocess.STDOUT,
@@ -113,7 +112,7 @@ def up(
         + ("" if started else " (already running)"),
     )
     app.registry.intents.set_run(app.service, UP, "bgdeploy up")
-    sup = Supervisor(app.config, app.registry)
+    sup = BootProcesses(app.config, app.registry)
     result = None
     if not _active_runs(app, sup):
         with lifecycle(
@@ -126,7 +125,7 @@ def up(
     return UpResult(pid, started, result)
 
 
-def _active_runs(app: App, sup: Supervisor) -> bool:
+def _active_runs(app: App, sup: BootProcesses) -> bool:
     active = app.registry.boot(app.registry.deployment(app.service).active_boot_id)
     return active is not None and sup.is_running(active)
 
@@ -174,7 +173,7 @@ def down(
                     break
                 time.sleep(0.05)
             progress("router", f"pid {row.pid} stopped")
-        sup = Supervisor(cfg, app.registry)
+        sup = BootProcesses(cfg, app.registry)
         stopped = 0
         for boot in app.registry.boots(app.service, live_only=True):
             if sup.is_running(boot):

@@ -8,17 +8,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
 from bgdeploy import __version__
 from bgdeploy.boots import process_matches
 from bgdeploy.config import Config, config_digest
 from bgdeploy.control.analysis import fetch_traffic
 from bgdeploy.control.app import App
-from bgdeploy.control.controls import read_controls
 from bgdeploy.control.crashes import read_crash_loop
+from bgdeploy.control.pause_maintenance import read_controls
+from bgdeploy.control.router_api import build_of_workers
 from bgdeploy.registry.models import Boot, Event, Router, utcnow
-from bgdeploy.router import build_of
 from bgdeploy.states import LIVE_BOOT_STATES, BootState
 from bgdeploy.timefmt import iso
 
@@ -64,33 +62,23 @@ def boot_dict(
     }
 
 
-def running_router(app: App) -> Router | None:
-    """The registry's router row, if its process (pid and start time) is alive."""
-    with app.registry.reading() as s:
-        row = s.get(Router, app.service)
-    if row is not None and process_matches(row.pid, row.pid_create_time):
-        return row
-    return None
-
-
 def config_current(router: Router, config: Config) -> bool:
     """Whether the running router loaded this bgdeploy.toml as it is now."""
     return router.config_digest == config_digest(config)
 
 
 def router_dict(
-    router: Router | None, info: dict[str, Any] | None = None, app_config: Config | None = None
+    router: Router | None, info: dict[str, Any] | None, app_config: Config | None = None
 ) -> dict[str, Any] | None:
-    """The supervisor's row, with what it reports of itself and its workers when it can."""
+    """The supervisor's row, with what it reports of itself and its workers (``info``,
+    None when it did not answer)."""
     if router is None:
         return None
-    if info is None:
-        info = router_info(router)
     return {
         "pid": router.pid,
         "url": router.url,
         "admin_url": router.admin_url,
-        "build": build_of(router.pid),
+        "build": build_of_workers(info),
         "config_current": config_current(router, app_config) if app_config else None,
         "started_ts": iso(router.started_ts),
         "version": info["version"] if info else None,
@@ -100,14 +88,6 @@ def router_dict(
             for w in (info["workers"] if info else [])
         ],
     }
-
-
-def router_info(router: Router) -> dict[str, Any] | None:
-    """What the running supervisor says of itself and its workers (None if it cannot)."""
-    try:
-        return httpx.get(f"{router.admin_url}/api/router", timeout=2).json()
-    except (httpx.HTTPError, ValueError):
-        return None
 
 
 def status(
@@ -121,8 +101,10 @@ def status(
         candidate = s.get(Boot, row.candidate_boot_id) if row.candidate_boot_id else None
         old = s.get(Boot, row.old_boot_id) if row.old_boot_id else None
     holder = app.lock().holder()
-    running = running_router(app)
-    traffic = fetch_traffic(running.admin_url if running else None, app.config.analysis.window)
+    running = app.router.running()
+    traffic = fetch_traffic(app.router, app.config.analysis.window)
+    if running is not None and router is None:
+        router = app.router.info()
     return {
         "service": row.service,
         "generation": row.generation,
@@ -155,11 +137,11 @@ def status(
 def intent_and_decision(app: App) -> dict[str, Any]:
     """The desired state (``intent``) and what the decision function would do now, in
     its own sentence (``decision``)."""
-    from bgdeploy.boots import Supervisor
+    from bgdeploy.boots import BootProcesses
     from bgdeploy.control.decide import decide
     from bgdeploy.control.world import gather
 
-    world = gather(app, Supervisor(app.config, app.registry))
+    world = gather(app, BootProcesses(app.config, app.registry))
     i = world.intent
     return {
         "intent": {
@@ -187,10 +169,16 @@ def all_statuses(
     names = sorted({*app.registry.services(), app.service})
     out = []
     for name in names:
+        own = name == app.service
+        if own:
+            out.append(status(app, inflight, router))
+            continue
         other = App(app.config, name)
         other.__dict__["registry"] = app.registry  # one connection pool for them all
-        own = name == app.service
-        out.append(status(other, inflight if own else None, router if own else None))
+        try:
+            out.append(status(other, None, None))
+        finally:
+            other.router.close()
     return out
 
 

@@ -10,7 +10,7 @@ old boot meanwhile attaches it to its candidate before the switch.
 from __future__ import annotations
 
 from bgdeploy import health
-from bgdeploy.boots import Supervisor
+from bgdeploy.boots import BootProcesses
 from bgdeploy.control.app import App
 from bgdeploy.errors import OperationFailed
 
@@ -20,7 +20,7 @@ ATTACH_TRIES = 3
 
 def attach(app: App, workspace: str) -> str:
     reg = app.registry
-    sup = Supervisor(app.config, reg)
+    sup = BootProcesses(app.config, reg)
     for _ in range(ATTACH_TRIES):
         boot = reg.boot(reg.deployment(app.service).active_boot_id)
         if boot is None or not sup.is_running(boot):

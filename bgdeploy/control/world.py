@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import or_, select
 
-from bgdeploy.boots import Supervisor
+from bgdeploy.boots import BootProcesses
 from bgdeploy.control import crashes
 from bgdeploy.control.app import App
 from bgdeploy.control.decide import BootSeen, CanarySeen, World
@@ -32,11 +32,11 @@ class Seen:
         return [b for b in self.boots.values() if b.state in LIVE_BOOT_STATES]
 
 
-def gather(app: App, sup: Supervisor, *, deploy_if_none: bool = False) -> World:
+def gather(app: App, sup: BootProcesses, *, deploy_if_none: bool = False) -> World:
     return read(app, sup, deploy_if_none=deploy_if_none).world
 
 
-def read(app: App, sup: Supervisor, *, deploy_if_none: bool = False) -> Seen:
+def read(app: App, sup: BootProcesses, *, deploy_if_none: bool = False) -> Seen:
     reg, svc = app.registry, app.service
     reg.deployment(svc)  # the row exists from here on
     live = [st.value for st in LIVE_BOOT_STATES]

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from bgdeploy.boots import Supervisor
+from bgdeploy.boots import BootProcesses
 from bgdeploy.config import load_config
 from bgdeploy.control.app import App
 
@@ -15,7 +15,7 @@ from bgdeploy.control.app import App
 def main() -> None:
     config_path, count, go = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     app = App(load_config(config_path))
-    sup = Supervisor(app.config, app.registry)
+    sup = BootProcesses(app.config, app.registry)
     while not go.exists():
         time.sleep(0.002)
     out = []

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bgdeploy.boots import Supervisor
+from bgdeploy.boots import BootProcesses
 from bgdeploy.registry.models import Boot
 from tests.conftest import REPO
 from tests.integration.conftest import deploy, make_app
@@ -25,7 +25,7 @@ def test_racing_deploys_one_switches_the_others_meet_the_lock(tmp_path):
     # released together overlap with it even on a loaded machine.
     app = make_app(tmp_path, flags=["--start-delay", "3"])
     reg = app.registry
-    sup = Supervisor(app.config, reg)
+    sup = BootProcesses(app.config, reg)
     first = deploy(app, "1.0")
     go = tmp_path / "go"
     worker = Path(__file__).with_name("deploy_worker.py")

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bgdeploy.boots import Supervisor
+from bgdeploy.boots import BootProcesses
 from tests.conftest import poll_until, run_together
 from tests.integration.conftest import make_app
 
@@ -25,7 +25,7 @@ def test_simultaneous_boots_get_distinct_ports_and_all_serve(tmp_path):
     argv = [str(app.config.path), str(PER_WORKER), str(go)]
     outputs = run_together(worker, [argv] * WORKERS, go, timeout=120)
     started = [boot for out in outputs for boot in json.loads(out)]
-    sup = Supervisor(app.config, app.registry)
+    sup = BootProcesses(app.config, app.registry)
     try:
         ports = [b["port"] for b in started]
         assert len(ports) == WORKERS * PER_WORKER

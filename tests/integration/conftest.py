@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bgdeploy.boots import Supervisor
+from bgdeploy.boots import BootProcesses
 from bgdeploy.config import load_config
 from bgdeploy.control.app import App
 from bgdeploy.registry.models import Boot
@@ -100,7 +100,7 @@ class Boots:
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.supervisor = Supervisor(app.config, app.registry)
+        self.supervisor = BootProcesses(app.config, app.registry)
 
     def start(self, version: str = "1.0") -> Boot:
         boot_id = self.app.registry.create_boot(self.app.service, 1, version)
@@ -152,7 +152,7 @@ class RouterRun:
         return f"http://127.0.0.1:{self.app.config.router.admin_port}"
 
     def start(self, env: dict[str, str] | None = None) -> RouterRun:
-        from bgdeploy.control.router_ctl import running_router
+        from bgdeploy.control.router_api import running_router
 
         log = open(self.app.config.path.parent / "router.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -227,12 +227,12 @@ def stack(tmp_path) -> Iterator[Callable[..., tuple[App, RouterRun]]]:
         return app, run.start(router_env)
 
     yield factory
-    from bgdeploy.boots import Supervisor
+    from bgdeploy.boots import BootProcesses
 
     for app, run in made:
         run.stop()
         stop_orphaned_workers(app)
-        sup = Supervisor(app.config, app.registry)
+        sup = BootProcesses(app.config, app.registry)
         for boot in app.registry.boots(app.service, live_only=True):
             if sup.is_running(boot):
                 sup.stop(boot, timeout=2)

@@ -15,9 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from bgdeploy.boots import Supervisor, processes_of_boot
+from bgdeploy.boots import BootProcesses, processes_of_boot
 from bgdeploy.control.reconcile import Reconciler
-from bgdeploy.control.router_ctl import running_router, up
+from bgdeploy.control.router_api import running_router
+from bgdeploy.control.router_ctl import up
 from bgdeploy.failpoints import CANARY_FAILPOINTS, ENV, FAILPOINTS, failpoint
 from bgdeploy.registry.models import Boot, Event
 from tests.conftest import REPO, REPORT, poll_until, run_bgdeploy
@@ -82,7 +83,7 @@ def provoke(app, tmp_path, name: str) -> tuple[str, ...]:
         old = app.registry.boot(app.registry.deployment(app.service).old_boot_id)
         os.killpg(old.pid, signal.SIGKILL)  # the old boot died meanwhile
         poll_until(
-            lambda: not Supervisor(app.config, app.registry).is_running(old),
+            lambda: not BootProcesses(app.config, app.registry).is_running(old),
             5,
             what="the old boot to die",
         )
@@ -101,7 +102,7 @@ def reconcile_until_quiet(app, passes: int = 6) -> None:
 
 def check_invariants(app, router) -> None:
     reg = app.registry
-    sup = Supervisor(app.config, reg)
+    sup = BootProcesses(app.config, reg)
     row = reg.deployment(app.service)
     with reg.reading() as s:
         active = list(s.scalars(select(Boot).where(Boot.state == "active")))

@@ -128,8 +128,10 @@ def test_doctor_warns_about_a_crash_in_the_last_hour(stack, tmp_path):
     poll_until(lambda: app.registry.deployment(app.service).state == "idle", 20, what="finalize")
     os.killpg(app.registry.boot(blue).pid, signal.SIGKILL)
     poll_until(
-        lambda: app.registry.deployment(app.service).active_boot_id != blue
-        and router.route() not in (None, blue),
+        lambda: (
+            app.registry.deployment(app.service).active_boot_id != blue
+            and router.route() not in (None, blue)
+        ),
         30,
         what="the router to heal",
     )

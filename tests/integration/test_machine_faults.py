@@ -113,7 +113,7 @@ def cleanup() -> Iterator[list[App | RouterRun | Tmpfs]]:
     started, then unmounts the tmpfs."""
     made: list[App | RouterRun | Tmpfs] = []
     yield made
-    from bgdeploy.boots import Supervisor
+    from bgdeploy.boots import BootProcesses
 
     mounts = [thing for thing in made if isinstance(thing, Tmpfs)]
     for fs in mounts:
@@ -125,7 +125,7 @@ def cleanup() -> Iterator[list[App | RouterRun | Tmpfs]]:
             thing.stop()
             stop_orphaned_workers(thing.app)
         elif isinstance(thing, App):
-            sup = Supervisor(thing.config, thing.registry)
+            sup = BootProcesses(thing.config, thing.registry)
             for boot in thing.registry.boots(thing.service, live_only=True):
                 if sup.is_running(boot):
                     sup.stop(boot, timeout=2)

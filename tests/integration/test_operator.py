@@ -91,11 +91,11 @@ def test_doctor_catches_a_stopped_router_and_a_taken_port(live):
 @pytest.mark.slow
 def test_doctor_catches_an_orphaned_daemon(live):
     app, router, _ = live
-    from bgdeploy.boots import Supervisor
+    from bgdeploy.boots import BootProcesses
 
     router.stop()  # its control loop would stop the orphan before doctor looks
     orphan_id = app.registry.create_boot("default", 1, "0.9")
-    Supervisor(app.config, app.registry).spawn(orphan_id)
+    BootProcesses(app.config, app.registry).spawn(orphan_id)
     code, checks = doctor(app)
     assert code == 1 and orphan_id in checks["orphans"]["message"]
 

@@ -21,7 +21,7 @@ import pytest
 import websockets
 from loadgen import LoadGen
 
-from bgdeploy.control.status import running_router
+from bgdeploy.control.router_api import running_router
 from bgdeploy.routerd import reload
 from tests.conftest import REPORT, poll_until, run_bgdeploy
 from tests.integration.conftest import serve

@@ -16,7 +16,7 @@ import pytest
 from loadgen import LoadGen
 
 from bgdeploy import __version__
-from bgdeploy.control.status import running_router
+from bgdeploy.control.router_api import running_router
 from bgdeploy.failpoints import ROUTER_FAILPOINTS
 from bgdeploy.router import ipc
 from bgdeploy.routerd import reload

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from bgdeploy.boots import Supervisor
+from bgdeploy.boots import BootProcesses
 from tests.conftest import REPO
 from tests.integration.conftest import deploy, free_port, make_app
 
@@ -74,7 +74,7 @@ def test_socket_activation_keeps_the_port_across_router_restarts(tmp_path):
         log.close()
         listen.close()
         notify.close()
-        sup = Supervisor(app.config, app.registry)
+        sup = BootProcesses(app.config, app.registry)
         for b in app.registry.boots(app.service, live_only=True):
             if sup.is_running(b):
                 sup.stop(b, timeout=2)

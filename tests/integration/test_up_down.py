@@ -9,7 +9,7 @@ import httpx
 import psutil
 import pytest
 
-from bgdeploy.control.router_ctl import running_router
+from bgdeploy.control.router_api import running_router
 from tests.conftest import poll_until, run_bgdeploy
 from tests.integration.conftest import free_port, make_app
 

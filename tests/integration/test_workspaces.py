@@ -9,10 +9,10 @@ import signal
 
 import pytest
 
-from bgdeploy.boots import Supervisor
+from bgdeploy.boots import BootProcesses
 from bgdeploy.control.workspaces import attach
 from bgdeploy.errors import BootError
-from tests.conftest import poll_until, run_bgdeploy
+from tests.conftest import attached_by, poll_until, run_bgdeploy
 from tests.integration.conftest import deploy, locked, settle
 
 
@@ -32,7 +32,7 @@ def bound(app) -> dict[str, str]:  # noqa: ANN001
 @pytest.mark.slow
 def test_rollback_to_a_fresh_boot_attaches_every_workspace_before_it_commits(boots_for, tmp_path):
     app = faulty(boots_for, tmp_path)
-    reg, sup = app.registry, Supervisor(app.config, app.registry)
+    reg, sup = app.registry, BootProcesses(app.config, app.registry)
     blue = deploy(app, "1.0").boot_id
     settle(app)
     attach(app, "ws-1")
@@ -63,7 +63,7 @@ def test_rollback_to_a_fresh_boot_attaches_every_workspace_before_it_commits(boo
     assert after.state == "idle" and restored not in (blue, green, fresh[0].boot_id)
     assert reg.boot(restored).version == "1.0"
     assert bound(app) == {"ws-1": restored}
-    assert reg.workspaces.attached_by(restored) == {"ws-1"}
+    assert attached_by(reg, restored) == {"ws-1"}
 
 
 @pytest.mark.slow
@@ -83,7 +83,7 @@ def test_a_workspace_attached_while_the_deploy_runs_is_attached_to_the_candidate
 
     green = locked(app, lambda d: d.deploy("2.0", progress=late_attach)).boot_id
     assert bound(app) == {"ws-1": green, "ws-late": green}
-    assert reg.workspaces.attached_by(green) == {"ws-1", "ws-late"}
+    assert attached_by(reg, green) == {"ws-1", "ws-late"}
 
 
 @pytest.mark.slow

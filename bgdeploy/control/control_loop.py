@@ -25,7 +25,7 @@ from bgdeploy.control.app import App
 from bgdeploy.control.drain import Inflight
 from bgdeploy.states import BootState
 
-log = logging.getLogger("bgdeploy.exitwatch")
+log = logging.getLogger("bgdeploy.control_loop")
 
 FALLBACK_POLL_S = 0.1
 REREAD_S = 0.25  # how often the watcher rereads which boot is active

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from bgdeploy.control.app import App
 from bgdeploy.registry.models import utcnow
+from bgdeploy.timefmt import iso
 
 DEFAULT_PAUSE_MAX_S = 30.0
 DEFAULT_RETRY_AFTER_S = 60
@@ -31,19 +32,15 @@ class Controls:
         return {
             "pause": None
             if self.paused_ts is None
-            else {"since": _iso(self.paused_ts), "max_seconds": self.pause_max_s},
+            else {"since": iso(self.paused_ts), "max_seconds": self.pause_max_s},
             "maintenance": None
             if self.maintenance_ts is None
             else {
-                "since": _iso(self.maintenance_ts),
+                "since": iso(self.maintenance_ts),
                 "message": self.maintenance_message,
                 "retry_after": self.maintenance_retry_after,
             },
         }
-
-
-def _iso(ts: datetime) -> str:
-    return ts.isoformat().replace("+00:00", "Z")
 
 
 def read_controls(app: App) -> Controls:

@@ -1,4 +1,5 @@
-"""The operator controls' commands: promote, abort, pause/resume, maintenance on/off.
+"""The commands that steer traffic: promote or abort a held candidate, pause/resume,
+maintenance on/off.
 
 Kept out of ``cli.py`` (which imports this module at its end) so that each stays
 readable; they use the same app, console and helpers.
@@ -88,7 +89,7 @@ def pause(
     ] = 30.0,
 ) -> None:
     """Hold new requests in the router (queued, not refused) until `resume`."""
-    from bgdeploy.control.controls import pause as do_pause
+    from bgdeploy.control.pause_maintenance import pause as do_pause
 
     out.print(do_pause(_app(), max_))
 
@@ -96,7 +97,7 @@ def pause(
 @app.command()
 def resume() -> None:
     """Release the requests held by `pause`, in arrival order."""
-    from bgdeploy.control.controls import resume as do_resume
+    from bgdeploy.control.pause_maintenance import resume as do_resume
 
     out.print(do_resume(_app()))
 
@@ -118,7 +119,7 @@ def maintenance_on(
     ] = 60,
 ) -> None:
     """503 with Retry-After and a short page (HTML, or JSON for Accept: application/json)."""
-    from bgdeploy.control.controls import maintenance_on as do_on
+    from bgdeploy.control.pause_maintenance import maintenance_on as do_on
 
     out.print(do_on(_app(), message, retry_after))
 
@@ -126,6 +127,6 @@ def maintenance_on(
 @maintenance_app.command("off")
 def maintenance_off() -> None:
     """Forward requests again."""
-    from bgdeploy.control.controls import maintenance_off as do_off
+    from bgdeploy.control.pause_maintenance import maintenance_off as do_off
 
     out.print(do_off(_app()))
