@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bgdeploy.config import Config
+from bgdeploy.timefmt import iso
 
 log = logging.getLogger("bgdeploy.hooks")
 
@@ -64,7 +65,7 @@ def run_hook(config: Config, name: str, fields: dict[str, object]) -> HookResult
     path.parent.mkdir(parents=True, exist_ok=True)
     timeout = config.hooks.timeout
     with path.open("ab") as out:
-        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        stamp = iso(datetime.now(UTC))
         out.write(f"--- {stamp} {name}: {argv}\n".encode())
         out.flush()
         t0 = time.monotonic()

@@ -230,3 +230,22 @@ def run_together(worker: Path, argvs: list[list[str]], go: Path, timeout: float)
         assert p.returncode == 0, err
         outputs.append(out)
     return outputs
+
+
+def attached_by(registry: Registry, boot_id: str) -> set[str]:
+    """The workspaces the registry records as attached to a boot."""
+    from sqlalchemy import select
+
+    from bgdeploy.registry.models import Attachment
+
+    with registry.reading() as s:
+        return set(s.scalars(select(Attachment.workspace).where(Attachment.boot_id == boot_id)))
+
+
+def head_revision() -> str | None:
+    """The newest migration the installed bgdeploy ships."""
+    from alembic.script import ScriptDirectory
+
+    from bgdeploy.registry.migrate import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

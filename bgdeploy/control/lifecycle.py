@@ -146,9 +146,11 @@ def lifecycle(
     lock = take_lock(app, command, wait=wait, no_wait=no_wait, notice=notice)
     deployer = Deployer(app)
     before: int | None = None  # the generation before this command: a later one is its own
+    drain = False  # after success or a failure alike; an interrupt leaves them to reconcile
     try:
         before = app.registry.deployment(app.service).generation
         yield deployer
+        drain = True
     except Interrupted as e:
         try:
             e.detail = abort_interrupted(deployer, before, e.reason)
@@ -156,12 +158,12 @@ def lifecycle(
             e.detail = f"the deploy is left for `bgdeploy reconcile` to undo ({failed.message})"
         raise
     except Exception:
-        lock.release()
-        deployer.drains.finish(wait=True, progress=progress)
+        drain = True
         raise
     finally:
         lock.release()
-    deployer.drains.finish(wait=True, progress=progress)
+        if drain:
+            deployer.drains.finish(wait=True, progress=progress)
 
 
 def abort_interrupted(deployer: Deployer, before: int | None, reason: str) -> str | None:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from bgdeploy.errors import LockBusy
 from bgdeploy.faults import storage_error
+from bgdeploy.timefmt import iso
 
 POLL_S = 0.05
 GRACE_S = 0.2
@@ -152,7 +153,7 @@ def _own_command() -> str:
 
 
 def _holder_record(command: str | None) -> bytes:
-    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    since = iso(datetime.now(UTC))
     name = (command or _own_command())[:300].replace("\n", " ")
     text = f"{os.getpid()}\n{since}\n{name}\n".encode()[: RECORD_SIZE - 1]
     return text + b" " * (RECORD_SIZE - len(text))

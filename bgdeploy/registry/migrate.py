@@ -30,10 +30,6 @@ def alembic_config() -> AlembicConfig:
     return cfg
 
 
-def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
 def current_revision(engine: Engine | Connection) -> str | None:
     if isinstance(engine, Connection):
         return MigrationContext.configure(engine).get_current_revision()

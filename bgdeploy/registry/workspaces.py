@@ -88,7 +88,3 @@ class WorkspaceRecords:
                 select(Workspace.workspace, Workspace.boot_id).where(Workspace.service == service)
             )
             return {name: boot_id for name, boot_id in rows}
-
-    def attached_by(self, boot_id: str) -> set[str]:
-        with self.registry.reading() as s:
-            return set(s.scalars(select(Attachment.workspace).where(Attachment.boot_id == boot_id)))

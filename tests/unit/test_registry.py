@@ -18,7 +18,7 @@ from bgdeploy.errors import RegistryError
 from bgdeploy.registry import migrate
 from bgdeploy.registry.models import Base
 from bgdeploy.registry.store import Registry
-from tests.conftest import REGISTRIES, STATUS_KEYS, run_bgdeploy, write_config
+from tests.conftest import REGISTRIES, STATUS_KEYS, head_revision, run_bgdeploy, write_config
 
 
 @pytest.mark.parametrize("db", REGISTRIES)
@@ -29,7 +29,7 @@ def test_empty_database_upgrades_to_head_and_models_agree(tmp_path, request, db)
         url = request.getfixturevalue("pg_server").new_database(migrated=False)
     engine = create_engine(url)
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == migrate.head_revision()
+    assert migrate.current_revision(engine) == head_revision()
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         # The guarantees live in the partial unique indexes: both are partial here too.
@@ -90,7 +90,7 @@ def test_init_in_empty_folder_then_status_json(tmp_path):
     assert "Wrote config" in proc.stdout
     assert (tmp_path / "bgdeploy.toml").read_text().startswith("# bgdeploy.toml")
     engine = create_engine(f"sqlite:///{tmp_path / '.bgdeploy' / 'registry.db'}")
-    assert migrate.current_revision(engine) == migrate.head_revision()
+    assert migrate.current_revision(engine) == head_revision()
     proc = run_bgdeploy("status", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     st = json.loads(proc.stdout)
@@ -154,7 +154,7 @@ def test_postgres_registry_from_a_newer_schema_is_refused_untouched(pg_server):
     finally:
         with engine.begin() as conn:  # the shared database goes back for the next tests
             conn.execute(
-                text("UPDATE alembic_version SET version_num = :v"), {"v": migrate.head_revision()}
+                text("UPDATE alembic_version SET version_num = :v"), {"v": head_revision()}
             )
         engine.dispose()
 

@@ -31,6 +31,7 @@ from sqlalchemy import select
 from bgdeploy.errors import IllegalTransition
 from bgdeploy.registry.models import Boot, Event
 from bgdeploy.registry.store import Registry
+from tests.conftest import attached_by
 
 # Its 200 examples take a minute or two on a shared 2-core machine.
 pytestmark = pytest.mark.timeout(400)
@@ -157,7 +158,7 @@ class RegistryMachine(RuleBasedStateMachine):
     def workspaces_bound_only_where_attached(self) -> None:
         ws = self.reg.workspaces
         for workspace, boot_id in ws.bindings("default").items():
-            assert workspace in ws.attached_by(boot_id), (workspace, boot_id)
+            assert workspace in attached_by(self.reg, boot_id), (workspace, boot_id)
 
     @invariant()
     def one_active_boot_named_by_the_row(self) -> None:

@@ -10,6 +10,7 @@ from bgdeploy.errors import IllegalTransition
 from bgdeploy.registry.models import Boot, Event
 from bgdeploy.registry.store import Registry
 from bgdeploy.states import BootState, DeploymentEvent, DeploymentState
+from tests.conftest import attached_by
 
 SVC = "default"
 ALLOWED = {
@@ -242,7 +243,7 @@ def test_bind_refuses_a_boot_that_is_no_longer_active(registry):
     drive_to(registry, "switched")  # green-2 active, blue-1 old
     assert not registry.workspaces.bind(SVC, "ws", "blue-1")
     assert registry.workspaces.bindings(SVC) == {}
-    assert registry.workspaces.attached_by("blue-1") == {"ws"}  # the attach call did succeed
+    assert attached_by(registry, "blue-1") == {"ws"}  # the attach call did succeed
 
 
 def test_failed_or_stopped_boots_are_not_demoted_back_to_life(registry):
