@@ -1,4 +1,4 @@
-"""One blue/green deploy, and the steps that finish one: finalize and rollback.
+"""One blue/green deploy; the steps that finish one (finalize, rollback) are in finish.py.
 
 Every function here expects the caller to hold the lifecycle lock; each state
 change is one fenced transition, so a crash between steps leaves a row that the
@@ -22,12 +22,12 @@ from bgdeploy.control import crashes
 from bgdeploy.control.app import App
 from bgdeploy.control.drain import (
     ROUTER_FOLLOW_TIMEOUT_S,
-    Drain,
     Drains,
     Inflight,
     Progress,
     no_progress,
 )
+from bgdeploy.control.finish import FinishingSteps
 from bgdeploy.errors import BgdeployError, BootError, OperationFailed
 from bgdeploy.failpoints import failpoint
 from bgdeploy.hooks import HookResult, run_hook
@@ -86,7 +86,11 @@ class Steps:
         self.progress(step, detail)
 
 
-class Deployer:
+class Deployer(FinishingSteps):
+    """A blue/green deploy of one service (``deploy``, the switch, the hooks and the
+    workspace attach); its finishing steps (settle, finalize, rollback) come from
+    ``FinishingSteps`` (control/finish.py)."""
+
     def __init__(
         self,
         app: App,
@@ -415,129 +419,6 @@ class Deployer:
             self.reg.transition(
                 self.app.service, Ev.ABORT, generation=generation, state=row.state, reason=reason
             )
-
-    # -- finishing steps -------------------------------------------------------------------
-
-    def settle(self, steps: Progress = no_progress) -> DeploymentFields:
-        """Bring a deployment left mid-way (by a dead process) to idle, safely; a held
-        candidate is dropped for the new deploy."""
-        row = self.reg.deployment(self.app.service)
-        if row.state in (St.STARTING, St.READY) and row.candidate_boot_id:
-            self.abort_candidate(
-                row.generation,
-                row.candidate_boot_id,
-                "replaced by a new deploy while held"
-                if row.held_ts is not None
-                else "the deploying process stopped before the switch",
-            )
-            steps(
-                "aborted", f"stale candidate {row.candidate_boot_id} of generation {row.generation}"
-            )
-        elif row.state == St.SWITCHED:
-            self.finalize(row)
-            steps("finalized", f"generation {row.generation}")
-        elif row.state == St.ROLLING_BACK:
-            self.complete_rollback(row)
-            steps("rolled back", f"generation {row.generation}")
-        return self.reg.deployment(self.app.service)
-
-    def finalize(self, row: DeploymentFields, reason: str | None = None) -> None:
-        """switched -> idle: the old boot is recorded draining (drained by finish_drains)."""
-        drain = self.drains.claim(row.old_boot_id, Ev.FINALIZE)
-        res = self.reg.transition(
-            self.app.service,
-            Ev.FINALIZE,
-            generation=row.generation,
-            state=St.SWITCHED,
-            reason=reason,
-        )
-        failpoint("after_finalize_commit")
-        self.drains.keep(drain, res.applied)
-        if res.applied:
-            self.run_hook("post_finalize", res.row)
-
-    def rollback(self, row: DeploymentFields, reason: str) -> DeploymentFields:
-        """switched -> rolling_back -> idle: the old boot (or a fresh one of its version)
-        takes the route at once, once it has attached every workspace; the failed boot is
-        quarantined and recorded draining (drained by finish_drains).
-
-        If the target cannot serve (a fresh boot unhealthy, an attach refused), nothing is
-        committed: ``last_error`` and a ``rollback_failed`` event say why, and it raises.
-        """
-        old = self.reg.boot(row.old_boot_id)
-        if old is None:
-            raise OperationFailed(f"Generation {row.generation} has no old boot to roll back to.")
-        drain = self.drains.claim(row.active_boot_id, Ev.ROLLBACK)
-        try:
-            return self._rollback_to(row, old, reason, drain)
-        finally:
-            self.drains.release(drain)
-
-    def _rollback_to(
-        self, row: DeploymentFields, old: Boot, reason: str, drain: Drain | None
-    ) -> DeploymentFields:
-        restore = None
-        target = old
-        if not self.sup.is_running(old):
-            restore = self.reg.create_boot(self.app.service, row.generation, old.version)
-            target = self.sup.spawn(restore)
-            failpoint("after_restore_boot_spawn")
-        try:
-            if restore is not None:
-                self._wait_healthy(target)
-            self._attach_workspaces(target)
-            res = self._commit_once_attached(
-                target,
-                lambda: self.reg.transition(
-                    self.app.service,
-                    Ev.ROLLBACK,
-                    generation=row.generation,
-                    state=St.SWITCHED,
-                    reason=reason,
-                    restore_boot_id=restore,
-                ),
-            )
-        except BgdeployError as e:
-            if restore is not None:
-                self.sup.stop(target, final_state=BootState.FAILED)
-            why = f"rollback to {target.boot_id} ({target.version}) not done: {e.message}"
-            self.reg.note(
-                self.app.service,
-                "rollback_failed",
-                why,
-                fence=(row.generation, St.SWITCHED),
-                last_error=True,
-            )
-            raise BootError(
-                f"Generation {row.generation}: {why}",
-                hint=f"{row.active_boot_id} stays active. {e.hint or ''}".strip(),
-            ) from None
-        if not res.applied:
-            return res.row
-        self._record_if_dead(row.active_boot_id)
-        failpoint("after_rollback_commit")
-        if res.row.active_boot_id:
-            self.app.router.follows(res.row.active_boot_id, ROUTER_FOLLOW_TIMEOUT_S)
-        self.complete_rollback(res.row, drain)
-        return self.reg.deployment(self.app.service)
-
-    def _record_if_dead(self, boot_id: str | None) -> None:
-        """A boot that lost the route because its process died is failed, not draining."""
-        boot = self.reg.boot(boot_id)
-        if boot is not None and boot.state == BootState.DRAINING and not self.sup.is_running(boot):
-            self.reg.boot_records.mark_exited(boot.boot_id, BootState.FAILED, None)
-
-    def complete_rollback(self, row: DeploymentFields, drain: Drain | None = None) -> None:
-        """rolling_back -> idle: the route already left the failed boot, so the rollback is
-        done; the failed boot is drained after the lock is released."""
-        if drain is None:  # a rollback left half-way by a process that died
-            drain = self.drains.claim(row.old_boot_id, Ev.ROLLBACK)
-        res = self.reg.transition(
-            self.app.service, Ev.ROLLBACK_DONE, generation=row.generation, state=St.ROLLING_BACK
-        )
-        self.drains.keep(drain, res.applied)
-        if res.applied:
-            self.run_hook("post_rollback", row)
 
 
 def _attach_race_lost(boot: Boot) -> OperationFailed:
