@@ -41,29 +41,3 @@ def build() -> str:
     from bgdeploy.router import client
 
     return "compiled" if client.__file__.endswith(tuple(EXTENSION_SUFFIXES)) else "pure-python"
-
-
-def build_of(pid: int) -> str | None:
-    """The build a running router runs, from the modules it and its children have mapped.
-
-    None when the process is gone. Reading /proc/PID/maps costs far less than
-    asking the process, and needs no admin endpoint.
-    """
-    import psutil
-
-    try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children()
-    except psutil.Error:
-        return None
-    marker = f"{os.sep}bgdeploy{os.sep}router{os.sep}"
-    for proc in procs:
-        try:
-            maps = Path(f"/proc/{proc.pid}/maps").read_text()
-        except OSError:
-            continue
-        for line in maps.splitlines():
-            path = line.rpartition(" ")[2]
-            if marker in path and path.endswith(tuple(EXTENSION_SUFFIXES)):
-                return "compiled"
-    return "pure-python"
