@@ -207,7 +207,7 @@ class Worker:
             else [table.preview.boot_id, table.preview.generation],
             "paused": table.pause is not None and not table.pause.healing,
             "healing": table.pause is not None and table.pause.healing,
-            "held": len(table.held),
+            "held": len(table.waiting),
             "maintenance": table.maintenance is not None,
             "canary_weight": table.canary_weight,
         }
