@@ -252,9 +252,7 @@ class Exchange:
         )
         if status == 101 or status == 204 or status == 304:
             self.bodyless = True
-        if status == 101:
-            pass
-        elif content_length is not None and not te_chunked:
+        if status != 101 and content_length is not None and not te_chunked:
             lines.append(b"Content-Length: " + content_length + b"\r\n")
         elif not self.bodyless:
             if self.client.http11:
