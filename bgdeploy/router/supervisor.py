@@ -10,9 +10,7 @@ lives, so new connections wait in the backlog instead of being refused.
 
 A reload starts new workers from the installed code (a fresh exec), waits
 until they serve, then drains the old ones. When the installed bgdeploy is a
-different version from this process, the supervisor is replaced too: it
-starts the new one with the sockets passed across exec, and retires once that
-one serves.
+different version from this process, the supervisor is replaced too (handover.py).
 """
 
 from __future__ import annotations
@@ -22,9 +20,7 @@ import contextlib
 import gc
 import logging
 import os
-import select
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -40,26 +36,20 @@ from bgdeploy.failpoints import failpoint
 from bgdeploy.registry.store import Registry
 from bgdeploy.router import ipc
 from bgdeploy.router.admin import Admin, AdminConnection
-from bgdeploy.router.sockets import (
-    HANDOVER_ENV,
-    READY_ENV,
-    TAKEOVER_ENV,
-    Sockets,
-    notify_systemd,
-)
+from bgdeploy.router.handover import address_change, hand_over, refused
+from bgdeploy.router.sockets import READY_ENV, TAKEOVER_ENV, Sockets, notify_systemd
 from bgdeploy.router.stats import RouterStats
 from bgdeploy.router.workers import WorkerProc, WorkersFailed, start_workers, worker_count
 
 log = logging.getLogger("bgdeploy.router")
 
-SUPERVISOR_START_TIMEOUT_S = 40.0
 WATCH_S = 0.1
 STATS_EVERY = 10  # watch ticks between two reads of the workers' counters
 RESPAWN_GAP_S = 0.5  # at most one replacement per this long: a crash loop must not spin
 
 
 @dataclass
-class Hooks:
+class SupervisorWiring:
     """What the process that hosts the supervisor wires in (see bgdeploy/routerd.py)."""
 
     status: Callable[[dict[str, int], dict[str, Any]], dict[str, Any]]
@@ -72,24 +62,14 @@ class Hooks:
     argv: list[str] = field(default_factory=list)  # how to start a new supervisor
 
 
-def address_change(old: Config, new: Config) -> str | None:
-    """Why a reload cannot apply new: the addresses are the sockets it keeps."""
-    for key in ("host", "port", "admin_port"):
-        if getattr(old.router, key) != getattr(new.router, key):
-            return (
-                f"`router.{key}` changed from {getattr(old.router, key)!r} to "
-                f"{getattr(new.router, key)!r}, and a reload keeps the listening sockets: the "
-                "fixed address is the point of the router."
-            )
-    return None
-
-
 class RouterSupervisor:
-    def __init__(self, config: Config, registry: Registry, service: str, hooks: Hooks) -> None:
+    def __init__(
+        self, config: Config, registry: Registry, service: str, wiring: SupervisorWiring
+    ) -> None:
         self.config = config
         self.registry = registry
         self.service = service
-        self.hooks = hooks
+        self.wiring = wiring
         self.ns = ipc.namespace(config.state_dir)
         self.started = time.time()
         self.workers: dict[int, WorkerProc] = {}
@@ -137,9 +117,9 @@ class RouterSupervisor:
             admin = self.admin = Admin(
                 self._snapshot,
                 self._status,
-                self.hooks.history,
+                self.wiring.history,
                 self._router_info,
-                self._status_all if self.hooks.status_all else None,
+                self._status_all if self.wiring.status_all else None,
                 self._live_boots,
             )
             admin_server = await loop.create_server(
@@ -209,17 +189,14 @@ class RouterSupervisor:
             old = [w for w in self.workers.values() if not w.draining]
         new = self._start_workers(config, worker_count(config))
         for w in old:
-            self._drain(w)
+            w.drain()
         return new
-
-    def _drain(self, w: WorkerProc) -> None:
-        w.drain()
 
     def _stop_workers(self) -> None:
         with self.lock:
             workers = list(self.workers.values())
         for w in workers:
-            self._drain(w)
+            w.drain()
         deadline = time.monotonic() + self.config.daemon.drain_timeout + 5
         for w in workers:
             while not w.exited() and time.monotonic() < deadline:
@@ -311,11 +288,11 @@ class RouterSupervisor:
         }
 
     def _status(self, snapshot: RouterStats) -> dict[str, Any]:
-        return self.hooks.status(snapshot.inflight, self._router_info(snapshot))
+        return self.wiring.status(snapshot.inflight, self._router_info(snapshot))
 
     def _status_all(self, snapshot: RouterStats) -> list[dict[str, Any]]:
-        assert self.hooks.status_all is not None
-        return self.hooks.status_all(snapshot.inflight, self._router_info(snapshot))
+        assert self.wiring.status_all is not None
+        return self.wiring.status_all(snapshot.inflight, self._router_info(snapshot))
 
     # -- control requests (`bgdeploy router reload`, a successor) ---------------------------
 
@@ -351,15 +328,15 @@ class RouterSupervisor:
 
     def reload(self, installed: str) -> dict[str, Any]:
         if not self.reloading.acquire(blocking=False):
-            return _refused(OperationFailed("A reload of the router is already running."))
+            return refused(OperationFailed("A reload of the router is already running."))
         try:
             try:
-                config = self.hooks.load_config()
+                config = self.wiring.load_config()
             except BgdeployError as e:
-                return _refused(e)
+                return refused(e)
             why = address_change(self.config, config)
             if why is not None:
-                return _refused(
+                return refused(
                     ConfigError(
                         f"The router was not reloaded: {why}",
                         hint="Put the old value back, or use `bgdeploy down` and `up` to move.",
@@ -367,25 +344,25 @@ class RouterSupervisor:
                 )
             try:
                 if installed != __version__:
-                    pid = self._hand_over()
+                    pid = hand_over(self.sockets, self.wiring.argv, self.config)
                     return {"ok": True, "supervisor": pid, "replaced_supervisor": os.getpid()}
                 with self.lock:
                     old = [w for w in self.workers.values() if not w.draining]
                 new = self._start_workers(config, worker_count(config))
                 failpoint("reload_after_new_workers")
                 for w in old:
-                    self._drain(w)
+                    w.drain()
             except WorkersFailed as e:
-                return _refused(
+                return refused(
                     OperationFailed(
                         f"The router was not reloaded: {e.why}; the old workers keep serving.",
                         hint=e.hint,
                     )
                 )
             except OperationFailed as e:
-                return _refused(e)
+                return refused(e)
             self.config = config
-            self.hooks.on_config(config)
+            self.wiring.on_config(config)
             self._record(True)
             return {
                 "ok": True,
@@ -395,50 +372,6 @@ class RouterSupervisor:
             }
         finally:
             self.reloading.release()
-
-    def _hand_over(self) -> int:
-        """Start a supervisor of the installed code on our sockets; it retires us."""
-        assert self.sockets is not None
-        ready_r, ready_w = os.pipe()
-        fds = self.sockets.fds()
-        env = {
-            **os.environ,
-            HANDOVER_ENV: self.sockets.describe(),
-            TAKEOVER_ENV: str(os.getpid()),
-            READY_ENV: str(ready_w),
-        }
-        try:
-            proc = subprocess.Popen(
-                self.hooks.argv,
-                env=env,
-                pass_fds=(*fds, ready_w),
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=self.config.base_dir,
-            )
-        finally:
-            os.close(ready_w)
-        failpoint("handover_after_successor_started")
-        with os.fdopen(ready_r, "rb") as pipe:
-            answered = bool(select.select([pipe], [], [], SUPERVISOR_START_TIMEOUT_S)[0])
-            ok = answered and pipe.readline() == b"ready\n"
-        if not ok:
-            if answered:  # the pipe closed: it is exiting, let it finish
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-            if proc.poll() is None:  # it hangs: SIGTERM lets it drain the workers it started
-                proc.terminate()
-                try:
-                    proc.wait(self.config.daemon.drain_timeout + 10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            proc.wait()
-            raise OperationFailed(
-                f"The router was not reloaded: the new supervisor exited at start with code "
-                f"{proc.returncode}; this one and its workers keep serving.",
-                hint="See the router log (.bgdeploy/router.log).",
-            )
-        return proc.pid
 
     def _retire_old(self, pid: int) -> None:
         try:
@@ -451,12 +384,12 @@ class RouterSupervisor:
                 for p in strays:
                     self.workers[p] = WorkerProc(p, None, time.time())
             for p in strays:
-                self._drain(self.workers[p])
+                self.workers[p].drain()
 
     # -- the control loop and the registry row ---------------------------------------------
 
     def _control_loop(self) -> None:
-        tick = self.hooks.control_tick
+        tick = self.wiring.control_tick
         if tick is None:
             return
         failing = False  # a registry outage fails every pass: say so once, and the end once
@@ -484,7 +417,3 @@ class RouterSupervisor:
             f"http://{cfg.host}:{cfg.admin_port}",
             config_digest(self.config),
         )
-
-
-def _refused(e: BgdeployError) -> dict[str, Any]:
-    return {"ok": False, "error": e.message, "hint": e.hint, "exit_code": e.exit_code}
