@@ -3,10 +3,12 @@
 nginx's shape. The supervisor gets the listening socket once (see sockets.py:
 handed over by the supervisor it replaces, from systemd, from a live worker
 after a kill -9, or made here), starts ``router.workers`` worker processes
-that inherit it, and restarts one that dies. It runs the admin listener and
+that inherit it, and restarts one that dies: its event loop sleeps until a
+worker exits (a pidfd each), a command ends, or the once-a-second sample of the
+workers' counters for the dashboard's series. It runs the admin listener and
 the control loop (a thread, wired in by the caller), and sums the workers'
-counters for them. The socket is never closed while any of these processes
-lives, so new connections wait in the backlog instead of being refused.
+counters for them. The socket is never closed while any of these processes lives, so new
+connections wait in the backlog instead of being refused.
 
 A reload starts new workers from the installed code (a fresh exec), waits
 until they serve, then drains the old ones. When the installed bgdeploy is a
@@ -39,12 +41,17 @@ from bgdeploy.router.admin import Admin, AdminConnection
 from bgdeploy.router.handover import address_change, hand_over, refused
 from bgdeploy.router.sockets import READY_ENV, TAKEOVER_ENV, Sockets, notify_systemd
 from bgdeploy.router.stats import RouterStats
-from bgdeploy.router.workers import WorkerProc, WorkersFailed, start_workers, worker_count
+from bgdeploy.router.workers import (
+    ExitWatch,
+    WorkerProc,
+    WorkersFailed,
+    start_workers,
+    worker_count,
+)
 
 log = logging.getLogger("bgdeploy.router")
 
-WATCH_S = 0.1
-STATS_EVERY = 10  # watch ticks between two reads of the workers' counters
+SAMPLE_S = 1.0  # the workers' counters for the dashboard's series (and a check for exits)
 RESPAWN_GAP_S = 0.5  # at most one replacement per this long: a crash loop must not spin
 
 
@@ -82,6 +89,10 @@ class RouterSupervisor:
         self.sockets: Sockets | None = None
         self.admin: Admin | None = None
         self._last_spawn = 0.0
+        # On the event loop's thread only: worker exits, a respawn on its way or due.
+        self.exits: ExitWatch | None = None
+        self._respawning = False
+        self._respawn_due: asyncio.TimerHandle | None = None
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -105,7 +116,7 @@ class RouterSupervisor:
             self.workers[pid] = WorkerProc(pid, None, time.time())
         control = ipc.listen(ipc.supervisor_address(self.ns, os.getpid()))
         threading.Thread(target=self._serve_control, args=(control,), daemon=True).start()
-        admin_server = watching = None
+        admin_server = sampling = None
         try:
             try:
                 await loop.run_in_executor(None, self._replace_workers, self.config)
@@ -138,7 +149,12 @@ class RouterSupervisor:
             notify_systemd(os.getpid())
             gc.collect()
             gc.freeze()  # the long-lived start-up objects stay out of the collector's passes
-            watching = loop.create_task(self._watch())
+            self.exits = ExitWatch(loop, self._check)
+            with self.lock:
+                for w in self.workers.values():
+                    self.exits.add(w)
+            sampling = loop.create_task(self._sample())
+            self._check()
             threading.Thread(
                 target=self._control_loop, name="bgdeploy-control", daemon=True
             ).start()
@@ -159,8 +175,11 @@ class RouterSupervisor:
             await self.done.wait()
         finally:
             self.stopping.set()
-            if watching is not None:
-                watching.cancel()
+            if sampling is not None:
+                sampling.cancel()
+            if self.exits is not None:
+                self.exits.close()
+                self.exits = None
             log.info("router supervisor stopping: draining the workers")
             await loop.run_in_executor(None, self._stop_workers)
             # A reload that is handing over to a successor answers its caller first.
@@ -182,6 +201,7 @@ class RouterSupervisor:
         with self.lock:
             for w in workers:
                 self.workers[w.pid] = w
+        self._on_loop(self._watch, workers)
         return workers
 
     def _replace_workers(self, config: Config) -> list[WorkerProc]:
@@ -207,37 +227,69 @@ class RouterSupervisor:
             if w.proc is not None:
                 w.proc.wait()
 
-    async def _watch(self) -> None:
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run fn on the event loop (from any thread); nothing once the loop has closed."""
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(fn, *args)
+
+    def _watch(self, workers: list[WorkerProc]) -> None:
+        if self.exits is not None:  # else: added with every other worker when watching starts
+            for w in workers:
+                self.exits.add(w)
+
+    async def _sample(self) -> None:
+        """Once a second: the workers' counters for the dashboard's series; and a look for
+        exits no pidfd reported (a kernel without them)."""
         loop = asyncio.get_running_loop()
-        ticks = 0
         while True:
-            await asyncio.sleep(WATCH_S)
-            ticks += 1
-            if ticks % STATS_EVERY == 0:  # and the dashboard chart's once-a-second sample
-                snapshot = await loop.run_in_executor(None, self._snapshot)
-                if self.admin is not None:
-                    self.admin.series.sample(
-                        snapshot.requests, snapshot.upstream_errors, snapshot.latency
-                    )
-            with self.lock:
-                gone = [w for w in self.workers.values() if w.exited()]
-                for w in gone:
-                    del self.workers[w.pid]
-                    if w.last is not None:
-                        self.retired.add(w.last)
-                serving = sum(1 for w in self.workers.values() if not w.draining)
+            await asyncio.sleep(SAMPLE_S)
+            snapshot = await loop.run_in_executor(None, self._snapshot)
+            if self.admin is not None:
+                self.admin.series.sample(
+                    snapshot.requests, snapshot.upstream_errors, snapshot.latency
+                )
+            self._check()
+
+    def _check(self) -> None:
+        """On the event loop, when a worker exited or a command ended: forget (and reap) the
+        workers that exited, and replace the missing serving ones, one start at a time,
+        at most one per RESPAWN_GAP_S (else later); none while reloading or stopping."""
+        if self.exits is None:
+            return
+        with self.lock:
+            gone = [w for w in self.workers.values() if w.exited()]  # poll() reaps a child
             for w in gone:
-                if not w.draining:
-                    code = w.proc.returncode if w.proc else None
-                    log.warning("worker %d exited (code %s); starting another", w.pid, code)
-            want = worker_count(self.config)
-            if (
-                serving < want
-                and not self.reloading.locked()
-                and not self.stopping.is_set()
-                and time.monotonic() - self._last_spawn >= RESPAWN_GAP_S
-            ):
-                await loop.run_in_executor(None, self._respawn, want - serving)
+                del self.workers[w.pid]
+                if w.last is not None:
+                    self.retired.add(w.last)
+            serving = sum(1 for w in self.workers.values() if not w.draining)
+        for w in gone:
+            self.exits.forget(w.pid)
+            if not w.draining:
+                code = w.proc.returncode if w.proc else None
+                log.warning("worker %d exited (code %s); starting another", w.pid, code)
+        want = worker_count(self.config)
+        if serving >= want or self._respawning or self.reloading.locked() or self.stopping.is_set():
+            return
+        wait = RESPAWN_GAP_S - (time.monotonic() - self._last_spawn)
+        if wait > 0:
+            if self._respawn_due is None:
+                self._respawn_due = self.loop.call_later(wait, self._respawn_now)
+            return
+        self._respawning = True
+        started = self.loop.run_in_executor(None, self._respawn, want - serving)
+        started.add_done_callback(self._respawned)
+
+    def _respawn_now(self) -> None:
+        self._respawn_due = None
+        self._check()
+
+    def _respawned(self, started: asyncio.Future[None]) -> None:
+        self._respawning = False
+        if not started.cancelled() and started.exception() is not None:
+            log.warning("could not replace a worker: %s", started.exception())
+        self._check()  # a start that failed is tried again after RESPAWN_GAP_S
 
     def _respawn(self, n: int) -> None:
         try:
@@ -372,6 +424,7 @@ class RouterSupervisor:
             }
         finally:
             self.reloading.release()
+            self._on_loop(self._check)  # a worker that exited meanwhile is replaced now
 
     def _retire_old(self, pid: int) -> None:
         try:
@@ -383,8 +436,10 @@ class RouterSupervisor:
                 strays = [p for p in ipc.live_workers(self.ns) if p not in self.workers]
                 for p in strays:
                     self.workers[p] = WorkerProc(p, None, time.time())
-            for p in strays:
-                self.workers[p].drain()
+                adopted = [self.workers[p] for p in strays]
+            for w in adopted:
+                w.drain()
+            self._on_loop(self._watch, adopted)
 
     # -- the control loop and the registry row ---------------------------------------------
 
