@@ -7,7 +7,8 @@ that inherit it, and restarts one that dies: its event loop sleeps until a
 worker exits (a pidfd each), a command ends, or the once-a-second sample of the
 workers' counters for the dashboard's series. It runs the admin listener and
 the control loop (a thread, wired in by the caller), and sums the workers'
-counters for them. The socket is never closed while any of these processes lives, so new
+counters for both (``info``, ``route``, ``traffic``: the admin's answers, as
+dicts). The socket is never closed while any of these processes lives, so new
 connections wait in the backlog instead of being refused.
 
 A reload starts new workers from the installed code (a fresh exec), waits
@@ -37,7 +38,7 @@ from bgdeploy.errors import BgdeployError, ConfigError, OperationFailed
 from bgdeploy.failpoints import failpoint
 from bgdeploy.registry.store import Registry
 from bgdeploy.router import ipc
-from bgdeploy.router.admin import Admin, AdminConnection
+from bgdeploy.router.admin import Admin, AdminConnection, route_dict, traffic_dict
 from bgdeploy.router.handover import address_change, hand_over, refused
 from bgdeploy.router.sockets import READY_ENV, TAKEOVER_ENV, Sockets, notify_systemd
 from bgdeploy.router.stats import RouterStats
@@ -53,6 +54,7 @@ log = logging.getLogger("bgdeploy.router")
 
 SAMPLE_S = 1.0  # the workers' counters for the dashboard's series (and a check for exits)
 RESPAWN_GAP_S = 0.5  # at most one replacement per this long: a crash loop must not spin
+TRAFFIC_WAIT_S = 5.0  # traffic() from another thread: the event loop answers within this
 
 
 @dataclass
@@ -129,7 +131,7 @@ class RouterSupervisor:
                 self._snapshot,
                 self._status,
                 self.wiring.history,
-                self._router_info,
+                self.info,
                 self._status_all if self.wiring.status_all else None,
                 self._live_boots,
             )
@@ -327,10 +329,13 @@ class RouterSupervisor:
             log.debug("live boots unknown: %s", e)
             return None
 
+    # -- what the admin listener answers, for the control loop (any thread, blocking) ------
+
     def inflight(self) -> dict[str, int]:
         return self._snapshot().inflight
 
-    def _router_info(self, snapshot: RouterStats | None = None) -> dict[str, Any]:
+    def info(self, snapshot: RouterStats | None = None) -> dict[str, Any]:
+        """``/api/router``: this supervisor and its workers."""
         snap = snapshot or self._snapshot()
         return {
             "pid": os.getpid(),
@@ -340,11 +345,30 @@ class RouterSupervisor:
         }
 
     def _status(self, snapshot: RouterStats) -> dict[str, Any]:
-        return self.wiring.status(snapshot.inflight, self._router_info(snapshot))
+        return self.wiring.status(snapshot.inflight, self.info(snapshot))
 
     def _status_all(self, snapshot: RouterStats) -> list[dict[str, Any]]:
         assert self.wiring.status_all is not None
-        return self.wiring.status_all(snapshot.inflight, self._router_info(snapshot))
+        return self.wiring.status_all(snapshot.inflight, self.info(snapshot))
+
+    def route(self) -> dict[str, Any]:
+        """``/api/route``: where the workers route, and the controls they apply."""
+        return route_dict(self._snapshot())
+
+    def traffic(self, window: float, end: float | None = None) -> dict[str, Any]:
+        """``/api/traffic?window=&end=``: each boot's answers over the window (ValueError
+        for a bad one). The series lives on the event loop: computed there."""
+        loop, admin = self.loop, self.admin
+        if loop is None or admin is None:
+            raise OperationFailed("The router is not serving yet: no traffic to report.")
+        with contextlib.suppress(RuntimeError):  # RuntimeError: not on a loop's thread
+            if asyncio.get_running_loop() is loop:
+                return traffic_dict(admin.series, window, end)
+
+        async def compute() -> dict[str, Any]:
+            return traffic_dict(admin.series, window, end)
+
+        return asyncio.run_coroutine_threadsafe(compute(), loop).result(TRAFFIC_WAIT_S)
 
     # -- control requests (`bgdeploy router reload`, a successor) ---------------------------
 
@@ -369,7 +393,7 @@ class RouterSupervisor:
     def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
         cmd = message.get("cmd")
         if cmd == "info":
-            return self._router_info()
+            return self.info()
         if cmd == "reload":
             return self.reload(str(message.get("version")))
         if cmd == "retire":
