@@ -28,7 +28,7 @@ from bgdeploy.control.router_ctl import up as start_up
 from bgdeploy.control.status import all_statuses, history, status
 from bgdeploy.errors import ConfigError, OperationFailed
 from bgdeploy.router import ipc
-from bgdeploy.router.supervisor import Hooks, RouterSupervisor
+from bgdeploy.router.supervisor import RouterSupervisor, SupervisorWiring
 
 RELOAD_TIMEOUT_S = 120.0
 
@@ -67,7 +67,7 @@ def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
         state["app"] = in_process(App(config, app.service))
         control.reset(state["app"])
 
-    hooks = Hooks(
+    hooks = SupervisorWiring(
         status=lambda inflight, router: {
             **status(state["app"], inflight, router),
             "control_loop": control.as_dict(),

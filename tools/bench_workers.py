@@ -19,16 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bench
+import bench_common
 import httpx
 import psutil
+from bench_peers import start_nginx
 
 from bgdeploy.router import ipc
 
 IDLE_CONNECTIONS = 5000
 
 
-class WorkersRouter(bench.RouterUnderTest):
+class WorkersRouter(bench_common.RouterUnderTest):
     """The bench's router with router.workers = n (and a long header timeout, so that
     idle connections stay open for the memory figure)."""
 
@@ -40,7 +41,7 @@ class WorkersRouter(bench.RouterUnderTest):
         self.dir = workdir / f"router-{workers}w"
         self.dir.mkdir()
         self.n = workers
-        self.port, self.admin = bench.free_port(), bench.free_port()
+        self.port, self.admin = bench_common.free_port(), bench_common.free_port()
         (self.dir / "bgdeploy.toml").write_text(
             f"[router]\nport = {self.port}\nadmin_port = {self.admin}\nworkers = {workers}\n"
             f"header_timeout = 600.0\n"
@@ -66,14 +67,14 @@ class WorkersRouter(bench.RouterUnderTest):
 
 
 def _seconds() -> float:
-    return float(bench.DURATION.rstrip("s"))
+    return float(bench_common.DURATION.rstrip("s"))
 
 
 def wrk_cpu(port: int, conns: int, pids: list[int]) -> dict[str, Any]:
     """One wrk run and the CPU time per request summed over pids (us)."""
     procs = [psutil.Process(p) for p in pids]
     before = [p.cpu_times() for p in procs]
-    result = bench.wrk(port, conns)
+    result = bench_common.wrk(port, conns)
     after = [p.cpu_times() for p in procs]
     count = result["rps"] * _seconds()
     if count:
@@ -95,8 +96,8 @@ def throughput(work: Path, backend: int) -> list[tuple[int, int, dict, dict]]:
     """(workers, c, nginx run, router run) rows."""
     rows = []
     for n in (1, 2):
-        proxy = bench.free_port()
-        nginx = bench.start_nginx(
+        proxy = bench_common.free_port()
+        nginx = start_nginx(
             work,
             f"proxy-{n}w",
             f"""
@@ -109,13 +110,13 @@ def throughput(work: Path, backend: int) -> list[tuple[int, int, dict, dict]]:
         router = WorkersRouter(work, n)
         router.point_at(backend)
         try:
-            bench.wait_port(proxy)
+            bench_common.wait_port(proxy)
             router.start()
             nginx_pids = [c.pid for c in psutil.Process(nginx.pid).children()]
             router_pids = [w["pid"] for w in router.workers()]
             for c in (16, 64):
                 ng_runs, ro_runs = [], []
-                for _ in range(bench.ROUNDS):
+                for _ in range(bench_common.ROUNDS):
                     ng_runs.append(wrk_cpu(proxy, c, nginx_pids))
                     ro_runs.append(wrk_cpu(router.port, c, router_pids))
                 rows.append((n, c, _median(ng_runs), _median(ro_runs)))
@@ -197,7 +198,7 @@ def report(work: Path, backends: tuple[int, int]) -> None:
     rss = memory(work, backends[0])
     print(
         "\nrouter.workers = 1 and 2 vs nginx worker_processes 1 and 2, nginx backend, "
-        f"median of {bench.ROUNDS} interleaved runs; CPU per request summed over workers"
+        f"median of {bench_common.ROUNDS} interleaved runs; CPU per request summed over workers"
     )
     print(
         f"{'workers':>7} {'c':>3}  {'nginx req/s':>11} {'p99 ms':>7} {'cpu/req us':>10}   "
@@ -213,7 +214,7 @@ def report(work: Path, backends: tuple[int, int]) -> None:
     for pid, values in samples.items():
         print(
             f"  worker {pid}: {len(values)} switches, p50 {statistics.median(values):.1f}, "
-            f"p99 {bench.pct(values, 99):.1f}, max {max(values):.1f}"
+            f"p99 {bench_common.pct(values, 99):.1f}, max {max(values):.1f}"
         )
     print(
         f"\nworker RSS (MB), router.workers = 1: idle, and with {IDLE_CONNECTIONS} idle connections"

@@ -16,7 +16,8 @@ import uvloop
 
 from bgdeploy.router import build
 from bgdeploy.router.client import ClientConnection, Limits
-from bgdeploy.router.routes import Route, RouteTable
+from bgdeploy.router.route_state import Route
+from bgdeploy.router.routes import RouteTable
 from bgdeploy.router.upstream import Upstream
 
 REQUEST = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"

@@ -180,26 +180,36 @@ def histogram_buckets(counts: list[int]) -> list[tuple[str, float]]:
     return out
 
 
-def traffic_json(series: Series, query: bytes) -> tuple[int, bytes]:
-    """``/api/traffic?window=SECONDS[&end=UNIX]``: each boot's answers, answers by status
-    class, 5xx answers and their ratio, upstream errors and p50/p99 latency over the
-    window (see Series.window); ``span`` is the time between the two samples compared
-    (0 when there are not two yet). 400 for a bad query."""
-    args = dict(p.partition(b"=")[::2] for p in query.split(b"&") if p)
-    try:
-        window = float(args.get(b"window", b"30"))
-        end = float(args[b"end"]) if args.get(b"end") else time.time()
-    except ValueError:
-        return 400, b"window and end must be numbers (seconds, unix time)\n"
+def traffic_dict(series: Series, window: float, end: float | None = None) -> dict[str, Any]:
+    """The body of ``/api/traffic``: each boot's answers, answers by status class, 5xx
+    answers and their ratio, upstream errors and p50/p99 latency over the ``window``
+    seconds up to ``end`` (unix time; now when None; see Series.window); ``span`` is the
+    time between the two samples compared (0 when there are not two yet). ValueError for
+    a window that is not positive or an end that is not a time."""
+    end = time.time() if end is None else end
     if not (0 < window < float("inf")) or not (0 <= end < float("inf")):
-        return 400, b"window must be positive and end a unix time\n"
+        raise ValueError("window must be positive and end a unix time")
     edges = series.bounds(window, end)
-    body = {
+    return {
         "window": window,
         "end": end,
         "span": round(edges[1] - edges[0], 3) if edges else 0.0,
         "boots": {boot: f.as_dict() for boot, f in series.window(window, end).items()},
     }
+
+
+def traffic_json(series: Series, query: bytes) -> tuple[int, bytes]:
+    """``/api/traffic?window=SECONDS[&end=UNIX]`` (see traffic_dict); 400 for a bad query."""
+    args = dict(p.partition(b"=")[::2] for p in query.split(b"&") if p)
+    try:
+        window = float(args.get(b"window", b"30"))
+        end = float(args[b"end"]) if args.get(b"end") else None
+    except ValueError:
+        return 400, b"window and end must be numbers (seconds, unix time)\n"
+    try:
+        body = traffic_dict(series, window, end)
+    except ValueError as e:
+        return 400, f"{e}\n".encode()
     return 200, json.dumps(body).encode()
 
 
@@ -209,26 +219,29 @@ def metrics_text(stats: RouterStats, live: set[str] | None = None) -> bytes:
     return generate_latest(reg)
 
 
-def route_json(stats: RouterStats) -> bytes:
+def route_dict(stats: RouterStats) -> dict[str, Any]:
+    """The body of ``/api/route``: the route all serving workers have, and the controls."""
     route = stats.route
-    return json.dumps(
-        {
-            "boot_id": route[0] if route else None,
-            "generation": route[1] if route else None,
-            "inflight": stats.inflight,
-            "requests_total": sum(stats.requests.values()),
-            "preview_boot_id": stats.preview[0] if stats.preview else None,
-            "paused": stats.paused,
-            "healing": stats.healing,
-            "held_requests": stats.held,
-            "maintenance": stats.maintenance,
-            "canary_weight": stats.canary_weight,
-            "workers": [
-                {"pid": w["pid"], "boot_id": w["route"], "draining": w["draining"]}
-                for w in stats.workers_info()
-            ],
-        }
-    ).encode()
+    return {
+        "boot_id": route[0] if route else None,
+        "generation": route[1] if route else None,
+        "inflight": stats.inflight,
+        "requests_total": sum(stats.requests.values()),
+        "preview_boot_id": stats.preview[0] if stats.preview else None,
+        "paused": stats.paused,
+        "healing": stats.healing,
+        "held_requests": stats.held,
+        "maintenance": stats.maintenance,
+        "canary_weight": stats.canary_weight,
+        "workers": [
+            {"pid": w["pid"], "boot_id": w["route"], "draining": w["draining"]}
+            for w in stats.workers_info()
+        ],
+    }
+
+
+def route_json(stats: RouterStats) -> bytes:
+    return json.dumps(route_dict(stats)).encode()
 
 
 def dashboard_page() -> bytes:

@@ -300,7 +300,8 @@ class ClientConnection(FlowControl):
         return self.active is None and self.tunnel_to is None and self.current is None
 
     def sweep(self, now: float) -> None:
-        """Called about once a second: cut slow and idle clients."""
+        """Called every 0.5 s (the worker's sweep, worker.SWEEP_TICKS): cut slow and idle
+        clients."""
         if self.closed:
             return
         if self.head_started is not None and now - self.head_started > self.limits.header_timeout:

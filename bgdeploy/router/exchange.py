@@ -19,21 +19,21 @@ from bisect import bisect_right
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from bgdeploy.router.controls import (
+from bgdeploy.router.flow import HIGH_WATER
+from bgdeploy.router.http11 import response_fields, simple_response
+from bgdeploy.router.routes import LATENCY_BOUNDS
+from bgdeploy.router.steering import (
     SET_CANARY_COOKIE,
     answer,
     canary_bucket,
     is_preview,
     wants_json,
 )
-from bgdeploy.router.flow import HIGH_WATER
-from bgdeploy.router.http11 import response_fields, simple_response
-from bgdeploy.router.routes import LATENCY_BOUNDS
 from bgdeploy.router.upstream import Upstream
 
 if TYPE_CHECKING:
     from bgdeploy.router.client import ClientConnection
-    from bgdeploy.router.routes import Route
+    from bgdeploy.router.route_state import Route
 
 RETRY_BUFFER_LIMIT = 64 * 1024  # requests up to this size can be resent on a fresh connection
 # How long a request refused by a dead boot waits for the control loop to mark the
@@ -130,7 +130,7 @@ class Exchange:
                 self.refuse(answer(503, m.retry_after, m.message, wants_json(self.head)))
                 return
             elif table.pause is not None:
-                table.held.hold(self, table.clock + table.pause.max_s)
+                table.waiting.add(self, table.clock + table.pause.max_s)
                 return
             elif table.canary_weight and table.preview is not None:
                 client = self.client
@@ -252,9 +252,7 @@ class Exchange:
         )
         if status == 101 or status == 204 or status == 304:
             self.bodyless = True
-        if status == 101:
-            pass
-        elif content_length is not None and not te_chunked:
+        if status != 101 and content_length is not None and not te_chunked:
             lines.append(b"Content-Length: " + content_length + b"\r\n")
         elif not self.bodyless:
             if self.client.http11:
@@ -358,7 +356,7 @@ class Exchange:
         self.held_once = True
         self.attempts = 0
         wait = table.pause.max_s if table.pause is not None else CRASH_HOLD_S
-        table.held.hold(self, table.clock + wait)
+        table.waiting.add(self, table.clock + wait)
 
     def upstream_failed(self, up: Upstream, what: str) -> None:
         if self.done:

@@ -1,7 +1,9 @@
 """Route following for a PostgreSQL registry: LISTEN/NOTIFY, with a slow poll.
 
-A transition that changes the active boot sends ``NOTIFY bgdeploy_route, '<service>'``
-in its own transaction, so the notification arrives exactly when the switch commits.
+Every deploy transition of the deployment row, and every change of its operator
+controls (pause, maintenance, healing, a canary step), sends ``NOTIFY bgdeploy_route,
+'<service>'`` in its own transaction (Registry.route_changed), so the notification
+arrives exactly when the change commits.
 The watcher thread holds one plain psycopg connection (no SQLAlchemy, no pool),
 listens, and reads the route with one small query after each notification for its
 service and once a second anyway (the fallback if a notification is ever lost).
@@ -16,12 +18,16 @@ import asyncio
 import contextlib
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from bgdeploy.registry.engine import CONNECT_TIMEOUT_S, libpq_url, safe_url
 from bgdeploy.registry.store import ROUTE_CHANNEL
-from bgdeploy.router.routes import ROUTE_SQL, Route, RouteState, RouteTable, route_state
+from bgdeploy.router.route_state import ROUTE_SQL, Route, RouteState, route_state
+
+if TYPE_CHECKING:
+    from bgdeploy.router.routes import RouteTable
 
 log = logging.getLogger("bgdeploy.router")
 
@@ -32,7 +38,8 @@ ROUTE_SQL_PG = ROUTE_SQL.replace("?", "%s")
 
 
 class PgRouteWatcher:
-    """Pushes ``active_boot_id`` of a PostgreSQL registry into the route table."""
+    """Pushes the route state of a PostgreSQL registry (RouteState: route, preview, pause,
+    maintenance, canary weight) into the route table."""
 
     def __init__(self, url: str, service: str, table: RouteTable) -> None:
         self.url = url

@@ -1,10 +1,12 @@
-"""Where requests go: the route table (event loop side) and the registry watcher (thread).
+"""Where requests go: the route table, and the watcher of a SQLite registry, both on the
+worker's event loop.
 
 The watcher asks ``PRAGMA data_version`` on its own SQLite connection whenever
 inotify says the database or its WAL was written (every few milliseconds where
 inotify is missing): the number changes exactly when another connection commits,
 so the route follows a commit at once, and an idle registry costs nothing. If
-the registry cannot be read, the last route stays.
+the registry cannot be read, the last route stays. A PostgreSQL registry is
+followed by pg_watch instead (LISTEN/NOTIFY, in a thread).
 """
 
 from __future__ import annotations
@@ -16,20 +18,18 @@ import sqlite3
 import time
 from bisect import bisect_right
 from collections import Counter
-from dataclasses import dataclass
 from math import ceil
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bgdeploy.registry.urls import is_postgres, sqlite_path
+from bgdeploy.router.route_state import ROUTE_SQL, Route, RouteState, route_state
+from bgdeploy.router.steering import Maintenance, Pause, WaitingRequests
+from bgdeploy.router.upstream import Pools
 from bgdeploy.router.wake import FileWaker
 
 if TYPE_CHECKING:
-    from bgdeploy.registry.store import Registry
     from bgdeploy.router.client import ClientConnection
     from bgdeploy.router.pg_watch import PgRouteWatcher
-
-from bgdeploy.router.controls import HeldRequests, Maintenance, Pause
-from bgdeploy.router.upstream import Pools
 
 log = logging.getLogger("bgdeploy.router")
 
@@ -44,25 +44,6 @@ SLOW_POLL_S = 1.0  # read the row anyway this often (belt and braces)
 # head): an answer of t seconds counts in bucket bisect_right(LATENCY_BOUNDS, t), the
 # last bucket being everything past the last bound.
 LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-@dataclass(frozen=True)
-class Route:
-    boot_id: str
-    port: int
-    generation: int
-
-
-@dataclass(frozen=True)
-class RouteState:
-    """What the registry row tells the router: where requests go, and the operator controls."""
-
-    active: Route | None
-    preview: Route | None = None  # the candidate held at ready
-    pause: Pause | None = None
-    maintenance: Maintenance | None = None
-    # Percent (0-100) of new requests that go to the preview route, the canary candidate.
-    canary_weight: int = 0
 
 
 class RouteTable:
@@ -87,7 +68,7 @@ class RouteTable:
         self.preview: Route | None = None
         self.pause: Pause | None = None
         self.maintenance: Maintenance | None = None
-        self.held = HeldRequests()
+        self.waiting = WaitingRequests()
         self.canary_weight = 0  # percent of new requests the preview route gets
         # Any of the four set: one attribute for the request path to check.
         self.controlled = False
@@ -118,19 +99,19 @@ class RouteTable:
             or self.canary_weight > 0
         )
         if was_paused is not None and state.pause is None:
-            log.info("resume: %d held requests released in order", len(self.held))
-            self.held.release()
+            log.info("resume: %d held requests released in order", len(self.waiting))
+            self.waiting.release()
         elif state.pause is not None and state.pause != was_paused:
             log.info("pause: new requests are held (at most %gs)", state.pause.max_s)
             if state.pause.max_s <= 0:
                 # A crash-loop backoff longer than router.hold_timeout: waiting is futile.
-                self.held.expire(float("inf"), 1, healing=state.pause.healing)
+                self.waiting.expire(float("inf"), 1, healing=state.pause.healing)
             elif state.pause.healing:
                 # Requests held since their boot died now wait for its replacement.
-                self.held.extend(time.monotonic() + state.pause.max_s)
-        elif state.pause is None and self.held and moved:
+                self.waiting.extend(time.monotonic() + state.pause.max_s)
+        elif state.pause is None and self.waiting and moved:
             # Held after their boot died, with no pause: the new route takes them.
-            self.held.release()
+            self.waiting.release()
 
     def set_active(self, route: Route | None) -> None:
         old = self.active
@@ -208,9 +189,9 @@ class RouteTable:
 
     def sweep(self) -> None:
         now = self.clock = time.monotonic()
-        if self.held:
+        if self.waiting:
             pause = self.pause
-            self.held.expire(
+            self.waiting.expire(
                 now,
                 max(1, ceil(pause.max_s)) if pause else 1,
                 healing=pause is not None and pause.healing,
@@ -220,147 +201,52 @@ class RouteTable:
             conn.sweep(now)
 
 
-def read_route(registry: Registry, service: str) -> RouteState:
-    """The route state through the store (a registry that is not a SQLite file)."""
-    from bgdeploy.registry.models import Boot, Deployment
-
-    with registry.reading() as s:
-        row = s.get(Deployment, service)
-        if row is None:
-            return RouteState(None)
-        active = s.get(Boot, row.active_boot_id) if row.active_boot_id else None
-        held = s.get(Boot, row.candidate_boot_id) if row.held_ts and row.candidate_boot_id else None
-        return route_state(
-            (
-                row.active_boot_id,
-                active.port if active else None,
-                row.generation,
-                held.boot_id if held else None,
-                held.port if held else None,
-                row.paused_ts is not None,
-                row.pause_max_s,
-                row.maintenance_ts is not None,
-                row.maintenance_message,
-                row.maintenance_retry_after,
-                row.healing_ts is not None,
-                row.healing_hold_s,
-                row.canary_weight,
-            )
-        )
-
-
-# The route state in one indexed read, on the watcher's own connection. The table names
-# are spelled out so that a worker never loads SQLAlchemy.
-ROUTE_SQL = (
-    "SELECT d.active_boot_id, b.port, d.generation, c.boot_id, c.port, "
-    "d.paused_ts IS NOT NULL, d.pause_max_s, d.maintenance_ts IS NOT NULL, "
-    "d.maintenance_message, d.maintenance_retry_after, "
-    "d.healing_ts IS NOT NULL, d.healing_hold_s, d.canary_weight "
-    "FROM deployments AS d "
-    "LEFT JOIN boots AS b ON b.boot_id = d.active_boot_id "
-    "LEFT JOIN boots AS c "
-    "ON c.boot_id = d.candidate_boot_id AND d.held_ts IS NOT NULL "
-    "WHERE d.service = ?"
-)
-
-
-def route_state(row: tuple | None) -> RouteState:  # type: ignore[type-arg]
-    if row is None:
-        return RouteState(None)
-    (
-        active_id,
-        port,
-        generation,
-        held_id,
-        held_port,
-        paused,
-        pause_max,
-        maint,
-        msg,
-        retry,
-        healing,
-        hold_s,
-    ) = row[:12]
-    # The share of new requests the held candidate gets (a canary step); none without one.
-    weight = row[12] if len(row) > 12 else None
-    if paused:
-        pause: Pause | None = Pause(float(pause_max or 30.0))
-    elif healing:
-        # The active boot died: hold new requests for its replacement, as a pause does.
-        pause = Pause(float(hold_s or 0.0), healing=True)
-    else:
-        pause = None
-    preview = Route(held_id, held_port, generation) if held_id and held_port else None
-    return RouteState(
-        active=Route(active_id, port, generation) if active_id and port else None,
-        preview=preview,
-        pause=pause,
-        maintenance=Maintenance(msg or "Down for maintenance.", int(retry or 60))
-        if maint
-        else None,
-        canary_weight=min(100, max(0, int(weight or 0))) if preview is not None else 0,
-    )
-
-
 class RegistryWatcher:
-    """Follows ``active_boot_id`` in the registry and pushes it into the route table.
+    """Follows the route state of a SQLite registry and pushes it into the route table.
 
     On each write to the SQLite files (inotify; every 10 ms without it) it asks
     ``PRAGMA data_version`` on its own SQLite connection, never
-    waiting for a lock; after a change (and once a second anyway) it reads the route
-    with one small query on that connection. Both take microseconds, so they run on
-    the event loop: no thread, and so no GIL hand-offs in the middle of forwarding.
-    A registry that is not a SQLite file is read through the store, in a thread (only
-    then is SQLAlchemy loaded).
+    waiting for a lock; after a change (and once a second anyway) it reads the whole
+    route state (RouteState: route, preview, pause, maintenance, canary weight) with
+    one small query on that connection. Both take microseconds, so they run on the
+    event loop: no thread, and so no GIL hand-offs in the middle of forwarding.
     """
 
     def __init__(self, url: str, service: str, table: RouteTable) -> None:
+        path = sqlite_path(url)
+        if path is None:
+            raise ValueError(f"not a SQLite file registry: {url}")
         self.url = url
+        self.path = path
         self.service = service
         self.table = table
         self.last_error: str | None = None
         self._conn: sqlite3.Connection | None = None
-        self._registry: Any = None
-
-    @property
-    def registry(self) -> Registry:
-        if self._registry is None:
-            from bgdeploy.registry.store import Registry
-
-            self._registry = Registry(self.url)
-        return self._registry
 
     def refresh(self) -> Route | None:
         """Read the route now (blocking) and apply it; for start-up."""
-        state = read_route(self.registry, self.service) if self._open() is None else self._read()
+        state = self._read()
         self.table.apply(state)
         return state.active
 
-    def _open(self) -> sqlite3.Connection | None:
-        """The watcher's own connection; None when the registry is not a SQLite file."""
+    def _open(self) -> sqlite3.Connection:
+        """The watcher's own connection."""
         if self._conn is None:
-            path = sqlite_path(self.url)
-            if path is None:
-                return None
             # timeout=0: a locked registry answers "busy" at once and we try next poll.
             self._conn = sqlite3.connect(
-                str(path), timeout=0, isolation_level=None, check_same_thread=False
+                str(self.path), timeout=0, isolation_level=None, check_same_thread=False
             )
         return self._conn
 
-    def _data_version(self) -> int | None:
-        conn = self._open()
-        return None if conn is None else conn.execute("PRAGMA data_version").fetchone()[0]
+    def _data_version(self) -> int:
+        return self._open().execute("PRAGMA data_version").fetchone()[0]
 
     def _read(self) -> RouteState:
-        assert self._conn is not None
-        return route_state(self._conn.execute(ROUTE_SQL, (self.service,)).fetchone())
+        return route_state(self._open().execute(ROUTE_SQL, (self.service,)).fetchone())
 
     def _waker(self, loop: asyncio.AbstractEventLoop) -> FileWaker | None:
         """Wake-ups on writes to the registry file or its WAL; None: poll instead."""
-        path = sqlite_path(self.url)
-        if path is None:
-            return None
+        path = self.path
         try:
             return FileWaker(loop, path.parent, {path.name, path.name + "-wal"})
         except OSError as e:
@@ -368,10 +254,9 @@ class RegistryWatcher:
             return None
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         last_version: int | None = None
         last_read = 0.0
-        waker = self._waker(loop)
+        waker = self._waker(asyncio.get_running_loop())
         follow_until = 0.0
         try:
             while True:
@@ -387,13 +272,7 @@ class RegistryWatcher:
                     version = self._data_version()
                     now = time.monotonic()
                     if version != last_version or now - last_read > SLOW_POLL_S:
-                        if self._conn is not None:
-                            route = self._read()
-                        else:
-                            route = await loop.run_in_executor(
-                                None, read_route, self.registry, self.service
-                            )
-                        self.table.apply(route)
+                        self.table.apply(self._read())
                         last_version, last_read = version, now
                     self.last_error = None
                 except Exception as e:  # noqa: BLE001 - keep the last route whatever happens
@@ -409,8 +288,8 @@ class RegistryWatcher:
 
 
 def watcher_for(url: str, service: str, table: RouteTable) -> RegistryWatcher | PgRouteWatcher:
-    """``data_version`` polling on SQLite; LISTEN/NOTIFY on PostgreSQL (psycopg, the
-    optional extra, is imported only then)."""
+    """``data_version`` polling on a SQLite file; LISTEN/NOTIFY on PostgreSQL (psycopg,
+    the optional extra, is imported only then). ValueError for any other registry."""
     if is_postgres(url):
         from bgdeploy.router.pg_watch import PgRouteWatcher
 

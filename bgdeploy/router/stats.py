@@ -89,6 +89,7 @@ class RouterStats:
             {
                 "pid": w["pid"],
                 "version": w["version"],
+                "build": w.get("build"),  # None from a worker of an older bgdeploy
                 "started": w["started"],
                 "draining": w["draining"],
                 "connections": w["connections"],

@@ -3,16 +3,17 @@
 nginx's shape. The supervisor gets the listening socket once (see sockets.py:
 handed over by the supervisor it replaces, from systemd, from a live worker
 after a kill -9, or made here), starts ``router.workers`` worker processes
-that inherit it, and restarts one that dies. It runs the admin listener and
+that inherit it, and restarts one that dies: its event loop sleeps until a
+worker exits (a pidfd each), a command ends, or the once-a-second sample of the
+workers' counters for the dashboard's series. It runs the admin listener and
 the control loop (a thread, wired in by the caller), and sums the workers'
-counters for them. The socket is never closed while any of these processes
-lives, so new connections wait in the backlog instead of being refused.
+counters for both (``info``, ``route``, ``traffic``: the admin's answers, as
+dicts). The socket is never closed while any of these processes lives, so new
+connections wait in the backlog instead of being refused.
 
 A reload starts new workers from the installed code (a fresh exec), waits
 until they serve, then drains the old ones. When the installed bgdeploy is a
-different version from this process, the supervisor is replaced too: it
-starts the new one with the sockets passed across exec, and retires once that
-one serves.
+different version from this process, the supervisor is replaced too (handover.py).
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import contextlib
 import gc
 import logging
 import os
-import select
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -39,27 +38,27 @@ from bgdeploy.errors import BgdeployError, ConfigError, OperationFailed
 from bgdeploy.failpoints import failpoint
 from bgdeploy.registry.store import Registry
 from bgdeploy.router import ipc
-from bgdeploy.router.admin import Admin, AdminConnection
-from bgdeploy.router.sockets import (
-    HANDOVER_ENV,
-    READY_ENV,
-    TAKEOVER_ENV,
-    Sockets,
-    notify_systemd,
-)
+from bgdeploy.router.admin import Admin, AdminConnection, route_dict, traffic_dict
+from bgdeploy.router.handover import address_change, hand_over, refused
+from bgdeploy.router.sockets import READY_ENV, TAKEOVER_ENV, Sockets, notify_systemd
 from bgdeploy.router.stats import RouterStats
-from bgdeploy.router.workers import WorkerProc, WorkersFailed, start_workers, worker_count
+from bgdeploy.router.workers import (
+    ExitWatch,
+    WorkerProc,
+    WorkersFailed,
+    start_workers,
+    worker_count,
+)
 
 log = logging.getLogger("bgdeploy.router")
 
-SUPERVISOR_START_TIMEOUT_S = 40.0
-WATCH_S = 0.1
-STATS_EVERY = 10  # watch ticks between two reads of the workers' counters
+SAMPLE_S = 1.0  # the workers' counters for the dashboard's series (and a check for exits)
 RESPAWN_GAP_S = 0.5  # at most one replacement per this long: a crash loop must not spin
+TRAFFIC_WAIT_S = 5.0  # traffic() from another thread: the event loop answers within this
 
 
 @dataclass
-class Hooks:
+class SupervisorWiring:
     """What the process that hosts the supervisor wires in (see bgdeploy/routerd.py)."""
 
     status: Callable[[dict[str, int], dict[str, Any]], dict[str, Any]]
@@ -72,24 +71,14 @@ class Hooks:
     argv: list[str] = field(default_factory=list)  # how to start a new supervisor
 
 
-def address_change(old: Config, new: Config) -> str | None:
-    """Why a reload cannot apply new: the addresses are the sockets it keeps."""
-    for key in ("host", "port", "admin_port"):
-        if getattr(old.router, key) != getattr(new.router, key):
-            return (
-                f"`router.{key}` changed from {getattr(old.router, key)!r} to "
-                f"{getattr(new.router, key)!r}, and a reload keeps the listening sockets: the "
-                "fixed address is the point of the router."
-            )
-    return None
-
-
 class RouterSupervisor:
-    def __init__(self, config: Config, registry: Registry, service: str, hooks: Hooks) -> None:
+    def __init__(
+        self, config: Config, registry: Registry, service: str, wiring: SupervisorWiring
+    ) -> None:
         self.config = config
         self.registry = registry
         self.service = service
-        self.hooks = hooks
+        self.wiring = wiring
         self.ns = ipc.namespace(config.state_dir)
         self.started = time.time()
         self.workers: dict[int, WorkerProc] = {}
@@ -102,6 +91,10 @@ class RouterSupervisor:
         self.sockets: Sockets | None = None
         self.admin: Admin | None = None
         self._last_spawn = 0.0
+        # On the event loop's thread only: worker exits, a respawn on its way or due.
+        self.exits: ExitWatch | None = None
+        self._respawning = False
+        self._respawn_due: asyncio.TimerHandle | None = None
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -125,7 +118,7 @@ class RouterSupervisor:
             self.workers[pid] = WorkerProc(pid, None, time.time())
         control = ipc.listen(ipc.supervisor_address(self.ns, os.getpid()))
         threading.Thread(target=self._serve_control, args=(control,), daemon=True).start()
-        admin_server = watching = None
+        admin_server = sampling = None
         try:
             try:
                 await loop.run_in_executor(None, self._replace_workers, self.config)
@@ -137,9 +130,9 @@ class RouterSupervisor:
             admin = self.admin = Admin(
                 self._snapshot,
                 self._status,
-                self.hooks.history,
-                self._router_info,
-                self._status_all if self.hooks.status_all else None,
+                self.wiring.history,
+                self.info,
+                self._status_all if self.wiring.status_all else None,
                 self._live_boots,
             )
             admin_server = await loop.create_server(
@@ -158,7 +151,12 @@ class RouterSupervisor:
             notify_systemd(os.getpid())
             gc.collect()
             gc.freeze()  # the long-lived start-up objects stay out of the collector's passes
-            watching = loop.create_task(self._watch())
+            self.exits = ExitWatch(loop, self._check)
+            with self.lock:
+                for w in self.workers.values():
+                    self.exits.add(w)
+            sampling = loop.create_task(self._sample())
+            self._check()
             threading.Thread(
                 target=self._control_loop, name="bgdeploy-control", daemon=True
             ).start()
@@ -179,8 +177,11 @@ class RouterSupervisor:
             await self.done.wait()
         finally:
             self.stopping.set()
-            if watching is not None:
-                watching.cancel()
+            if sampling is not None:
+                sampling.cancel()
+            if self.exits is not None:
+                self.exits.close()
+                self.exits = None
             log.info("router supervisor stopping: draining the workers")
             await loop.run_in_executor(None, self._stop_workers)
             # A reload that is handing over to a successor answers its caller first.
@@ -202,6 +203,7 @@ class RouterSupervisor:
         with self.lock:
             for w in workers:
                 self.workers[w.pid] = w
+        self._on_loop(self._watch, workers)
         return workers
 
     def _replace_workers(self, config: Config) -> list[WorkerProc]:
@@ -209,17 +211,14 @@ class RouterSupervisor:
             old = [w for w in self.workers.values() if not w.draining]
         new = self._start_workers(config, worker_count(config))
         for w in old:
-            self._drain(w)
+            w.drain()
         return new
-
-    def _drain(self, w: WorkerProc) -> None:
-        w.drain()
 
     def _stop_workers(self) -> None:
         with self.lock:
             workers = list(self.workers.values())
         for w in workers:
-            self._drain(w)
+            w.drain()
         deadline = time.monotonic() + self.config.daemon.drain_timeout + 5
         for w in workers:
             while not w.exited() and time.monotonic() < deadline:
@@ -230,37 +229,69 @@ class RouterSupervisor:
             if w.proc is not None:
                 w.proc.wait()
 
-    async def _watch(self) -> None:
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run fn on the event loop (from any thread); nothing once the loop has closed."""
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(fn, *args)
+
+    def _watch(self, workers: list[WorkerProc]) -> None:
+        if self.exits is not None:  # else: added with every other worker when watching starts
+            for w in workers:
+                self.exits.add(w)
+
+    async def _sample(self) -> None:
+        """Once a second: the workers' counters for the dashboard's series; and a look for
+        exits no pidfd reported (a kernel without them)."""
         loop = asyncio.get_running_loop()
-        ticks = 0
         while True:
-            await asyncio.sleep(WATCH_S)
-            ticks += 1
-            if ticks % STATS_EVERY == 0:  # and the dashboard chart's once-a-second sample
-                snapshot = await loop.run_in_executor(None, self._snapshot)
-                if self.admin is not None:
-                    self.admin.series.sample(
-                        snapshot.requests, snapshot.upstream_errors, snapshot.latency
-                    )
-            with self.lock:
-                gone = [w for w in self.workers.values() if w.exited()]
-                for w in gone:
-                    del self.workers[w.pid]
-                    if w.last is not None:
-                        self.retired.add(w.last)
-                serving = sum(1 for w in self.workers.values() if not w.draining)
+            await asyncio.sleep(SAMPLE_S)
+            snapshot = await loop.run_in_executor(None, self._snapshot)
+            if self.admin is not None:
+                self.admin.series.sample(
+                    snapshot.requests, snapshot.upstream_errors, snapshot.latency
+                )
+            self._check()
+
+    def _check(self) -> None:
+        """On the event loop, when a worker exited or a command ended: forget (and reap) the
+        workers that exited, and replace the missing serving ones, one start at a time,
+        at most one per RESPAWN_GAP_S (else later); none while reloading or stopping."""
+        if self.exits is None:
+            return
+        with self.lock:
+            gone = [w for w in self.workers.values() if w.exited()]  # poll() reaps a child
             for w in gone:
-                if not w.draining:
-                    code = w.proc.returncode if w.proc else None
-                    log.warning("worker %d exited (code %s); starting another", w.pid, code)
-            want = worker_count(self.config)
-            if (
-                serving < want
-                and not self.reloading.locked()
-                and not self.stopping.is_set()
-                and time.monotonic() - self._last_spawn >= RESPAWN_GAP_S
-            ):
-                await loop.run_in_executor(None, self._respawn, want - serving)
+                del self.workers[w.pid]
+                if w.last is not None:
+                    self.retired.add(w.last)
+            serving = sum(1 for w in self.workers.values() if not w.draining)
+        for w in gone:
+            self.exits.forget(w.pid)
+            if not w.draining:
+                code = w.proc.returncode if w.proc else None
+                log.warning("worker %d exited (code %s); starting another", w.pid, code)
+        want = worker_count(self.config)
+        if serving >= want or self._respawning or self.reloading.locked() or self.stopping.is_set():
+            return
+        wait = RESPAWN_GAP_S - (time.monotonic() - self._last_spawn)
+        if wait > 0:
+            if self._respawn_due is None:
+                self._respawn_due = self.loop.call_later(wait, self._respawn_now)
+            return
+        self._respawning = True
+        started = self.loop.run_in_executor(None, self._respawn, want - serving)
+        started.add_done_callback(self._respawned)
+
+    def _respawn_now(self) -> None:
+        self._respawn_due = None
+        self._check()
+
+    def _respawned(self, started: asyncio.Future[None]) -> None:
+        self._respawning = False
+        if not started.cancelled() and started.exception() is not None:
+            log.warning("could not replace a worker: %s", started.exception())
+        self._check()  # a start that failed is tried again after RESPAWN_GAP_S
 
     def _respawn(self, n: int) -> None:
         try:
@@ -298,10 +329,13 @@ class RouterSupervisor:
             log.debug("live boots unknown: %s", e)
             return None
 
+    # -- what the admin listener answers, for the control loop (any thread, blocking) ------
+
     def inflight(self) -> dict[str, int]:
         return self._snapshot().inflight
 
-    def _router_info(self, snapshot: RouterStats | None = None) -> dict[str, Any]:
+    def info(self, snapshot: RouterStats | None = None) -> dict[str, Any]:
+        """``/api/router``: this supervisor and its workers."""
         snap = snapshot or self._snapshot()
         return {
             "pid": os.getpid(),
@@ -311,11 +345,30 @@ class RouterSupervisor:
         }
 
     def _status(self, snapshot: RouterStats) -> dict[str, Any]:
-        return self.hooks.status(snapshot.inflight, self._router_info(snapshot))
+        return self.wiring.status(snapshot.inflight, self.info(snapshot))
 
     def _status_all(self, snapshot: RouterStats) -> list[dict[str, Any]]:
-        assert self.hooks.status_all is not None
-        return self.hooks.status_all(snapshot.inflight, self._router_info(snapshot))
+        assert self.wiring.status_all is not None
+        return self.wiring.status_all(snapshot.inflight, self.info(snapshot))
+
+    def route(self) -> dict[str, Any]:
+        """``/api/route``: where the workers route, and the controls they apply."""
+        return route_dict(self._snapshot())
+
+    def traffic(self, window: float, end: float | None = None) -> dict[str, Any]:
+        """``/api/traffic?window=&end=``: each boot's answers over the window (ValueError
+        for a bad one). The series lives on the event loop: computed there."""
+        loop, admin = self.loop, self.admin
+        if loop is None or admin is None:
+            raise OperationFailed("The router is not serving yet: no traffic to report.")
+        with contextlib.suppress(RuntimeError):  # RuntimeError: not on a loop's thread
+            if asyncio.get_running_loop() is loop:
+                return traffic_dict(admin.series, window, end)
+
+        async def compute() -> dict[str, Any]:
+            return traffic_dict(admin.series, window, end)
+
+        return asyncio.run_coroutine_threadsafe(compute(), loop).result(TRAFFIC_WAIT_S)
 
     # -- control requests (`bgdeploy router reload`, a successor) ---------------------------
 
@@ -340,7 +393,7 @@ class RouterSupervisor:
     def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
         cmd = message.get("cmd")
         if cmd == "info":
-            return self._router_info()
+            return self.info()
         if cmd == "reload":
             return self.reload(str(message.get("version")))
         if cmd == "retire":
@@ -351,15 +404,15 @@ class RouterSupervisor:
 
     def reload(self, installed: str) -> dict[str, Any]:
         if not self.reloading.acquire(blocking=False):
-            return _refused(OperationFailed("A reload of the router is already running."))
+            return refused(OperationFailed("A reload of the router is already running."))
         try:
             try:
-                config = self.hooks.load_config()
+                config = self.wiring.load_config()
             except BgdeployError as e:
-                return _refused(e)
+                return refused(e)
             why = address_change(self.config, config)
             if why is not None:
-                return _refused(
+                return refused(
                     ConfigError(
                         f"The router was not reloaded: {why}",
                         hint="Put the old value back, or use `bgdeploy down` and `up` to move.",
@@ -367,25 +420,25 @@ class RouterSupervisor:
                 )
             try:
                 if installed != __version__:
-                    pid = self._hand_over()
+                    pid = hand_over(self.sockets, self.wiring.argv, self.config)
                     return {"ok": True, "supervisor": pid, "replaced_supervisor": os.getpid()}
                 with self.lock:
                     old = [w for w in self.workers.values() if not w.draining]
                 new = self._start_workers(config, worker_count(config))
                 failpoint("reload_after_new_workers")
                 for w in old:
-                    self._drain(w)
+                    w.drain()
             except WorkersFailed as e:
-                return _refused(
+                return refused(
                     OperationFailed(
                         f"The router was not reloaded: {e.why}; the old workers keep serving.",
                         hint=e.hint,
                     )
                 )
             except OperationFailed as e:
-                return _refused(e)
+                return refused(e)
             self.config = config
-            self.hooks.on_config(config)
+            self.wiring.on_config(config)
             self._record(True)
             return {
                 "ok": True,
@@ -395,50 +448,7 @@ class RouterSupervisor:
             }
         finally:
             self.reloading.release()
-
-    def _hand_over(self) -> int:
-        """Start a supervisor of the installed code on our sockets; it retires us."""
-        assert self.sockets is not None
-        ready_r, ready_w = os.pipe()
-        fds = self.sockets.fds()
-        env = {
-            **os.environ,
-            HANDOVER_ENV: self.sockets.describe(),
-            TAKEOVER_ENV: str(os.getpid()),
-            READY_ENV: str(ready_w),
-        }
-        try:
-            proc = subprocess.Popen(
-                self.hooks.argv,
-                env=env,
-                pass_fds=(*fds, ready_w),
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=self.config.base_dir,
-            )
-        finally:
-            os.close(ready_w)
-        failpoint("handover_after_successor_started")
-        with os.fdopen(ready_r, "rb") as pipe:
-            answered = bool(select.select([pipe], [], [], SUPERVISOR_START_TIMEOUT_S)[0])
-            ok = answered and pipe.readline() == b"ready\n"
-        if not ok:
-            if answered:  # the pipe closed: it is exiting, let it finish
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-            if proc.poll() is None:  # it hangs: SIGTERM lets it drain the workers it started
-                proc.terminate()
-                try:
-                    proc.wait(self.config.daemon.drain_timeout + 10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            proc.wait()
-            raise OperationFailed(
-                f"The router was not reloaded: the new supervisor exited at start with code "
-                f"{proc.returncode}; this one and its workers keep serving.",
-                hint="See the router log (.bgdeploy/router.log).",
-            )
-        return proc.pid
+            self._on_loop(self._check)  # a worker that exited meanwhile is replaced now
 
     def _retire_old(self, pid: int) -> None:
         try:
@@ -450,13 +460,15 @@ class RouterSupervisor:
                 strays = [p for p in ipc.live_workers(self.ns) if p not in self.workers]
                 for p in strays:
                     self.workers[p] = WorkerProc(p, None, time.time())
-            for p in strays:
-                self._drain(self.workers[p])
+                adopted = [self.workers[p] for p in strays]
+            for w in adopted:
+                w.drain()
+            self._on_loop(self._watch, adopted)
 
     # -- the control loop and the registry row ---------------------------------------------
 
     def _control_loop(self) -> None:
-        tick = self.hooks.control_tick
+        tick = self.wiring.control_tick
         if tick is None:
             return
         failing = False  # a registry outage fails every pass: say so once, and the end once
@@ -484,7 +496,3 @@ class RouterSupervisor:
             f"http://{cfg.host}:{cfg.admin_port}",
             config_digest(self.config),
         )
-
-
-def _refused(e: BgdeployError) -> dict[str, Any]:
-    return {"ok": False, "error": e.message, "hint": e.hint, "exit_code": e.exit_code}

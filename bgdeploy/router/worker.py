@@ -32,7 +32,7 @@ from typing import Any
 import uvloop
 
 from bgdeploy import __version__
-from bgdeploy.router import ipc
+from bgdeploy.router import build, ipc
 from bgdeploy.router.client import ClientConnection, Limits
 from bgdeploy.router.routes import RouteTable, watcher_for
 
@@ -192,6 +192,7 @@ class Worker:
         return {
             "pid": os.getpid(),
             "version": __version__,
+            "build": build(),  # "compiled" or "pure-python": the request path this runs
             "started": self.started,
             "draining": self.draining,
             "connections": len(table.connections),
@@ -207,7 +208,7 @@ class Worker:
             else [table.preview.boot_id, table.preview.generation],
             "paused": table.pause is not None and not table.pause.healing,
             "healing": table.pause is not None and table.pause.healing,
-            "held": len(table.held),
+            "held": len(table.waiting),
             "maintenance": table.maintenance is not None,
             "canary_weight": table.canary_weight,
         }

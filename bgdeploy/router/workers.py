@@ -9,6 +9,7 @@ started with it are stopped, so a broken install never replaces working workers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,46 @@ class WorkerProc:
         self.draining = True
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
+
+
+class ExitWatch:
+    """Calls ``on_exit`` on the event loop when a watched worker exits: a pidfd per worker
+    (readable once the process has exited, whoever its parent is, so an orphan adopted
+    from a killed supervisor too) under ``loop.add_reader``. Use it on the loop's thread.
+    Without pidfds (a kernel before 5.3) it watches nothing: the caller's periodic check
+    is then what notices an exit."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[[], None]) -> None:
+        self.loop = loop
+        self.on_exit = on_exit
+        self.fds: dict[int, int] = {}  # pid -> pidfd
+
+    def add(self, w: WorkerProc) -> None:
+        if w.pid in self.fds:
+            return
+        try:
+            fd = os.pidfd_open(w.pid)
+        except ProcessLookupError:  # gone already (and reaped)
+            self.loop.call_soon(self.on_exit)
+            return
+        except (OSError, AttributeError):
+            return
+        self.fds[w.pid] = fd
+        self.loop.add_reader(fd, self._exited, w.pid)
+
+    def _exited(self, pid: int) -> None:
+        self.forget(pid)
+        self.on_exit()
+
+    def forget(self, pid: int) -> None:
+        fd = self.fds.pop(pid, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+
+    def close(self) -> None:
+        for pid in list(self.fds):
+            self.forget(pid)
 
 
 def worker_count(config: Config) -> int:

@@ -135,3 +135,53 @@ def test_a_client_pipelining_without_bound_is_cut_off(admin):
     got = talk(port, request(b"GET", b"/api/status") * 1000)
     assert 0 < got.count(b"HTTP/1.1 200 ") < 1000
     assert got.rstrip().endswith(b"too many pipelined requests")
+
+
+@pytest.mark.slow
+def test_the_supervisors_answers_in_process_are_the_admin_answers(tmp_path):
+    """info(), route() and traffic(), called from the control loop's thread, return what
+    /api/router, /api/route and /api/traffic answer (see supervisor_answers.py)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, poll_until
+    from tests.integration.conftest import free_port, make_app, stop_orphaned_workers
+
+    app = make_app(
+        tmp_path,
+        extra=f"\n[router]\nport = {free_port()}\nadmin_port = {free_port()}\nworkers = 2\n",
+    )
+    result = tmp_path / "answers.json"
+    with open(tmp_path / "router.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.supervisor_answers",
+                str(app.config.path),
+                str(result),
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        poll_until(result.exists, 90, what="the supervisor's answers")
+        proc.wait(timeout=30)  # it stops itself once it has written them
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop_orphaned_workers(app)
+    answers = json.loads(poll_until(lambda: result.read_text(), 5, what="the answers' file"))
+    assert "error" not in answers, answers
+    for name in ("info", "route", "traffic"):
+        mine, admin = answers[name]
+        assert mine == admin, name
+    info, route, traffic = answers["info"][0], answers["route"][0], answers["traffic"][0]
+    assert len(info["workers"]) == 2 and {w["build"] for w in info["workers"]} <= {
+        "compiled",
+        "pure-python",
+    }
+    assert route["requests_total"] == 3 and route["boot_id"] is None
+    assert sum(f["answers"] for f in traffic["boots"].values()) == 3, traffic

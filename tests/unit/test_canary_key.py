@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import zlib
 
-from bgdeploy.router.controls import canary_bucket
-from bgdeploy.router.routes import route_state
+from bgdeploy.router.route_state import route_state
+from bgdeploy.router.steering import canary_bucket
 
 PEER = b"127.0.0.1:40001"
 BY_PEER = zlib.crc32(PEER) % 100

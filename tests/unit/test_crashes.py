@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from bgdeploy.control.crashes import CrashLoop, backoff
-from bgdeploy.router.controls import Pause
-from bgdeploy.router.routes import route_state
+from bgdeploy.router.route_state import route_state
+from bgdeploy.router.steering import Pause
 
 
 def test_backoff_doubles_from_half_a_second_up_to_thirty():

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from bgdeploy.router.client import ClientConnection, Limits
 from bgdeploy.router.fastpath import plain_request, plain_response
-from bgdeploy.router.routes import Route, RouteTable
+from bgdeploy.router.route_state import Route
+from bgdeploy.router.routes import RouteTable
 
 NAMES = [
     b"Host",

@@ -1,4 +1,7 @@
-"""Operator controls on the request path: preview, pause and maintenance.
+"""Steering on the request path: the operator controls as the workers apply them.
+
+Preview, pause (the requests waiting for resume, or for a dead boot's replacement),
+maintenance, the canary's sticky buckets, and the router's own 503 answers.
 
 The registry row carries them (``bgdeploy promote``'s held candidate, ``pause``,
 ``maintenance on``) and the watcher hands them to the route table with the route,
@@ -118,8 +121,9 @@ def answer(status: int, retry_after: int, message: str, as_json: bool) -> bytes:
     )
 
 
-class HeldRequests:
-    """Requests that arrived while paused, oldest first, each with its deadline."""
+class WaitingRequests:
+    """Requests waiting, unforwarded, oldest first, each with its deadline: they arrived
+    while paused, or their boot died and its replacement is awaited."""
 
     def __init__(self) -> None:
         self.queue: deque[tuple[float, Exchange]] = deque()
@@ -127,7 +131,7 @@ class HeldRequests:
     def __len__(self) -> int:
         return len(self.queue)
 
-    def hold(self, ex: Exchange, deadline: float) -> None:
+    def add(self, ex: Exchange, deadline: float) -> None:
         self.queue.append((deadline, ex))
 
     def extend(self, deadline: float) -> None:
@@ -135,7 +139,7 @@ class HeldRequests:
         self.queue = deque((max(d, deadline), ex) for d, ex in self.queue)
 
     def release(self) -> None:
-        """Resume: start every held request, in arrival order, on the current route."""
+        """Resume: start every waiting request, in arrival order, on the current route."""
         queue, self.queue = self.queue, deque()
         now = monotonic()
         for _, ex in queue:
@@ -148,8 +152,8 @@ class HeldRequests:
     def expire(
         self, now: float, retry_after: int, healing: bool = False, unpaused: bool = False
     ) -> None:
-        """Held past the pause's max: 503 with Retry-After (the oldest expire first).
-        ``unpaused``: held after their boot died, and nothing restarts it: 502."""
+        """Waiting past the pause's max: 503 with Retry-After (the oldest expire first).
+        ``unpaused``: waiting since their boot died, and nothing restarts it: 502."""
         why = (
             "The service is restarting and this request waited as long as it may."
             if healing

@@ -1,0 +1,164 @@
+"""What tools/bench.py and tools/bench_workers.py share: ports, wrk runs, CPU time, and
+the router under test (a real `bgdeploy up --foreground` whose registry names backends
+by port)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+DURATION = os.environ.get("BENCH_DURATION", "3s")
+# The machine is shared: each pair is measured ROUNDS times, interleaved, and the
+# median run (by req/s) of each side is reported.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench: nothing answered on port {port}")
+
+
+def wrk(port: int, conns: int, pid: int | None = None, path: str = "/") -> dict[str, float]:
+    """One wrk run; with pid, also that process's CPU time per request (us)."""
+    threads = 1 if conns == 1 else 2
+    before = cpu_seconds(pid) if pid else None
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{conns}",
+            f"-d{DURATION}",
+            "--latency",
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    count = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(r"Socket errors: (.*)", out)
+    result = {
+        "rps": rps,
+        "p50": latency_ms(out, "50%"),
+        "p99": latency_ms(out, "99%"),
+        "errors": int(errors.group(1)) if errors else 0,
+        "socket_errors": sock_err.group(1) if sock_err else "",
+        "user_us": float("nan"),
+        "sys_us": float("nan"),
+    }
+    if pid and before is not None and count:
+        after = cpu_seconds(pid)
+        result["user_us"] = (after[0] - before[0]) / count * 1e6
+        result["sys_us"] = (after[1] - before[1]) / count * 1e6
+    return result
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process and its live children (workers)."""
+    proc = psutil.Process(pid)
+    times = [p.cpu_times() for p in (proc, *proc.children(recursive=True))]
+    return sum(t.user for t in times), sum(t.system for t in times)
+
+
+def latency_ms(out: str, pct: str) -> float:
+    m = re.search(rf"{pct}\s+([\d.]+)(us|ms|s)\b", out)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+class RouterUnderTest:
+    """A real router process whose registry points at backends we name by port."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        name: str = "router",
+        env: dict[str, str] | None = None,
+        registry_url: str | None = None,
+    ) -> None:
+        from bgdeploy.config import load_config
+        from bgdeploy.control.app import App
+
+        self.env = {**os.environ, **(env or {})}
+        self.dir = workdir / name
+        self.dir.mkdir()
+        self.port, self.admin = free_port(), free_port()
+        registry = f'[registry]\nurl = "{registry_url}"\n' if registry_url else ""
+        (self.dir / "bgdeploy.toml").write_text(
+            f"[router]\nport = {self.port}\nadmin_port = {self.admin}\n"
+            f'[daemon]\ncommand = ["true"]\n[health]\ninterval = 3600.0\n{registry}'
+        )
+        self.app = App(load_config(self.dir / "bgdeploy.toml"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def point_at(self, port: int) -> tuple[str, float]:
+        """One full generation whose boot is whatever listens on port.
+
+        Returns the boot id and the perf_counter time right after the switch commit."""
+        from bgdeploy.states import BootState
+
+        reg, svc = self.app.registry, self.app.service
+        row = reg.deployment(svc)
+        res = reg.transition(svc, "begin", generation=row.generation, version=f"port-{port}")
+        boot_id = res.row.candidate_boot_id
+        reg.boot_records.assign_port(boot_id, (port, port), lambda p: True)
+        reg.transition(svc, "candidate_ready", generation=res.row.generation)
+        reg.transition(svc, "switch", generation=res.row.generation)
+        switched_at = time.perf_counter()
+        fin = reg.transition(svc, "finalize", generation=res.row.generation)
+        if fin.row.old_boot_id is None and row.active_boot_id:
+            reg.boot_records.mark_exited(row.active_boot_id, BootState.STOPPED, 0)
+        return boot_id, switched_at
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bgdeploy",
+                "--config",
+                str(self.dir / "bgdeploy.toml"),
+                "up",
+                "--foreground",
+                "--no-deploy",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO,
+            env=self.env,
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
