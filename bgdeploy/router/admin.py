@@ -268,6 +268,8 @@ class Admin:
         self.router = router
         self.status_all = status_all
         self._cache: tuple[float, bytes] | None = None
+        # Requests answered (in /api/router): the control loop in the supervisor makes none.
+        self.requests = 0
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -354,6 +356,7 @@ class AdminConnection(asyncio.Protocol):
         if self.done:  # pipelined after a request that closes the connection
             return
         self.burst += 1
+        self.admin.requests += 1
         if self.burst + len(self.answers) > PIPELINE_LIMIT:
             self._answer(503, b"too many pipelined requests\n", close=True)
             return

@@ -342,6 +342,7 @@ class RouterSupervisor:
             "version": __version__,
             "started": self.started,
             "workers": snap.workers_info(),
+            "admin_requests": self.admin.requests if self.admin is not None else 0,
         }
 
     def _status(self, snapshot: RouterStats) -> dict[str, Any]:
