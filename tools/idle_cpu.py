@@ -15,6 +15,7 @@ admin listener, worker watch, the series) apart too. No traffic is sent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import socket
@@ -85,6 +86,7 @@ def main() -> None:
             "\n[health]\nstable_checks = 3\n\n[analysis]\nmax_wait = 0\n"
         )
         log = open(folder / "router.log", "wb")  # noqa: SIM115
+        started: list[psutil.Process] = []
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -117,12 +119,19 @@ def main() -> None:
             after = {name: cpu(p) for name, p in procs.items()}
             loop_used = loop_thread_cpu(sup) - loop_before
         finally:
+            # The boots outlive their router (by design): the daemon is stopped here.
+            with contextlib.suppress(psutil.Error):
+                started = psutil.Process(proc.pid).children(recursive=True)
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            for p in started:
+                with contextlib.suppress(psutil.Error):
+                    p.terminate()
+            psutil.wait_procs(started, timeout=10)
             log.close()
         used = {name: after[name] - before[name] for name in procs}
         router = sum(n for name, n in used.items() if not name.startswith("daemon"))
