@@ -15,7 +15,9 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import threading
 from pathlib import Path
+from types import FrameType
 
 from bgdeploy.errors import BgdeployError, OperationFailed, RegistryError
 from bgdeploy.registry.urls import sqlite_path
@@ -136,18 +138,39 @@ class Interrupted(BaseException):  # noqa: N818 - named like KeyboardInterrupt, 
         return 128 + self.signum
 
 
+REDELIVER_S = 0.01
+
+
 class _Handlers:
     """The first signal raises ``Interrupted`` in the main thread; later ones are only
     noted, so that the cleanup the first one started (stopping a candidate, recording
-    the abort) is not cut short by a second Ctrl-C."""
+    the abort) is not cut short by a second Ctrl-C.
+
+    A signal that lands while the garbage collector runs a finalizer (a ``__del__``)
+    would raise there, where Python drops the exception ("Exception ignored in ..."):
+    it is delivered again a moment later instead, once that code has returned."""
 
     def __init__(self) -> None:
         self.first: int | None = None
 
-    def __call__(self, signum: int, frame: object) -> None:
-        if self.first is None:
-            self.first = signum
-            raise Interrupted(signum)
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.first is not None:
+            return
+        if _in_finalizer(frame):
+            timer = threading.Timer(REDELIVER_S, signal.raise_signal, (signum,))
+            timer.daemon = True
+            timer.start()
+            return
+        self.first = signum
+        raise Interrupted(signum)
+
+
+def _in_finalizer(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def install_signal_handlers() -> None:

@@ -177,6 +177,8 @@ def test_the_supervisors_answers_in_process_are_the_admin_answers(tmp_path):
     assert "error" not in answers, answers
     for name in ("info", "route", "traffic"):
         mine, admin = answers[name]
+        if name == "info":  # the HTTP answer counts its own request; nothing else differs
+            assert admin.pop("admin_requests") > mine.pop("admin_requests") >= 0
         assert mine == admin, name
     info, route, traffic = answers["info"][0], answers["route"][0], answers["traffic"][0]
     assert len(info["workers"]) == 2 and {w["build"] for w in info["workers"]} <= {

@@ -355,7 +355,9 @@ def test_a_signal_during_deploy_stops_the_candidate_and_records_the_abort(
     signal, its exit code, the candidate's processes gone, the abort in the registry
     with that reason, and the lock free (before: exit 130 with nothing printed, the
     candidate left `starting`)."""
-    app = faulty_app(tmp_path, tmp_path / "state", flags=["--start-delay", "60"])
+    # The daemon never gets healthy before the signal, however slow the machine: its
+    # start takes 60 s, and the deploy would wait for it far longer than that.
+    app = faulty_app(tmp_path, tmp_path / "state", flags=["--start-delay", "60"], startup=600)
     cleanup.append(app)
     proc = subprocess.Popen(
         [sys.executable, "-m", "bgdeploy", "--config", str(app.config.path), "deploy"],
