@@ -82,7 +82,7 @@ def switch_propagation(router: RouterUnderTest, ports: tuple[int, int], n: int =
     conn = http.client.HTTPConnection("127.0.0.1", router.port, timeout=5)
     samples = []
     for i in range(n):
-        boot_id, t_commit = router.point_at(ports[i % 2])
+        boot_id, t_commit, finish = router.switch_to(ports[i % 2])
         while True:
             conn.request("GET", "/")
             resp = conn.getresponse()
@@ -92,6 +92,7 @@ def switch_propagation(router: RouterUnderTest, ports: tuple[int, int], n: int =
             if time.perf_counter() - t_commit > 5:
                 raise SystemExit("bench: the router did not follow a switch within 5 s")
         samples.append((time.perf_counter() - t_commit) * 1000)
+        finish()
     conn.close()
     return samples
 

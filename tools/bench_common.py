@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -119,6 +120,14 @@ class RouterUnderTest:
         """One full generation whose boot is whatever listens on port.
 
         Returns the boot id and the perf_counter time right after the switch commit."""
+        boot_id, switched_at, finish = self.switch_to(port)
+        finish()
+        return boot_id, switched_at
+
+    def switch_to(self, port: int) -> tuple[str, float, Callable[[], None]]:
+        """A generation switched to whatever listens on port: the boot id, the
+        perf_counter time right after the switch commit, and the finalize still to do
+        (a switch propagation is timed before it, so its commit is not counted)."""
         from bgdeploy.states import BootState
 
         reg, svc = self.app.registry, self.app.service
@@ -129,10 +138,13 @@ class RouterUnderTest:
         reg.transition(svc, "candidate_ready", generation=res.row.generation)
         reg.transition(svc, "switch", generation=res.row.generation)
         switched_at = time.perf_counter()
-        fin = reg.transition(svc, "finalize", generation=res.row.generation)
-        if fin.row.old_boot_id is None and row.active_boot_id:
-            reg.boot_records.mark_exited(row.active_boot_id, BootState.STOPPED, 0)
-        return boot_id, switched_at
+
+        def finish() -> None:
+            fin = reg.transition(svc, "finalize", generation=res.row.generation)
+            if fin.row.old_boot_id is None and row.active_boot_id:
+                reg.boot_records.mark_exited(row.active_boot_id, BootState.STOPPED, 0)
+
+        return boot_id, switched_at, finish
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
