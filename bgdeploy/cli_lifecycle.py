@@ -31,6 +31,9 @@ def up(
         bool, typer.Option("--foreground", help="Run the router in this process until SIGTERM.")
     ] = False,
     no_deploy: Annotated[bool, typer.Option("--no-deploy", hidden=True)] = False,
+    # A router that only forwards (the benchmarks of the request path point it at
+    # processes it did not start): no control loop, so no health check and no heal.
+    no_control: Annotated[bool, typer.Option("--no-control", hidden=True)] = False,
     wait: Wait = None,
     no_wait: NoWait = False,
 ) -> None:
@@ -40,7 +43,7 @@ def up(
         from bgdeploy.routerd import serve_router
 
         restore_default_signals()  # the router handles SIGTERM and SIGINT itself
-        serve_router(_app(), deploy_if_none=not no_deploy)
+        serve_router(_app(), deploy_if_none=not no_deploy, control_loop=not no_control)
         return
     from bgdeploy.routerd import up as do_up
 

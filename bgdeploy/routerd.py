@@ -33,8 +33,11 @@ from bgdeploy.router.supervisor import RouterSupervisor, SupervisorWiring
 RELOAD_TIMEOUT_S = 120.0
 
 
-def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
-    """Run the router supervisor in this process until SIGTERM (`up --foreground`)."""
+def serve_router(app: App, *, deploy_if_none: bool = True, control_loop: bool = True) -> None:
+    """Run the router supervisor in this process until SIGTERM (`up --foreground`).
+
+    ``control_loop=False`` (`--no-control`): a router that only forwards, as the
+    benchmarks run it in front of processes bgdeploy did not start."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -70,17 +73,18 @@ def serve_router(app: App, *, deploy_if_none: bool = True) -> None:
     hooks = SupervisorWiring(
         status=lambda inflight, router: {
             **status(state["app"], inflight, router),
-            "control_loop": control.as_dict(),
+            "control_loop": control.as_dict() if control_loop else None,
         },
         status_all=lambda inflight, router: all_statuses(state["app"], inflight, router),
         history=lambda: history(state["app"], 20),
         load_config=lambda: load_config(app.config.path),
-        control_tick=control.tick,
+        control_tick=control.tick if control_loop else None,
         on_config=on_config,
-        argv=supervisor_argv(app.config, deploy_if_none=deploy_if_none),
+        argv=supervisor_argv(app.config, deploy_if_none=deploy_if_none, control_loop=control_loop),
     )
     supervisor = RouterSupervisor(app.config, app.registry, app.service, hooks)
-    control.watch(supervisor.inflight)
+    if control_loop:
+        control.watch(supervisor.inflight)
     supervisor.serve()
 
 

@@ -157,6 +157,7 @@ class RouterUnderTest:
                 "up",
                 "--foreground",
                 "--no-deploy",
+                "--no-control",  # the boots are processes it did not start: no heal
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

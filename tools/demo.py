@@ -157,8 +157,9 @@ def main() -> int:
         banner("traffic analysis sees what users get and rolls back by itself")
         st = wait_for(
             "the analysis rollback",
-            lambda s: s["state"] == "idle"
-            and (s["rollback_reason"] or "").startswith("traffic analysis"),
+            lambda s: (
+                s["state"] == "idle" and (s["rollback_reason"] or "").startswith("traffic analysis")
+            ),
         )
         bgdeploy("status")
         assert st["active"]["version"] == "2.0", st

@@ -48,11 +48,18 @@ def router_log_path(app: App):  # noqa: ANN201
     return app.config.state_dir / "router.log"
 
 
-def supervisor_argv(config: Config, *, deploy_if_none: bool) -> list[str]:
+def supervisor_argv(
+    config: Config, *, deploy_if_none: bool, control_loop: bool = True
+) -> list[str]:
     """How a router supervisor is started: by `bgdeploy up`, and by a supervisor that
-    hands over to the installed code (it keeps its own ``deploy_if_none``)."""
+    hands over to the installed code (it keeps its own ``deploy_if_none`` and
+    ``control_loop``)."""
     argv = [sys.executable, "-m", "bgdeploy", "--config", str(config.path), "up", "--foreground"]
-    return argv if deploy_if_none else [*argv, "--no-deploy"]
+    if not deploy_if_none:
+        argv.append("--no-deploy")
+    if not control_loop:
+        argv.append("--no-control")
+    return argv
 
 
 def start_router_background(app: App) -> tuple[int, bool]:
