@@ -208,7 +208,7 @@ def main() -> int:
 
             for r in routers:
                 r.point_at(uv)
-            time.sleep(0.2)
+                r.wait_serving()
             uv_targets = [(uv, None), *((peers[n][1], None) for n in peers)]
             uv_targets += [(r.port, None) for r in routers]
             uv_rows = [(c, interleaved(uv_targets, c)) for c in (16, 64)]
@@ -229,7 +229,7 @@ def main() -> int:
             procs.append(demo)
             wait_port(demo_port)
             compiled.point_at(demo_port)
-            time.sleep(0.2)
+            compiled.wait_serving()
             direct, via = interleaved([(demo_port, None), (compiled.port, None)], 16)
 
             samples = switch_propagation(compiled, (b1, b2))

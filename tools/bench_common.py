@@ -165,6 +165,28 @@ class RouterUnderTest:
             env=self.env,
         )
         wait_port(self.port)
+        self.wait_serving()
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
+        """Until every worker serves and routes where the registry says: the listening
+        socket accepts (into its backlog) before any worker runs, so a figure taken
+        earlier would count the workers' start (the first switch measured ~1 s)."""
+        import json
+        import urllib.request
+
+        active = self.app.registry.deployment(self.app.service).active_boot_id
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                url = f"http://127.0.0.1:{self.admin}/api/route"
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    workers = json.loads(r.read())["workers"]
+                if workers and all(w["boot_id"] == active for w in workers):
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        raise SystemExit("bench: the router's workers did not serve the route in time")
 
     def stop(self) -> None:
         if self.proc is not None:
