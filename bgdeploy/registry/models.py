@@ -129,6 +129,37 @@ class Boot(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer)
     # When the boot lost the route: its drain ends drain_timeout later, whoever finishes it.
     draining_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Replicas: how many processes the boot is a set of. With more than one, each has a
+    # row in `replicas` (port, pid and log_path above are replica 0's, kept alike), and
+    # ``ports`` lists the replicas the router balances over ("41001,41002"); NULL means
+    # ``port`` alone, as a boot of one process always has.
+    replicas: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    ports: Mapped[str | None] = mapped_column(Text)
+
+
+class Replica(Base):
+    """One process of a boot of several (``daemon.replicas``)."""
+
+    __tablename__ = "replicas"
+
+    boot_id: Mapped[str] = mapped_column(ForeignKey("boots.boot_id"), primary_key=True)
+    replica: Mapped[int] = mapped_column(Integer, primary_key=True)
+    port: Mapped[int | None] = mapped_column(Integer)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    pid_create_time: Mapped[float | None] = mapped_column()
+    log_path: Mapped[str | None] = mapped_column(Text)
+    # starting (not yet healthy) | serving (in rotation) | out (failed its checks or
+    # exited: out of rotation, restarted after ``next_ts``) | stopped (scaled away)
+    state: Mapped[str] = mapped_column(String(16), default="starting")
+    started_ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    stopped_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    # Its own crash loop: quick exits in a row, and when it may start again.
+    exits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_ts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Failed health checks in a row while serving; restarts so far.
+    fails: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Workspace(Base):
@@ -193,6 +224,8 @@ class Intent(Base):
     mode_by: Mapped[str | None] = mapped_column(Text)
     # The installed version when the pin or rollback was recorded: a different one ends it.
     installed_seen: Mapped[str | None] = mapped_column(String(128))
+    # `bgdeploy scale N`: the replicas every boot should have, over daemon.replicas.
+    replicas: Mapped[int | None] = mapped_column(Integer)
 
 
 class Event(Base):

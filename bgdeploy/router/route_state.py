@@ -18,6 +18,21 @@ class Route:
     boot_id: str
     port: int
     generation: int
+    # The ports of the boot's replicas in rotation (``boots.ports``); empty for a boot
+    # of one process, which is reached on ``port``.
+    ports: tuple[int, ...] = ()
+
+    @property
+    def targets(self) -> tuple[int, ...]:
+        """Where this route's requests may go: its replicas in rotation, else its port."""
+        return self.ports or (self.port,)
+
+
+def parse_ports(text: str | None) -> tuple[int, ...]:
+    """``boots.ports`` ("41001,41002") as a tuple; () when NULL or empty."""
+    if not text:
+        return ()
+    return tuple(int(p) for p in text.split(",") if p.strip())
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,7 @@ ROUTE_SQL = (
     "SELECT d.active_boot_id, b.port, d.generation, c.boot_id, c.port, "
     "d.paused_ts IS NOT NULL, d.pause_max_s, d.maintenance_ts IS NOT NULL, "
     "d.maintenance_message, d.maintenance_retry_after, "
-    "d.healing_ts IS NOT NULL, d.healing_hold_s, d.canary_weight "
+    "d.healing_ts IS NOT NULL, d.healing_hold_s, d.canary_weight, b.ports, c.ports "
     "FROM deployments AS d "
     "LEFT JOIN boots AS b ON b.boot_id = d.active_boot_id "
     "LEFT JOIN boots AS c "
@@ -66,6 +81,7 @@ def route_state(row: tuple | None) -> RouteState:  # type: ignore[type-arg]
     ) = row[:12]
     # The share of new requests the held candidate gets (a canary step); none without one.
     weight = row[12] if len(row) > 12 else None
+    ports, held_ports = (parse_ports(row[13]), parse_ports(row[14])) if len(row) > 14 else ((), ())
     if paused:
         pause: Pause | None = Pause(float(pause_max or 30.0))
     elif healing:
@@ -73,9 +89,9 @@ def route_state(row: tuple | None) -> RouteState:  # type: ignore[type-arg]
         pause = Pause(float(hold_s or 0.0), healing=True)
     else:
         pause = None
-    preview = Route(held_id, held_port, generation) if held_id and held_port else None
+    preview = Route(held_id, held_port, generation, held_ports) if held_id and held_port else None
     return RouteState(
-        active=Route(active_id, port, generation) if active_id and port else None,
+        active=Route(active_id, port, generation, ports) if active_id and port else None,
         preview=preview,
         pause=pause,
         maintenance=Maintenance(msg or "Down for maintenance.", int(retry or 60))
