@@ -13,13 +13,11 @@ import logging
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -27,7 +25,14 @@ import psutil
 from bgdeploy.config import Config
 from bgdeploy.errors import BootError
 from bgdeploy.faults import storage_error
-from bgdeploy.registry.models import Boot
+from bgdeploy.processes import (
+    group_members,
+    port_is_free,
+    process_matches,
+    processes_of_boot,
+)
+from bgdeploy.registry.models import Boot, Replica
+from bgdeploy.registry.replicas import STOPPED
 from bgdeploy.registry.store import Registry
 from bgdeploy.states import BootState
 
@@ -36,47 +41,17 @@ log = logging.getLogger("bgdeploy.boots")
 POLL_S = 0.1
 
 
-def process_matches(pid: int | None, create_time: float | None) -> bool:
-    """True when ``pid`` is alive and is the very process we recorded (not a reused pid)."""
-    if not pid or create_time is None:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - create_time) < 0.05 and proc.status() != "zombie"
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def open_pidfd(pid: int | None, create_time: float | None) -> int | None:
-    """A pidfd of the recorded process (Linux 5.3+): it becomes readable when the
-    process exits, whoever its parent is. None when the platform has none, or the
-    process is gone or is not the one we recorded."""
-    if not pid or not hasattr(os, "pidfd_open"):
-        return None
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    # Checked after the open: a pid recycled before it would otherwise be watched.
-    if not process_matches(pid, create_time):
-        os.close(fd)
-        return None
-    return fd
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Nothing listens on host:port and we could bind it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def render_argv(command: list[str], *, port: int, boot_id: str, version: str) -> list[str]:
-    """Fill {port}, {boot_id} and {version}; every other character passes unchanged."""
-    subs = {"{port}": str(port), "{boot_id}": boot_id, "{version}": version}
+def render_argv(
+    command: list[str], *, port: int, boot_id: str, version: str, replica: int = 0
+) -> list[str]:
+    """Fill {port}, {boot_id}, {version} and {replica}; every other character passes
+    unchanged."""
+    subs = {
+        "{port}": str(port),
+        "{boot_id}": boot_id,
+        "{version}": version,
+        "{replica}": str(replica),
+    }
     argv = []
     for item in command:
         for key, value in subs.items():
@@ -115,62 +90,6 @@ def log_tail(path: str | Path | None, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join(tail)
-
-
-def _started_for(state_dir: Path) -> Iterator[tuple[psutil.Process, dict[str, str]]]:
-    """Processes we started for this state dir, with their env (which is how we know)."""
-    for proc in psutil.process_iter():
-        try:
-            env = proc.environ()
-        except (psutil.Error, OSError):
-            continue
-        if env.get("BGDEPLOY_STATE_DIR") == str(state_dir):
-            yield proc, env
-
-
-def processes_of_state_dir(state_dir: Path) -> list[psutil.Process]:
-    """Processes we started for this state dir, found by the env we gave them."""
-    return [proc for proc, _ in _started_for(state_dir)]
-
-
-def processes_of_boot(boot_id: str, state_dir: Path) -> list[psutil.Process]:
-    """The processes of one boot, by env: used when a boot's pid never reached the
-    registry (its starter died between spawn and the write), so that such a daemon
-    cannot live on unseen."""
-    return [proc for proc, env in _started_for(state_dir) if env.get("BGDEPLOY_BOOT_ID") == boot_id]
-
-
-def port_holder(host: str, port: int) -> str | None:
-    """Describe the process listening on host:port, when we can see it."""
-    try:
-        conns = psutil.net_connections(kind="tcp")
-    except (psutil.AccessDenied, OSError):
-        return None
-    for c in conns:
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-            try:
-                proc = psutil.Process(c.pid)
-                return f"pid {c.pid} ({' '.join(proc.cmdline())[:120] or proc.name()})"
-            except psutil.Error:
-                return f"pid {c.pid}"
-    return None
-
-
-def group_members(pgid: int, since: float) -> list[psutil.Process]:
-    """Live processes of process group ``pgid`` that started no earlier than ``since``."""
-    members = []
-    for proc in psutil.process_iter(["create_time"]):
-        try:
-            same_group = os.getpgid(proc.pid) == pgid
-            if (
-                same_group
-                and proc.info["create_time"] >= since - 0.05
-                and proc.status() != psutil.STATUS_ZOMBIE
-            ):
-                members.append(proc)
-        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return members
 
 
 class Children:
@@ -218,8 +137,9 @@ class BootProcesses:
         self.config = config
         self.registry = registry
 
-    def _key(self, boot_id: str) -> tuple[str, str]:
-        return (str(self.config.state_dir), boot_id)
+    def _key(self, boot_id: str, replica: int = 0) -> tuple[str, str]:
+        name = boot_id if replica == 0 else f"{boot_id}/{replica}"
+        return (str(self.config.state_dir), name)
 
     def reap(self) -> None:
         """Collect the exits of the boots this process started (a router calls it every
@@ -228,16 +148,48 @@ class BootProcesses:
 
     # -- start ---------------------------------------------------------------------------
 
-    def spawn(self, boot_id: str) -> Boot:
-        """Start the daemon for an existing boot row; returns the row with pid and port."""
+    def spawn(self, boot_id: str, replicas: int = 1) -> Boot:
+        """Start the daemon for an existing boot row: one process, or a set of
+        ``replicas`` (each on its own port); returns the row with pid and port."""
         boot = self._row(boot_id)
-        records = self.registry.boot_records
-        port = records.assign_port(boot_id, self.config.daemon.port_range, port_is_free)
+        if replicas <= 1:
+            records = self.registry.boot_records
+            port = records.assign_port(boot_id, self.config.daemon.port_range, port_is_free)
+            pid, create_time, log_path = self._start(boot, 0, port)
+            records.set_process(boot_id, pid, create_time, log_path)
+            return self._row(boot_id)
+        self.registry.replicas.set_count(boot_id, replicas)
+        for replica in range(replicas):
+            self.spawn_replica(boot, replica)
+        return self._row(boot_id)
+
+    def spawn_replica(self, boot: Boot, replica: int, prefer_port: int | None = None) -> Replica:
+        """Start (or start again) one replica of a boot of several, out of rotation
+        until a health check puts it in."""
+        reps = self.registry.replicas
+        if prefer_port is None or reps.get(boot.boot_id, replica) is None:
+            reps.add(boot.boot_id, replica)
+        port = reps.assign_port(
+            boot.boot_id, replica, self.config.daemon.port_range, port_is_free, prefer_port
+        )
+        pid, create_time, log_path = self._start(boot, replica, port)
+        reps.set_process(boot.boot_id, replica, pid, create_time, log_path)
+        row = reps.get(boot.boot_id, replica)
+        assert row is not None
+        return row
+
+    def _start(self, boot: Boot, replica: int, port: int) -> tuple[int, float, str]:
+        """Spawn one daemon process on ``port``: its pid, start time and log."""
+        boot_id = boot.boot_id
         argv = render_argv(
-            self.config.daemon.command, port=port, boot_id=boot_id, version=boot.version
+            self.config.daemon.command,
+            port=port,
+            boot_id=boot_id,
+            version=boot.version,
+            replica=replica,
         )
         logs = self.config.logs_dir
-        log_path = logs / f"{boot_id}.log"
+        log_path = logs / (f"{boot_id}.log" if replica == 0 else f"{boot_id}.r{replica}.log")
         daemon = self.config.daemon
         cwd = daemon.cwd or self.config.base_dir
         env = {
@@ -247,7 +199,9 @@ class BootProcesses:
             "BGDEPLOY_PORT": str(port),
             "BGDEPLOY_BOOT_ID": boot_id,
             "BGDEPLOY_VERSION": boot.version,
+            "BGDEPLOY_REPLICA": str(replica),
         }
+        records = self.registry.boot_records
         try:
             logs.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
@@ -279,22 +233,44 @@ class BootProcesses:
             ) from None
         finally:
             os.close(fd)
-        CHILDREN.add(self._key(boot_id), proc)
+        CHILDREN.add(self._key(boot_id, replica), proc)
         try:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:  # exited already; still record the pid for the log
             create_time = time.time()
-        records.set_process(boot_id, proc.pid, create_time, str(log_path))
-        log.info("boot %s: started pid %d on port %d (%s)", boot_id, proc.pid, port, boot.version)
-        return self._row(boot_id)
+        which = f"boot {boot_id}" + (f" replica {replica}" if replica else "")
+        log.info("%s: started pid %d on port %d (%s)", which, proc.pid, port, boot.version)
+        return proc.pid, create_time, str(log_path)
 
     # -- liveness ------------------------------------------------------------------------
 
     def is_running(self, boot: Boot) -> bool:
+        """The boot's process lives; for a boot of several, at least one replica does."""
+        rows = self.registry.replicas.rows(boot.boot_id)
+        if rows:
+            return any(self.replica_running(r) for r in rows if r.state != STOPPED)
         child = CHILDREN.get(self._key(boot.boot_id))
         if child is not None and child.poll() is not None:
             return False
         return process_matches(boot.pid, boot.pid_create_time)
+
+    def replica_running(self, rep: Replica) -> bool:
+        child = CHILDREN.get(self._key(rep.boot_id, rep.replica))
+        if child is not None and child.poll() is not None:
+            return False
+        return process_matches(rep.pid, rep.pid_create_time)
+
+    def replica_exit_code(self, rep: Replica) -> int | None:
+        child = CHILDREN.get(self._key(rep.boot_id, rep.replica))
+        return child.poll() if child is not None else None
+
+    def describe_replica_exit(self, rep: Replica) -> str:
+        code = self.replica_exit_code(rep)
+        if code is None:
+            return "exited (exit status unknown: not our child)"
+        if code < 0:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        return f"exited with code {code}"
 
     def exit_code(self, boot: Boot) -> int | None:
         """The exit code when we started the boot ourselves and it has exited, else None."""
@@ -327,6 +303,12 @@ class BootProcesses:
         """
         timeout = self.config.daemon.stop_timeout if timeout is None else timeout
         code: int | None = None
+        rows = self.registry.replicas.rows(boot.boot_id)
+        if rows:  # a set: every replica at once, replica 0's code for the boot
+            codes = self.stop_replicas(rows, timeout=timeout)
+            self.registry.boot_records.mark_exited(boot.boot_id, final_state, codes.get(0))
+            log.info("boot %s: stopped %d replicas (%s)", boot.boot_id, len(rows), codes)
+            return codes.get(0)
         if boot.pid is None:  # spawned, but its pid never reached the registry
             for proc in processes_of_boot(boot.boot_id, self.config.state_dir):
                 with contextlib.suppress(psutil.Error):
@@ -365,6 +347,55 @@ class BootProcesses:
                 return None
         deadline = time.monotonic() + timeout
         while self.is_running(boot):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(POLL_S)
+        return None
+
+    def stop_replicas(
+        self, rows: list[Replica], *, timeout: float, state: str = STOPPED
+    ) -> dict[int, int | None]:
+        """SIGTERM to every replica's process group at once, SIGKILL to those left after
+        ``timeout``; each row leaves the rotation, marked ``state`` (stopped: for good;
+        out: to start again). Returns the exit codes by replica."""
+        codes: dict[int, int | None] = {}
+        live = [r for r in rows if self.replica_running(r)]
+        for r in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(r.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        deadline = time.monotonic() + timeout
+        for r in live:
+            codes[r.replica] = self._wait_replica(r, max(0.0, deadline - time.monotonic()))
+            if codes[r.replica] is None and self.replica_running(r):
+                log.warning("boot %s replica %d ignored SIGTERM; killing it", r.boot_id, r.replica)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(r.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                code = self._wait_replica(r, 5.0)
+                codes[r.replica] = -signal.SIGKILL if code is None else code
+            assert r.pid is not None and r.pid_create_time is not None
+            self._kill_leftovers(r.pid, r.pid_create_time)
+        for r in rows:
+            if r.replica not in codes:
+                codes[r.replica] = self.replica_exit_code(r)
+            if r.pid is None:
+                for proc in processes_of_boot(r.boot_id, self.config.state_dir):
+                    with contextlib.suppress(psutil.Error):
+                        if proc.environ().get("BGDEPLOY_REPLICA") == str(r.replica):
+                            proc.kill()
+            self.registry.replicas.out_of_rotation(r.boot_id, r.replica, state)
+            self.registry.replicas.update(r.boot_id, r.replica, exit_code=codes[r.replica])
+            CHILDREN.pop(self._key(r.boot_id, r.replica))
+        return codes
+
+    def _wait_replica(self, rep: Replica, timeout: float) -> int | None:
+        child = CHILDREN.get(self._key(rep.boot_id, rep.replica))
+        if child is not None:
+            try:
+                return child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        deadline = time.monotonic() + timeout
+        while self.replica_running(rep):
             if time.monotonic() >= deadline:
                 return None
             time.sleep(POLL_S)

@@ -1,5 +1,5 @@
 """The lifecycle commands: up, down, router reload, deploy (and its canary), rollback,
-unpin, reconcile. Each takes the lifecycle lock through ``control`` and renders."""
+unpin, scale, reconcile. Each takes the lifecycle lock through ``control`` and renders."""
 
 from __future__ import annotations
 
@@ -275,6 +275,33 @@ def unpin(wait: Wait = None, no_wait: NoWait = False) -> None:
     finally:
         lock.release()
     out.print(escape(message))
+    _notice_no_router(a)
+
+
+@app.command()
+def scale(
+    replicas: Annotated[int, typer.Argument(help="Daemon processes per boot (1 or more).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    wait: Wait = None,
+    no_wait: NoWait = False,
+) -> None:
+    """Run N replicas of the daemon, balanced by the router, without a deploy.
+
+    New replicas take traffic once healthy; removed ones leave the rotation, drain, then
+    stop. Every later boot starts N (kept until the next `scale`)."""
+    from bgdeploy.control.lifecycle import take_lock
+    from bgdeploy.control.scale import scale as do_scale
+
+    a = _app()
+    lock = take_lock(a, "bgdeploy scale", wait=wait, no_wait=no_wait, notice=_waiting)
+    try:
+        result = do_scale(a, replicas)
+    finally:
+        lock.release()
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    out.print(escape(result.message))
     _notice_no_router(a)
 
 

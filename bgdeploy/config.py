@@ -96,6 +96,8 @@ class DaemonConfig:
     stop_timeout: float
     drain_timeout: float
     crash_window: float
+    replicas: int | str  # a count, or "auto": one per CPU
+    min_ready: int | None  # None: every replica
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "a boot that exits within this many seconds of its start is crash-looping: "
             "restarts back off 0.5 s, 1 s, 2 s ... 30 s",
         ),
+        "replicas": Key(
+            one_of(COUNT, literal("auto")),
+            1,
+            "daemon processes per boot, each on its own port, balanced by the router; "
+            '"auto" = one per CPU; `bgdeploy scale N` changes it without a deploy',
+        ),
+        "min_ready": Key(
+            COUNT,
+            None,
+            "healthy replicas a boot needs to be ready, and to count as healthy after the "
+            "switch; unset = every replica",
+            example=1,
+        ),
     },
     "health": {
         "interval": Key(NUMBER, 1.0, "seconds between health checks of the active boot"),

@@ -29,11 +29,16 @@ class HealthResult:
 
 
 def check(
-    client: httpx.Client, config: Config, boot: Boot, timeout: float | None = None
+    client: httpx.Client,
+    config: Config,
+    boot: Boot,
+    timeout: float | None = None,
+    port: int | None = None,
 ) -> HealthResult:
-    """One health request as ``[health]`` describes it; a failure names the expectation."""
+    """One health request as ``[health]`` describes it; a failure names the expectation.
+    ``port``: one replica of the boot's (default: the boot's port)."""
     hc = config.health
-    url = f"http://127.0.0.1:{boot.port}{config.daemon.health_path}"
+    url = f"http://127.0.0.1:{port or boot.port}{config.daemon.health_path}"
     what = f"{hc.method} {config.daemon.health_path}"
     headers = dict(hc.headers)
     if hc.host:
@@ -100,35 +105,41 @@ def wait_healthy(
     is_running: Callable[[], bool],
     describe_exit: Callable[[], str],
     log_tail: Callable[[], str],
+    port: int | None = None,
+    what: str | None = None,
 ) -> HealthResult:
     """Poll until healthy. Fails as soon as the process exits (with its log tail), at once
     on a wrong version, and at ``startup_timeout`` otherwise."""
     timeout = config.daemon.startup_timeout
     deadline = time.monotonic() + timeout
+    name = what or f"Boot {boot.boot_id}"
     with httpx.Client() as client:
         while True:
             if not is_running():
                 tail = log_tail()
                 raise BootError(
-                    f"Boot {boot.boot_id} ({boot.version}) {describe_exit()} before it "
-                    f"became healthy.",
+                    f"{name} ({boot.version}) {describe_exit()} before it became healthy.",
                     hint=f"Its log ends with:\n{tail}" if tail else "Its log is empty.",
                     log_tail=tail,
                 )
             remaining = deadline - time.monotonic()
             result = check(
-                client, config, boot, timeout=max(0.05, min(config.health.timeout, remaining))
+                client,
+                config,
+                boot,
+                timeout=max(0.05, min(config.health.timeout, remaining)),
+                port=port,
             )
             if result.ok:
                 return result
             if result.wrong_version is not None:
                 raise BootError(
-                    f"Boot {boot.boot_id} is the wrong binary: {result.detail}.",
+                    f"{name} is the wrong binary: {result.detail}.",
                     hint="Check that daemon.command starts the version being deployed.",
                 )
             if time.monotonic() >= deadline:
                 raise BootError(
-                    f"Boot {boot.boot_id} ({boot.version}) did not become healthy within "
+                    f"{name} ({boot.version}) did not become healthy within "
                     f"{timeout:g}s (last check: {result.detail}).",
                     hint=f"Raise daemon.startup_timeout, or see `bgdeploy logs {boot.boot_id}`.",
                     log_tail=log_tail(),
@@ -136,11 +147,12 @@ def wait_healthy(
             time.sleep(config.health.startup_interval)
 
 
-def attach(config: Config, boot: Boot, workspace: str) -> None:
-    """POST the workspace to the boot's attach path; raise unless it answers 2xx."""
+def attach(config: Config, boot: Boot, workspace: str, port: int | None = None) -> None:
+    """POST the workspace to the boot's attach path (on one replica's ``port``); raise
+    unless it answers 2xx."""
     if not config.daemon.attach_path:
         return
-    url = f"http://127.0.0.1:{boot.port}{config.daemon.attach_path}"
+    url = f"http://127.0.0.1:{port or boot.port}{config.daemon.attach_path}"
     try:
         resp = httpx.post(url, json={"workspace": workspace}, timeout=config.health.timeout)
     except httpx.HTTPError as e:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 
 SLOW_GET = "/slow?ms=20"
+PID = re.compile(rb'"pid": (\d+)')
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Req:
     end: float | None = None
     status: int | None = None  # None: an exception instead of an answer
     boot: str | None = None
+    pid: int | None = None  # the daemon process that answered (a replica of the boot)
     error: str | None = None
 
 
@@ -79,6 +82,21 @@ class CrashLoad:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=60)
+
+    def answered_by(self, after: float = 0.0) -> dict[int, int]:
+        """GETs answered 200 since ``after``, by the daemon process that answered."""
+        counts: dict[int, int] = {}
+        with self.lock:
+            for r in self.log:
+                if r.status == 200 and r.pid is not None and r.start > after:
+                    counts[r.pid] = counts.get(r.pid, 0) + 1
+        return counts
+
+    def failures(self, after: float = 0.0) -> list[Req]:
+        with self.lock:
+            return [
+                r for r in self.log if r.end is not None and r.status != 200 and r.start > after
+            ]
 
     def in_flight(self, at: float) -> int:
         with self.lock:
@@ -143,6 +161,8 @@ class CrashLoad:
                     got = resp.read()
                     ok = b'"version"' in got or resp.status != 200
                 req.boot = resp.getheader("X-Bgdeploy-Boot")
+                if kind == "GET" and (m := PID.search(got)) is not None:
+                    req.pid = int(m.group(1))
                 req.status = resp.status if ok else -1
                 if resp.status != 200:
                     req.error = got[:120].decode(errors="replace")

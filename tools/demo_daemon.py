@@ -13,6 +13,7 @@ Falls back to BGDEPLOY_PORT / BGDEPLOY_VERSION / BGDEPLOY_BOOT_ID. Endpoints:
   GET  /bytes?n=N     N bytes, streamed in 64 KiB chunks
   GET  /healthz       {"status": "ok", "version"}; 503 when unhealthy
   POST /workspaces    {"workspace": "<id>"} attaches a workspace
+  GET  /workspaces    {"workspaces": [...]}, the attached ones
   ANY  /probe         a health endpoint with expectations (--probe-* switches)
   GET  /hang          never answers (until the daemon stops)
   GET  /stall         sends the head and half of the body, then nothing
@@ -270,6 +271,9 @@ class Daemon:
         self.workspaces.add(workspace)
         return web.json_response({"attached": workspace, "boot_id": self.args.boot_id})
 
+    async def attached(self, request: web.Request) -> web.Response:
+        return web.json_response({"workspaces": sorted(self.workspaces)})
+
     async def on_shutdown(self, app: web.Application) -> None:
         self.stopping.set()
         for sock in list(self.websockets):
@@ -298,6 +302,7 @@ def build_app(d: Daemon) -> web.Application:
     app.router.add_get("/sse", d.sse)
     app.router.add_get("/ws", d.ws)
     app.router.add_post("/workspaces", d.attach)
+    app.router.add_get("/workspaces", d.attached)
     app.router.add_route("*", "/probe", d.probe)
     app.router.add_get("/hang", d.hang)
     app.router.add_get("/stall", d.stall)

@@ -19,10 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from bgdeploy.boots import open_pidfd, process_matches
 from bgdeploy.control import crashes
 from bgdeploy.control.app import App
 from bgdeploy.control.drain import Inflight
+from bgdeploy.processes import open_pidfd, process_matches
 from bgdeploy.states import BootState
 
 log = logging.getLogger("bgdeploy.control_loop")
@@ -42,7 +42,8 @@ class ControlLoop:
         self._inflight: Inflight | None = None
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
-        self._acted: str | None = None  # the boot whose exit the last pass acted on
+        # the boot (and its processes) whose exit the last pass acted on
+        self._acted: tuple[str, tuple[int | None, ...]] | None = None
         self.stopping = threading.Event()
         self.passes = 0  # passes run (for /api/status: a user sees the loop is alive)
         self.last_decision: str | None = None
@@ -114,16 +115,22 @@ class ControlLoop:
             if wait > 0 and wait <= REREAD_S:
                 self._act()
             return
-        if not self._wait_exit(boot.boot_id, boot.pid, boot.pid_create_time):
+        # A boot of several: any replica's exit (the pass restarts it, the others serve).
+        rows = [r for r in reg.replicas.rows(boot.boot_id) if r.state in ("serving", "starting")]
+        watched = [(r.pid, r.pid_create_time) for r in rows] if rows else []
+        if not rows:
+            watched = [(boot.pid, boot.pid_create_time)]
+        key = (boot.boot_id, tuple(pid for pid, _ in watched))
+        if not self._wait_exit(boot.boot_id, watched):
             return
-        if self._acted == boot.boot_id:
+        if self._acted == key:
             # A pass acted on this exit and the dead boot is still the active one: the pass
             # could not replace it (the tick retries every health.interval). Acting again
             # at once would only spin.
             self.stopping.wait(REREAD_S)
             return
-        log.warning("active boot %s exited: acting now", boot.boot_id)
-        self._acted = boot.boot_id
+        log.warning("active boot %s: a process exited: acting now", boot.boot_id)
+        self._acted = key
         if not self._act():
             self._acted = None  # the lock was busy: the next round acts on it again
 
@@ -135,19 +142,21 @@ class ControlLoop:
             return False
         return True
 
-    def _wait_exit(self, boot_id: str, pid: int | None, create_time: float | None) -> bool:
-        """Block until the boot exits (True) or stops being the active one (False)."""
-        fd = open_pidfd(pid, create_time)
+    def _wait_exit(self, boot_id: str, processes: list[tuple[int | None, float | None]]) -> bool:
+        """Block until one of the boot's processes exits (True) or the boot stops being
+        the active one (False)."""
+        fds = [open_pidfd(pid, ct) for pid, ct in processes]
         try:
             poller = None
-            if fd is not None:
+            if fds and all(fd is not None for fd in fds):
                 poller = select.poll()
-                poller.register(fd, select.POLLIN)
+                for fd in fds:
+                    poller.register(fd, select.POLLIN)  # type: ignore[arg-type]
             while not self.stopping.is_set():
                 if poller is not None:
                     if poller.poll(REREAD_S * 1000):
                         return True
-                elif not process_matches(pid, create_time):
+                elif not all(process_matches(pid, ct) for pid, ct in processes):
                     return True
                 else:
                     time.sleep(FALLBACK_POLL_S)
@@ -155,5 +164,6 @@ class ControlLoop:
                     return False
             return False
         finally:
-            if fd is not None:
-                os.close(fd)
+            for fd in fds:
+                if fd is not None:
+                    os.close(fd)

@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bgdeploy import health
-from bgdeploy.boots import BootProcesses, log_tail
-from bgdeploy.control import crashes
+from bgdeploy.boots import BootProcesses
+from bgdeploy.control import crashes, replica_set
 from bgdeploy.control.app import App
 from bgdeploy.control.drain import (
     ROUTER_FOLLOW_TIMEOUT_S,
@@ -194,7 +193,7 @@ class Deployer(FinishingSteps):
         failpoint("after_begin_commit")
         steps("begin", f"generation {gen}: candidate {boot_id} ({version})")
         try:
-            boot = self.sup.spawn(boot_id)
+            boot = self.sup.spawn(boot_id, replica_set.wanted(app))
             failpoint("after_candidate_spawn")
             steps("starting", f"{boot_id} pid {boot.pid} on port {boot.port}")
             self._wait_healthy(boot)
@@ -373,13 +372,7 @@ class Deployer(FinishingSteps):
         return result
 
     def _wait_healthy(self, boot: Boot) -> None:
-        health.wait_healthy(
-            self.app.config,
-            boot,
-            is_running=lambda: self.sup.is_running(boot),
-            describe_exit=lambda: self.sup.describe_exit(boot),
-            log_tail=lambda: log_tail(boot.log_path),
-        )
+        replica_set.wait_ready(self.app, self.sup, boot)
 
     def _attach_workspaces(self, boot: Boot) -> int:
         """Attach every bound workspace that ``boot`` has not attached yet; raise on the
@@ -391,7 +384,7 @@ class Deployer(FinishingSteps):
             if not missing:
                 return done
             for name in missing:
-                health.attach(self.app.config, boot, name)
+                replica_set.attach(self.app, boot, name)
                 records.record_attach(boot.boot_id, name)
                 done += 1
         raise _attach_race_lost(boot)

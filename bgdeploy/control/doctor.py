@@ -13,7 +13,7 @@ import httpx
 import psutil
 
 from bgdeploy import __version__
-from bgdeploy.boots import BootProcesses, port_holder, processes_of_state_dir
+from bgdeploy.boots import BootProcesses
 from bgdeploy.config import Config, find_config_path, load_config
 from bgdeploy.control import doctor_warnings as warnings
 from bgdeploy.control.app import App
@@ -27,6 +27,7 @@ from bgdeploy.control.world import gather
 from bgdeploy.errors import BgdeployError
 from bgdeploy.health import check as health_check
 from bgdeploy.installed import installed_version
+from bgdeploy.processes import port_holder, processes_of_state_dir
 from bgdeploy.registry import migrate
 from bgdeploy.registry.engine import make_engine, safe_url
 from bgdeploy.registry.intent import INSTALLED, IntentView

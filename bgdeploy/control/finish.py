@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from bgdeploy.control import replica_set
 from bgdeploy.control.drain import ROUTER_FOLLOW_TIMEOUT_S, Drain, Drains, Progress, no_progress
 from bgdeploy.errors import BgdeployError, BootError, OperationFailed
 from bgdeploy.failpoints import failpoint
@@ -113,7 +114,7 @@ class FinishingSteps:
         target = old
         if not self.sup.is_running(old):
             restore = self.reg.create_boot(self.app.service, row.generation, old.version)
-            target = self.sup.spawn(restore)
+            target = self.sup.spawn(restore, replica_set.wanted(self.app))
             failpoint("after_restore_boot_spawn")
         try:
             if restore is not None:

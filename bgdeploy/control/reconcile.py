@@ -20,9 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from bgdeploy import health
 from bgdeploy.boots import BootProcesses
-from bgdeploy.control import analysis, canary, crashes, hold
+from bgdeploy.control import analysis, canary, crashes, hold, replica_set
 from bgdeploy.control.app import App
 from bgdeploy.control.decide import Act, Decision, World, decide
 from bgdeploy.control.deploy import Deployer
@@ -67,6 +66,7 @@ class Reconciler:
         self.deployer = Deployer(app, self.sup, inflight)
         self.drains = self.deployer.drains  # this pass's demotions join the drains it finishes
         self._http = httpx.Client()
+        self._tending = replica_set.Tending(app, self.sup, self._http)
         self._baselines: dict = {}  # the old boot's figures before this generation's switch
         self._pruned = -PRUNE_EVERY_S
 
@@ -110,6 +110,7 @@ class Reconciler:
         self._stop_orphans(seen, report, dry_run)
         if not dry_run:
             self._settle_crashes(seen, report)
+            self._tend_replicas(report)
             self._prune_logs()
 
     def _act(self, world: World, report: ReconcileReport, dry_run: bool) -> None:
@@ -197,6 +198,14 @@ class Reconciler:
         if lived >= self.app.config.daemon.crash_window and crashes.end_crash_loop(self.app):
             report.did(f"crash loop over: {active.boot_id} runs for {lived:.0f} s")
 
+    def _tend_replicas(self, report: ReconcileReport) -> None:
+        """The active set's replicas: restarts, rotation, and (idle) their checks; while
+        switched, ``_observe`` has checked them this pass."""
+        row = self.app.registry.deployment(self.app.service)
+        active = self.app.registry.boot(row.active_boot_id)
+        if active is not None and row.state in (St.IDLE, St.SWITCHED):
+            self._tending.run(active, report.did, check=row.state == St.IDLE)
+
     def _observe(self, row, report: ReconcileReport, dry_run: bool) -> None:  # noqa: ANN001
         reg, cfg = self.app.registry, self.app.config
         active = reg.boot(row.active_boot_id)
@@ -206,7 +215,7 @@ class Reconciler:
             if not self.sup.is_running(active):
                 self._act(self.world(), report, dry_run)  # it exited a moment ago
                 return
-            result = health.check(self._http, cfg, active)
+            result = replica_set.check(self._http, self.app, active)
             ok, detail = result.ok, result.detail
         if dry_run:
             report.did(f"health check of {row.active_boot_id}: {'ok' if ok else detail}")
@@ -394,7 +403,9 @@ class Reconciler:
             return
         live = {b.boot_id for b in self.app.registry.boots(self.app.service, live_only=True)}
         old = sorted(
-            (p for p in logs.glob("*.log") if p.stem not in live), key=lambda p: p.stat().st_mtime
+            # A replica's log is "<boot_id>.r<N>.log".
+            (p for p in logs.glob("*.log") if p.stem.split(".r")[0] not in live),
+            key=lambda p: p.stat().st_mtime,
         )
         for path in old[:-KEEP_LOGS] if len(old) > KEEP_LOGS else []:
             Path(path).unlink(missing_ok=True)

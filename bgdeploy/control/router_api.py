@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from bgdeploy.boots import process_matches
+from bgdeploy.processes import process_matches
 from bgdeploy.registry.models import Router
 
 if TYPE_CHECKING:

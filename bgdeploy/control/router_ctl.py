@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
-from bgdeploy.boots import BootProcesses, log_tail, process_matches
+from bgdeploy.boots import BootProcesses, log_tail
 from bgdeploy.config import Config
 from bgdeploy.control.app import App
 from bgdeploy.control.decide import Act, World, decide, target
@@ -21,6 +21,7 @@ from bgdeploy.control.lifecycle import Notice, lifecycle, no_notice, take_lock
 from bgdeploy.control.router_api import running_router
 from bgdeploy.control.world import gather
 from bgdeploy.errors import EXIT_LOCK_BUSY, OperationFailed
+from bgdeploy.processes import process_matches
 from bgdeploy.registry.intent import DOWN, UP
 from bgdeploy.states import BootState
 

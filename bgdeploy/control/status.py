@@ -9,14 +9,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bgdeploy import __version__
-from bgdeploy.boots import process_matches
 from bgdeploy.config import Config, config_digest
 from bgdeploy.control.analysis import fetch_traffic
 from bgdeploy.control.app import App
 from bgdeploy.control.crashes import read_crash_loop
 from bgdeploy.control.pause_maintenance import read_controls
 from bgdeploy.control.router_api import build_of_workers
-from bgdeploy.registry.models import Boot, Event, Router, utcnow
+from bgdeploy.processes import process_matches
+from bgdeploy.registry.models import Boot, Event, Replica, Router, utcnow
+from bgdeploy.registry.replicas import single
+from bgdeploy.registry.store import Registry
 from bgdeploy.states import LIVE_BOOT_STATES, BootState
 from bgdeploy.timefmt import iso
 
@@ -34,12 +36,26 @@ def seen_state(boot: Boot) -> str:
     return boot.state
 
 
+def replica_dict(rep: Replica) -> dict[str, Any]:
+    return {
+        "replica": rep.replica,
+        "port": rep.port,
+        "pid": rep.pid,
+        "state": rep.state,
+        "started_ts": iso(rep.started_ts),
+        "restarts": rep.restarts or 0,
+        "next_try": iso(rep.next_ts) if rep.state == "out" else None,
+    }
+
+
 def boot_dict(
     boot: Boot | None,
     inflight: dict[str, int] | None = None,
     traffic: dict[str, Any] | None = None,
+    replicas: list[Replica] | None = None,
 ) -> dict[str, Any] | None:
-    """A boot as status shows it; ``traffic``: each boot's figures from the router."""
+    """A boot as status shows it; ``traffic``: each boot's figures from the router;
+    ``replicas``: its processes (a boot of one process is its own replica 0)."""
     if boot is None:
         return None
     figures = (traffic or {}).get(boot.boot_id)
@@ -59,7 +75,12 @@ def boot_dict(
             "error_ratio": figures.error_ratio if figures else None,
             "p99_ms": figures.p99_ms if figures else None,
         },
+        "replicas": [replica_dict(r) for r in (replicas or [single(boot)]) if r.state != "stopped"],
     }
+
+
+def _rows(reg: Registry, boot: Boot | None) -> list[Replica] | None:
+    return reg.replicas.rows(boot.boot_id) if boot is not None else None
 
 
 def config_current(router: Router, config: Config) -> bool:
@@ -109,9 +130,9 @@ def status(
         "service": row.service,
         "generation": row.generation,
         "state": row.state,
-        "active": boot_dict(active, inflight, traffic),
-        "candidate": boot_dict(candidate, inflight, traffic),
-        "old": boot_dict(old, inflight, traffic),
+        "active": boot_dict(active, inflight, traffic, _rows(reg, active)),
+        "candidate": boot_dict(candidate, inflight, traffic, _rows(reg, candidate)),
+        "old": boot_dict(old, inflight, traffic, _rows(reg, old)),
         "switch_ts": iso(row.switch_ts),
         "health_fail_streak": row.health_fail_streak,
         "health_ok_streak": row.health_ok_streak,

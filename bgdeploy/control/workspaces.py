@@ -9,8 +9,8 @@ old boot meanwhile attaches it to its candidate before the switch.
 
 from __future__ import annotations
 
-from bgdeploy import health
 from bgdeploy.boots import BootProcesses
+from bgdeploy.control import replica_set
 from bgdeploy.control.app import App
 from bgdeploy.errors import OperationFailed
 
@@ -28,7 +28,7 @@ def attach(app: App, workspace: str) -> str:
                 "There is no running active boot to attach the workspace to.",
                 hint="Run `bgdeploy up` first.",
             )
-        health.attach(app.config, boot, workspace)  # raises unless the daemon said yes
+        replica_set.attach(app, boot, workspace)  # raises unless every replica said yes
         if reg.workspaces.bind(app.service, workspace, boot.boot_id):
             return boot.boot_id
     raise OperationFailed(

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from bgdeploy.errors import BootError
 from bgdeploy.machine import DeploymentFields
 from bgdeploy.registry.intent import quarantine_in
-from bgdeploy.registry.models import Boot, Workspace, utcnow
+from bgdeploy.registry.models import Boot, Replica, Workspace, utcnow
 from bgdeploy.states import LIVE_BOOT_STATES, BootState, DeploymentEvent
 
 if TYPE_CHECKING:
@@ -43,6 +43,18 @@ class BootRecords:
                     select(Boot.port).where(
                         Boot.port.is_not(None),
                         Boot.boot_id != boot_id,
+                        Boot.state.in_([st.value for st in LIVE_BOOT_STATES]),
+                    )
+                )
+            )
+            taken |= set(
+                s.scalars(
+                    select(Replica.port)
+                    .join(Boot, Boot.boot_id == Replica.boot_id)
+                    .where(
+                        Replica.port.is_not(None),
+                        Replica.state != "stopped",
+                        Replica.boot_id != boot_id,
                         Boot.state.in_([st.value for st in LIVE_BOOT_STATES]),
                     )
                 )

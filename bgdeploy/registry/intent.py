@@ -41,6 +41,7 @@ class IntentView:
     mode_ts: datetime | None = None
     mode_by: str | None = None
     installed_seen: str | None = None
+    replicas: int | None = None  # `bgdeploy scale N`; None: daemon.replicas
 
     @classmethod
     def of(cls, row: Intent | None) -> IntentView:
@@ -56,6 +57,7 @@ class IntentView:
             row.mode_ts,
             row.mode_by,
             row.installed_seen,
+            row.replicas,
         )
 
     @property
@@ -167,6 +169,13 @@ class IntentRecords:
             row.run, row.run_ts, row.run_by = run, utcnow(), self.registry.actor_command
             self.registry.note_in(s, service, run, why)
             return True
+
+    def set_replicas(self, service: str, count: int, why: str) -> None:
+        """``bgdeploy scale N``: every boot from now on is a set of ``count``."""
+        with self.registry.writing() as s:
+            row = _intent_row(s, service)
+            row.replicas = count
+            self.registry.note_in(s, service, "scale", why)
 
     def add_quarantine(self, service: str, version: str, generation: int, reason: str) -> None:
         with self.registry.writing() as s:

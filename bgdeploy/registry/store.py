@@ -41,6 +41,7 @@ from bgdeploy.registry.engine import WRITE, make_engine, prepare_sqlite_file, sa
 from bgdeploy.registry.intent import IntentRecords
 from bgdeploy.registry.marks import RowMarks
 from bgdeploy.registry.models import Boot, Deployment, Event, utcnow
+from bgdeploy.registry.replicas import ReplicaRecords
 from bgdeploy.registry.routers import RouterRecords
 from bgdeploy.registry.urls import sqlite_path
 from bgdeploy.registry.workspaces import WorkspaceRecords, unattached
@@ -120,6 +121,10 @@ class Registry:
     @property
     def boot_records(self) -> BootRecords:
         return BootRecords(self)
+
+    @property
+    def replicas(self) -> ReplicaRecords:
+        return ReplicaRecords(self)
 
     @property
     def workspaces(self) -> WorkspaceRecords:

@@ -21,9 +21,9 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from bgdeploy.boots import port_holder
 from bgdeploy.config import Config
 from bgdeploy.errors import LockBusy, OperationFailed
+from bgdeploy.processes import port_holder
 from bgdeploy.router import ipc
 
 HANDOVER_ENV = "BGDEPLOY_ROUTER_FDS"

@@ -58,6 +58,9 @@ def _traffic_cells(t: dict[str, Any] | None) -> tuple[str, str, str]:
     )
 
 
+REPLICA_STYLES = {"serving": "green", "starting": "yellow", "out": "red"}
+
+
 def status_renderable(st: dict[str, Any], tree: bool = False) -> Group:
     """The status: the boots once (a table, or with ``tree`` Argo's tree), then the facts."""
     state = st["state"]
@@ -94,6 +97,19 @@ def status_renderable(st: dict[str, Any], tree: bool = False) -> Group:
             str(b["inflight"]),
             *(_traffic_cells(b.get("traffic")) if served else ()),
         )
+        replicas = b.get("replicas") or []
+        for r in replicas if len(replicas) > 1 else ():
+            state = r["state"] + (f", {r['restarts']} restarts" if r["restarts"] else "")
+            boots.add_row(
+                "",
+                Text(f"└ replica {r['replica']}", "dim"),
+                "",
+                Text(state, REPLICA_STYLES.get(r["state"], "")),
+                str(r["port"] or "-"),
+                str(r["pid"] or "-"),
+                uptime(r["started_ts"]),
+                *[""] * (len(cols) - 7),
+            )
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="dim")
     facts.add_column()

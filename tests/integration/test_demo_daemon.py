@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from bgdeploy.boots import processes_of_state_dir
+from bgdeploy.processes import processes_of_state_dir
 from tests.conftest import poll_until, run_bgdeploy
 from tests.integration.conftest import free_port
 

@@ -15,11 +15,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from bgdeploy.boots import BootProcesses, processes_of_boot
+from bgdeploy.boots import BootProcesses
 from bgdeploy.control.reconcile import Reconciler
 from bgdeploy.control.router_api import running_router
 from bgdeploy.control.router_ctl import up
 from bgdeploy.failpoints import CANARY_FAILPOINTS, ENV, FAILPOINTS, failpoint
+from bgdeploy.processes import processes_of_boot
 from bgdeploy.registry.models import Boot, Event
 from tests.conftest import REPO, REPORT, poll_until, run_bgdeploy
 from tests.integration.conftest import locked

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from loadgen import LoadGen
 
-from bgdeploy.boots import processes_of_state_dir
+from bgdeploy.processes import processes_of_state_dir
 from tests.conftest import REPORT, poll_until, run_bgdeploy
 from tests.integration.conftest import free_port, free_port_block
 from tests.integration.test_wheel_install import readme_block

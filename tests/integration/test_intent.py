@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bgdeploy.boots import process_matches
 from bgdeploy.control.app import App
+from bgdeploy.processes import process_matches
 from tests.conftest import demo_command, poll_until
 from tests.integration.conftest import free_port, make_app
 

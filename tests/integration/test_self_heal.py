@@ -9,10 +9,10 @@ import signal
 
 import pytest
 
-from bgdeploy.boots import process_matches
 from bgdeploy.control.doctor import doctor
 from bgdeploy.control.reconcile import Reconciler
 from bgdeploy.control.status import status
+from bgdeploy.processes import process_matches
 from bgdeploy.states import LIVE_BOOT_STATES
 from tests.conftest import poll_until
 from tests.integration.conftest import deploy

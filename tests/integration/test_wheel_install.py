@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from bgdeploy.boots import processes_of_state_dir
+from bgdeploy.processes import processes_of_state_dir
 from tests.conftest import DEMO_DAEMON, REPO, poll_until
 from tests.integration.conftest import free_port, free_port_block
 
