@@ -100,7 +100,17 @@ STATUS_KEYS = {
     "installed_version",
     "decision",
 }
-BOOT_KEYS = {"boot_id", "version", "port", "pid", "state", "started_ts", "inflight", "traffic"}
+BOOT_KEYS = {
+    "boot_id",
+    "version",
+    "port",
+    "pid",
+    "state",
+    "started_ts",
+    "inflight",
+    "traffic",
+    "replicas",
+}
 
 
 def poll_until(

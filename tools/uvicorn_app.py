@@ -1,11 +1,12 @@
 """A minimal ASGI app for `make bench`: the fast Python backend a router stands in front of.
 
-python tools/uvicorn_app.py PORT     (one uvicorn worker, uvloop + httptools)
+python tools/uvicorn_app.py PORT [WORKERS]     (uvloop + httptools; 1 worker by default)
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import uvicorn
 
@@ -25,10 +26,13 @@ async def app(scope: dict, receive, send) -> None:  # noqa: ANN001 - the ASGI si
 
 
 if __name__ == "__main__":
+    workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     uvicorn.run(
-        app,
+        "uvicorn_app:app" if workers > 1 else app,  # several workers import it by name
+        app_dir=str(Path(__file__).resolve().parent),
         host="127.0.0.1",
         port=int(sys.argv[1]),
+        workers=workers,
         loop="uvloop",
         http="httptools",
         access_log=False,

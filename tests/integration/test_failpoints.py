@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import select
 
@@ -20,7 +21,7 @@ from bgdeploy.control.reconcile import Reconciler
 from bgdeploy.control.router_api import running_router
 from bgdeploy.control.router_ctl import up
 from bgdeploy.failpoints import CANARY_FAILPOINTS, ENV, FAILPOINTS, failpoint
-from bgdeploy.processes import processes_of_boot
+from bgdeploy.processes import processes_of_boot, processes_of_state_dir
 from bgdeploy.registry.models import Boot, Event
 from tests.conftest import REPO, REPORT, poll_until, run_bgdeploy
 from tests.integration.conftest import locked
@@ -133,6 +134,22 @@ def check_invariants(app, router) -> None:
             assert b.boot_id in referenced, f"orphaned boot {b.boot_id} ({b.state})"
         if b.pid is None:
             assert processes_of_boot(b.boot_id, app.config.state_dir) == []
+    # every daemon process of this state folder is a live replica of a referenced boot
+    # (with replicas = 2, a replica the campaign's kill left behind would show here)
+    for proc in processes_of_state_dir(app.config.state_dir):
+        try:
+            env = proc.environ()
+        except psutil.Error:
+            continue
+        boot_id, n = env.get("BGDEPLOY_BOOT_ID"), int(env.get("BGDEPLOY_REPLICA", "0"))
+        if boot_id is None or proc.status() == psutil.STATUS_ZOMBIE:
+            continue
+        boot = reg.boot(boot_id)
+        assert boot is not None and boot.boot_id in referenced, f"orphan {boot_id}/{n}"
+        rows = reg.replicas.rows(boot_id)
+        if rows:
+            mine = next(r for r in rows if r.replica == n)
+            assert mine.state != "stopped" and mine.pid == proc.pid, (boot_id, n, mine.state)
     # no lock left behind (a running control loop may hold it for a moment)
     poll_until(lambda: app.lock().holder() is None, 15, what="the lifecycle lock to be free")
     # the events replay into the row
@@ -154,10 +171,14 @@ def _served_by(router) -> str | None:
 @pytest.mark.parametrize("name", FAILPOINTS)
 def test_cli_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, name, registry_url):
     """On SQLite and on PostgreSQL, where the advisory lock must vanish with the CLI."""
+    # On SQLite every boot is a set of 2 replicas (daemon.replicas = 2); on PostgreSQL
+    # a single process, so that both shapes go through every failpoint.
+    sqlite = registry_url.startswith("sqlite")
     app, router = stack(
         flags=["--fail-health-file", str(tmp_path / "unhealthy-{version}")],
         startup=3,
         registry_url=registry_url,
+        daemon_extra="replicas = 2" if sqlite else "",
     )
     args = provoke(app, tmp_path, name)
     died = run_bgdeploy(
@@ -195,9 +216,9 @@ def test_router_killed_at_failpoint_then_reconcile_recovers(stack, tmp_path, nam
     app, router = stack(
         flags=["--fail-health-file", str(tmp_path / "unhealthy-{version}")],
         startup=3,
-        daemon_extra='version_file = "VERSION"',
         stable=4 if finalizing else 1000,
         router_env={"BGDEPLOY_FAILPOINT": name},
+        daemon_extra='version_file = "VERSION"\nreplicas = 2',
     )
     try:
         locked(app, lambda d: d.deploy("1.0"))

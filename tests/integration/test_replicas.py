@@ -236,3 +236,50 @@ def _attached_on(port: int, workspace: str) -> bool:
 
     r = httpx.get(f"http://127.0.0.1:{port}/workspaces", timeout=5)
     return workspace in r.text
+
+
+@pytest.mark.slow
+def test_a_replica_that_fails_its_checks_is_restarted_while_the_other_serves(stack, tmp_path):
+    unhealthy = tmp_path / "unhealthy-{replica}"
+    app, router = stack(
+        flags=["--fail-health-file", str(unhealthy)],
+        daemon_extra=TWO + "\ncrash_window = 1.0",
+        interval=0.2,
+        threshold=3,
+        stable=2,
+        startup=2,
+    )
+    boot = deploy(app, "1.0")
+    _idle(app)
+    first = {r.replica: r.pid for r in _replicas(app, boot.boot_id)}
+    (tmp_path / "unhealthy-1").touch()
+    poll_until(
+        lambda: any(
+            e.event == "replica-out" and "replica 1 of" in (e.reason or "")
+            for e in app.registry.events(app.service, None)
+        ),
+        20,
+        what="replica 1 taken out",
+    )
+    # Replica 0 still serves every request meanwhile: the boot is not healed or held.
+    for _ in range(20):
+        r = httpx_get(router.url + "/")
+        assert r.status_code == 200 and r.json()["pid"] == first[0]
+    (tmp_path / "unhealthy-1").unlink()
+    poll_until(
+        lambda: any(
+            r.replica == 1 and r.state == "serving" and r.pid != first[1]
+            for r in _replicas(app, boot.boot_id)
+        ),
+        30,
+        what="replica 1 restarted and back in rotation",
+    )
+    row = app.registry.deployment(app.service)
+    assert row.active_boot_id == boot.boot_id and row.state == St.IDLE
+    assert _serving_pids(app, boot.boot_id) >= {first[0]}
+
+
+def httpx_get(url: str):  # noqa: ANN201
+    import httpx
+
+    return httpx.get(url, timeout=10)

@@ -4,6 +4,9 @@ After every step: at most one active boot and it is the one the row names; switc
 rollback at most once per generation; the events replay into the row; a transition
 applies only for an actor whose view was current; generation counts the begins; every
 workspace is bound to a boot that recorded a successful attach for it (invariant 4).
+Boots are sets of 2 replicas (daemon.replicas = 2) whose replicas exit, come back and
+leave: a boot's rotation (``boots.ports``) is exactly its serving replicas' ports, and
+no two live processes of live boots hold one port.
 
 It runs on a SQLite file and on the throw-away PostgreSQL server (fewer examples there:
 each step is a few network round trips).
@@ -28,8 +31,9 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
-from bgdeploy.errors import IllegalTransition
-from bgdeploy.registry.models import Boot, Event
+from bgdeploy.errors import BootError, IllegalTransition
+from bgdeploy.registry.models import Boot, Event, Replica
+from bgdeploy.registry.replicas import SERVING, STOPPED
 from bgdeploy.registry.store import Registry
 from tests.conftest import attached_by
 
@@ -48,6 +52,9 @@ FORWARD = {
     "rolling_back": ["rollback_done"],
 }
 EVENTS = ["begin", "candidate_ready", "abort", "switch", "finalize", "rollback", "rollback_done"]
+REPLICAS = 2
+PORTS = (20000, 20011)  # few enough that ports are reused once their boots are gone
+ROLES = ["active", "candidate", "old"]
 _TEMPLATE: Path | None = None
 
 
@@ -153,6 +160,84 @@ class RegistryMachine(RuleBasedStateMachine):
         boot_id = row.candidate_boot_id if to == "candidate" else row.old_boot_id
         if boot_id is not None:
             self.reg.workspaces.record_attach(boot_id, workspace)
+
+    def _boot_of(self, role: str) -> str | None:
+        row = self.reg.deployment("default")
+        return {
+            "active": row.active_boot_id,
+            "candidate": row.candidate_boot_id,
+            "old": row.old_boot_id,
+        }[role]
+
+    @rule(role=st.sampled_from(ROLES))
+    def start_set(self, role: str) -> None:
+        """The boot's replicas start (as BootProcesses.spawn does: a row, then a port)."""
+        boot_id = self._boot_of(role)
+        reps = self.reg.replicas
+        if boot_id is None or reps.rows(boot_id):
+            return
+        for n in range(REPLICAS):
+            reps.add(boot_id, n)
+            try:
+                reps.assign_port(boot_id, n, PORTS, lambda port: True)
+            except BootError:
+                return  # every port is held by live boots: the deploy would fail here
+        reps.set_count(boot_id, REPLICAS)
+
+    @rule(
+        role=st.sampled_from(ROLES),
+        n=st.integers(0, REPLICAS - 1),
+        what=st.sampled_from(["healthy", "exit", "fail", "restart", "scaled_away"]),
+    )
+    def replica(self, role: str, n: int, what: str) -> None:
+        boot_id = self._boot_of(role)
+        reps = self.reg.replicas
+        if boot_id is None or reps.get(boot_id, n) is None:
+            return
+        if what == "healthy":
+            reps.into_rotation(boot_id, n)
+        elif what == "exit":
+            reps.exited(boot_id, n, 1, crash_window=10.0, backoff=lambda exits: 0.5 * exits)
+        elif what == "fail":
+            reps.out_of_rotation(boot_id, n)
+        elif what == "restart":
+            before = reps.get(boot_id, n)
+            assert before is not None
+            try:
+                reps.assign_port(boot_id, n, PORTS, lambda port: True, prefer=before.port)
+            except BootError:
+                return
+            reps.update(boot_id, n, state="starting")
+        else:
+            reps.out_of_rotation(boot_id, n, STOPPED)
+
+    @invariant()
+    def rotation_is_the_serving_replicas(self) -> None:
+        with self.reg.reading() as s:
+            for boot in s.scalars(select(Boot)):
+                rows = list(s.scalars(select(Replica).where(Replica.boot_id == boot.boot_id)))
+                if not rows:
+                    assert boot.ports is None
+                    continue
+                ports = [int(p) for p in boot.ports.split(",")] if boot.ports else []
+                assert len(ports) == len(set(ports)), boot.ports
+                serving = {r.port for r in rows if r.state == SERVING}
+                assert set(ports) == serving, (boot.boot_id, boot.ports, serving)
+                zero = next((r for r in rows if r.replica == 0), None)
+                assert zero is None or zero.port == boot.port  # replica 0 is mirrored
+
+    @invariant()
+    def no_port_held_twice(self) -> None:
+        live = ("starting", "healthy", "active", "standby", "draining")
+        with self.reg.reading() as s:
+            held: list[int] = []
+            for boot in s.scalars(select(Boot).where(Boot.state.in_(live))):
+                rows = list(s.scalars(select(Replica).where(Replica.boot_id == boot.boot_id)))
+                if rows:
+                    held += [r.port for r in rows if r.state != STOPPED and r.port is not None]
+                elif boot.port is not None:
+                    held.append(boot.port)
+            assert len(held) == len(set(held)), sorted(held)
 
     @invariant()
     def workspaces_bound_only_where_attached(self) -> None:
