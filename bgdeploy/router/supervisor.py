@@ -342,8 +342,6 @@ class RouterSupervisor:
             "version": __version__,
             "started": self.started,
             "workers": snap.workers_info(),
-            # Per boot, per port: its replica's requests, upstream_errors and outstanding.
-            "replicas": snap.replicas_of(),
             "admin_requests": self.admin.requests if self.admin is not None else 0,
         }
 
