@@ -38,7 +38,8 @@ ROUTER_TESTS := tests/unit/test_fast_path.py tests/integration/test_router.py \
 	tests/integration/test_abuse.py tests/integration/test_security.py \
 	tests/integration/test_zero_downtime.py tests/integration/test_smuggling.py \
 	tests/integration/test_build.py tests/integration/test_preview_pause.py \
-	tests/integration/test_maintenance_limits.py tests/integration/test_canary.py
+	tests/integration/test_maintenance_limits.py tests/integration/test_canary.py \
+	tests/integration/test_replica_balancing.py
 
 # Two test processes (pytest-xdist) on the two cores: the tests mostly wait on the
 # processes they start. A file's tests stay on one worker (--dist loadfile): its module

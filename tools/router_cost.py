@@ -56,7 +56,7 @@ class CountingTransport:
 def main() -> None:
     table = RouteTable(uvloop.new_event_loop(), max_connections=10)
     table.set_active(Route("blue-1", 1, 1))
-    client, upstream = ClientConnection(table, Limits()), Upstream("blue-1", table)
+    client, upstream = ClientConnection(table, Limits()), Upstream("blue-1", table, 1)
     to_client, to_upstream = CountingTransport(), CountingTransport()
     client.connection_made(to_client)
     upstream.connection_made(to_upstream)

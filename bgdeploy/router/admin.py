@@ -59,6 +59,7 @@ class MetricsSnapshot:
             k: n for k, n in stats.upstream_errors.items() if live is None or k[0] in live
         }
         self.latency = {b: c for b, c in stats.latency.items() if live is None or b in live}
+        self.replicas = {k: c for k, c in stats.replicas.items() if live is None or k[0] in live}
         self.switches = stats.switches
         self.route_age = time.time() - stats.route_changed_at
         self.connections = stats.connections
@@ -99,6 +100,28 @@ class MetricsSnapshot:
         for boot, counts in sorted(self.latency.items()):
             latency.add_metric([boot], histogram_buckets(counts), None)
         yield latency
+        answered = CounterMetricFamily(
+            "bgdeploy_replica_requests",
+            "Responses sent, by replica: its boot and port (a boot of one process has one).",
+            labels=["boot", "port"],
+        )
+        failed = CounterMetricFamily(
+            "bgdeploy_replica_upstream_errors",
+            "Failed upstream connections, by replica: its boot and port.",
+            labels=["boot", "port"],
+        )
+        outstanding = GaugeMetricFamily(
+            "bgdeploy_replica_outstanding_requests",
+            "Requests sent to a replica (boot and port) and not yet answered.",
+            labels=["boot", "port"],
+        )
+        for (boot, port), (answers, errors, out) in sorted(self.replicas.items()):
+            answered.add_metric([boot, str(port)], answers)
+            failed.add_metric([boot, str(port)], errors)
+            outstanding.add_metric([boot, str(port)], out)
+        yield answered
+        yield failed
+        yield outstanding
         served = CounterMetricFamily(
             "bgdeploy_router_requests",
             "Responses sent since the router started, by status (every boot, stopped ones too).",
@@ -233,6 +256,8 @@ def route_dict(stats: RouterStats) -> dict[str, Any]:
         "held_requests": stats.held,
         "maintenance": stats.maintenance,
         "canary_weight": stats.canary_weight,
+        # Per boot, per port: its replica's requests, upstream_errors and outstanding.
+        "replicas": stats.replicas_of(),
         "workers": [
             {"pid": w["pid"], "boot_id": w["route"], "draining": w["draining"]}
             for w in stats.workers_info()

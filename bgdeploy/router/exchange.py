@@ -6,11 +6,19 @@ are never held whole: chunks go on as they arrive. A request refused before any
 answer byte (a reused connection closed while idle, a refused connect) is sent
 again when it is small enough to have been kept.
 
-When the active boot has died (its connects are refused), a request is held
-rather than failed, as a pause holds it, until the control loop has routed a
-replacement or ``CRASH_HOLD_S`` has passed without the control loop saying it
-restarts the boot. A GET, HEAD or OPTIONS without a body whose fresh connection
-was reset before any answer byte is held and resent the same way, once.
+A boot of several replicas (Route.targets: one port each) is balanced per
+request: the replica with the fewest outstanding requests of this worker, of
+two drawn at random (``pick``). A replica that refused a connect is skipped by
+new requests for ``DOWN_S`` (unless every one is), and a request it refused, or
+an idempotent bodiless one its fresh connection reset before any answer byte, is
+sent at once to another replica of the route.
+
+When the active boot has died (its connects are refused, on every replica), a
+request is held rather than failed, as a pause holds it, until the control loop
+has routed a replacement or ``CRASH_HOLD_S`` has passed without the control loop
+saying it restarts the boot. A GET, HEAD or OPTIONS without a body whose fresh
+connection was reset before any answer byte is held and resent the same way,
+once (with one replica; with more, it goes to another at once).
 """
 
 from __future__ import annotations
@@ -29,11 +37,12 @@ from bgdeploy.router.steering import (
     is_preview,
     wants_json,
 )
-from bgdeploy.router.upstream import Upstream
+from bgdeploy.router.upstream import DOWN_S, Upstream, pick
 
 if TYPE_CHECKING:
     from bgdeploy.router.client import ClientConnection
     from bgdeploy.router.route_state import Route
+    from bgdeploy.router.upstream import Replica
 
 RETRY_BUFFER_LIMIT = 64 * 1024  # requests up to this size can be resent on a fresh connection
 # How long a request refused by a dead boot waits for the control loop to mark the
@@ -75,6 +84,7 @@ class Exchange:
         "held_once",
         "started",
         "canary_cookie",
+        "replica",
     )
 
     def __init__(
@@ -113,6 +123,7 @@ class Exchange:
         self.held_once = False  # held once after its boot died: the next failure is final
         self.started = monotonic()  # the head is parsed: the answer's latency counts from here
         self.canary_cookie: bytes | None = None  # a Set-Cookie line for the answer's head
+        self.replica: Replica | None = None  # where it was sent last (its outstanding count)
 
     # -- request side ---------------------------------------------------------------------
 
@@ -145,45 +156,65 @@ class Exchange:
             self.fail(503, "No active boot: bgdeploy has not deployed a daemon yet.")
             return
         self.route = route
-        if not self.counted:
-            self.counted = True
-            table.request_started(route.boot_id)
+        reps = table.targets.get(route.boot_id)
+        if reps is None:
+            reps = table.replicas_of(route)
+        rep = reps[0] if len(reps) == 1 else pick(reps, table.clock, self.replica)
+        if self.counted:  # (not after a hold or a retry: see _move_count)
+            self.replica.outstanding -= 1
+        self.counted = True
+        self.replica = rep
+        rep.outstanding += 1
         self.attempts += 1
-        up = None if self.upgrade else table.pools.take(route.boot_id)
+        up = None if self.upgrade else table.pools.take(rep)
         if up is not None:
             self.attach(up)
         else:
-            table.loop.create_task(self._connect(route))
+            table.loop.create_task(self._connect(rep))
 
-    async def _connect(self, route: Route) -> None:
+    async def _connect(self, rep: Replica) -> None:
         table = self.client.table
         try:
             _, up = await table.loop.create_connection(
-                lambda: Upstream(route.boot_id, table), "127.0.0.1", route.port
+                lambda: Upstream(rep.boot_id, table, rep.port), "127.0.0.1", rep.port
             )
         except OSError as e:
-            table.upstream_error(route.boot_id, "connect")
+            # Skipped by new requests for a moment: the others serve meanwhile.
+            rep.down_until = table.clock + DOWN_S
+            table.upstream_error(rep, "connect")
             if self.done or self.client.closed:
                 return
-            if self.attempts < 2:
-                # Refused before any byte was sent: try once more on the route of *now*.
+            if self.attempts < 2 or self._elsewhere(rep):
+                # Refused before any byte was sent: try again on the route of *now*.
                 self._move_count()
                 self.start()
                 return
             if not self.held_once:
                 self._hold_for_replacement()
                 return
-            self.fail(502, f"Upstream boot {route.boot_id} is unreachable ({e.strerror or e}).")
+            self.fail(502, f"Upstream boot {rep.boot_id} is unreachable ({e.strerror or e}).")
             return
+        rep.down_until = 0.0
         if self.done or self.client.closed:
             up.close()
             return
         self.attach(up)
 
+    def _elsewhere(self, failed: Replica) -> bool:
+        """Whether the route this request would take now has another replica, not down,
+        to send it to at once (a route of one replica never has)."""
+        table = self.client.table
+        route = table.active
+        reps = table.targets.get(route.boot_id) if route is not None else None
+        if reps is None or len(reps) < 2 or self.attempts > len(reps):
+            return False
+        now = table.clock
+        return any(r is not failed and r.down_until <= now for r in reps)
+
     def _move_count(self) -> None:
-        """Before a retry: the request may go to another boot now."""
-        if self.counted and self.route is not None:
-            self.client.table.request_finished(self.route.boot_id)
+        """Before a retry: the request may go to another boot, or replica, now."""
+        if self.counted:
+            self.replica.outstanding -= 1
             self.counted = False
 
     def attach(self, up: Upstream) -> None:
@@ -286,6 +317,7 @@ class Exchange:
             head += self.canary_cookie
         client.write(head + up.boot_line + body)
         client.table.count_status(up.boot_id, status)
+        up.replica.requests += 1
         took = monotonic() - self.started
         # Most answers of a local daemon take less than the first bound: skip the search.
         up.latency[0 if took < FIRST_BOUND else bisect_right(LATENCY_BOUNDS, took)] += 1
@@ -302,7 +334,7 @@ class Exchange:
         self.upstream = None
         self._release_count()
         table = client.table
-        if self.request_complete and up.keep_alive and table.keeps(up.boot_id):
+        if self.request_complete and up.keep_alive and up.replica in table.kept:
             table.pools.give_back(up)
         else:
             up.close()
@@ -327,14 +359,14 @@ class Exchange:
             and self.retry_size <= RETRY_BUFFER_LIMIT
             and self.attempts < 3
         ):
-            table.upstream_error(up.boot_id, "reused_connection_closed")
+            table.upstream_error(up.replica, "reused_connection_closed")
             self.upstream = None
             self.pending = list(self.retry_buffer or ())
             self.pending_size = self.retry_size
             self._move_count()
             self.start()
             return
-        table.upstream_error(up.boot_id, "connection_lost")
+        table.upstream_error(up.replica, "connection_lost")
         if (
             not self.got_response_bytes
             and not self.held_once
@@ -342,9 +374,14 @@ class Exchange:
             and self.request_complete
             and self.retry_size == 0
         ):
-            # Reset before any answer byte (its boot died): safe to send again, once.
+            # Reset before any answer byte (its boot, or replica, died): safe to send
+            # again: at once to another replica of the route, else once its replacement is.
             up.close()
             self.upstream = None
+            if self._elsewhere(up.replica):
+                self._move_count()
+                self.start()
+                return
             self._hold_for_replacement()
             return
         self.upstream_failed(up, "a closed connection")
@@ -380,7 +417,7 @@ class Exchange:
         if now - up.last_read <= limit:
             return
         table = self.client.table
-        table.upstream_error(up.boot_id, "timeout")
+        table.upstream_error(up.replica, "timeout")
         up.exchange, self.upstream = None, None
         up.close()
         if self.response_started:
@@ -409,9 +446,9 @@ class Exchange:
         self.client.close_after_write()
 
     def _release_count(self) -> None:
-        if self.counted and self.route is not None:
+        if self.counted:
             self.counted = False
-            self.client.table.request_finished(self.route.boot_id)
+            self.replica.outstanding -= 1
 
     def abandon(self) -> None:
         """The client went away: stop the exchange and do not reuse its connection."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from bgdeploy.registry.urls import is_postgres, sqlite_path
 from bgdeploy.router.route_state import ROUTE_SQL, Route, RouteState, route_state
 from bgdeploy.router.steering import Maintenance, Pause, WaitingRequests
-from bgdeploy.router.upstream import Pools
+from bgdeploy.router.upstream import Pools, Replica
 from bgdeploy.router.wake import FileWaker
 
 if TYPE_CHECKING:
@@ -53,8 +53,13 @@ class RouteTable:
         self.loop = loop
         self.active: Route | None = None
         self.pools = Pools()
+        # Per boot that new requests may go to (the active one, the preview), its replicas
+        # in rotation (Route.targets), which Exchange.start balances over; and the replicas
+        # whose connections go back to their keep-alive pool after an answer: those in
+        # rotation of the active boot and of a canary candidate (see pooled).
+        self.targets: dict[str, tuple[Replica, ...]] = {}
+        self.kept: frozenset[Replica] = frozenset()
         # Plain dicts, updated inline on the request path (cheaper than Counter).
-        self.inflight: dict[str, int] = {}
         self.requests: dict[tuple[str, int], int] = {}
         self.upstream_errors: Counter[tuple[str, str]] = Counter()
         # Per boot, answers by latency: one count per LATENCY_BOUNDS bucket, then +inf.
@@ -90,7 +95,7 @@ class RouteTable:
         if state.canary_weight != self.canary_weight:
             log.info("canary: %d%% of new requests to the candidate", state.canary_weight)
             self.canary_weight = state.canary_weight
-        self.pools.close_all_but(self.pooled())
+        self._retarget()
         was_paused, self.pause = self.pause, state.pause
         self.controlled = (
             self.preview is not None
@@ -121,7 +126,7 @@ class RouteTable:
         self.route_changed_at = time.time()
         if old is not None and route is not None and old.boot_id != route.boot_id:
             self.switches += 1
-        self.pools.close_all_but(self.pooled())
+        self._retarget()
         before, after = (old.boot_id if old else None), (route.boot_id if route else None)
         if before != after:  # a new generation of the same boot is not news
             log.info("route: %s -> %s", before, after)
@@ -129,33 +134,55 @@ class RouteTable:
     def is_active(self, boot_id: str) -> bool:
         return self.active is not None and self.active.boot_id == boot_id
 
-    def keeps(self, boot_id: str) -> bool:
-        """Whether a connection to this boot goes back to the keep-alive pool after an
-        answer: the active boot's, and a canary candidate's (it gets a share of traffic)."""
-        active = self.active
-        if active is not None and active.boot_id == boot_id:
-            return True
-        preview = self.preview
-        return self.canary_weight > 0 and preview is not None and preview.boot_id == boot_id
+    def pooled(self) -> set[tuple[str, int]]:
+        """The replicas, (boot, port), whose idle upstream connections are kept: those in
+        rotation of the active boot and of a canary candidate (the others can drain)."""
+        routes = [self.active]
+        if self.canary_weight > 0:
+            routes.append(self.preview)
+        return {(r.boot_id, p) for r in routes if r is not None for p in r.targets}
 
-    def pooled(self) -> set[str]:
-        """The boots whose idle upstream connections are kept (the others can drain)."""
-        boots = set() if self.active is None else {self.active.boot_id}
-        if self.canary_weight > 0 and self.preview is not None:
-            boots.add(self.preview.boot_id)
-        return boots
+    def _retarget(self) -> None:
+        """After a route change: the replicas each boot's new requests go to, the pools
+        kept, and the idle connections of the others closed."""
+        pools = self.pools
+        self.targets = {
+            r.boot_id: tuple(pools.replica(r.boot_id, p) for p in r.targets)
+            for r in (self.preview, self.active)  # the active boot's wins, if both
+            if r is not None
+        }
+        keep = self.pooled()
+        self.kept = frozenset(pools.replica(b, p) for b, p in keep)
+        pools.close_all_but(keep)
+
+    def replicas_of(self, route: Route) -> tuple[Replica, ...]:
+        """The replicas a route's new requests go to (its targets), for a route that is
+        not the active one or the preview (the table's copy is in ``targets``)."""
+        reps = self.targets.get(route.boot_id)
+        if reps is None or tuple(r.port for r in reps) != route.targets:
+            reps = tuple(self.pools.replica(route.boot_id, p) for p in route.targets)
+        return reps
 
     # -- counting --------------------------------------------------------------------------
 
-    def request_started(self, boot_id: str) -> None:
-        self.inflight[boot_id] = self.inflight.get(boot_id, 0) + 1
+    @property
+    def inflight(self) -> dict[str, int]:
+        """Per boot, requests (and upgraded connections) in flight: its replicas'
+        outstanding requests, which the request path counts (Exchange.start)."""
+        out: dict[str, int] = {}
+        for rep in self.pools.replicas.values():
+            if rep.outstanding:
+                out[rep.boot_id] = out.get(rep.boot_id, 0) + rep.outstanding
+        return out
 
-    def request_finished(self, boot_id: str) -> None:
-        n = self.inflight.get(boot_id, 0) - 1
-        if n > 0:
-            self.inflight[boot_id] = n
-        else:
-            self.inflight.pop(boot_id, None)
+    def replica_counts(self) -> list[list[object]]:
+        """Per replica this worker has used: [boot, port, answers, upstream errors,
+        outstanding requests] (the supervisor sums them over workers: stats.RouterStats)."""
+        return [
+            [r.boot_id, r.port, r.requests, r.errors, r.outstanding]
+            for r in self.pools.replicas.values()
+            if r.requests or r.errors or r.outstanding
+        ]
 
     def count_status(self, boot_id: str, status: int) -> None:
         key = (boot_id, status)
@@ -172,8 +199,10 @@ class RouteTable:
         """An answer of ours (not on the fast path): count it in the boot's histogram."""
         self.histogram(boot_id)[bisect_right(LATENCY_BOUNDS, seconds)] += 1
 
-    def upstream_error(self, boot_id: str, kind: str) -> None:
-        self.upstream_errors[(boot_id, kind)] += 1
+    def upstream_error(self, rep: Replica, kind: str) -> None:
+        """A failed connection to a replica: counted for its boot by kind, and for it."""
+        self.upstream_errors[(rep.boot_id, kind)] += 1
+        rep.errors += 1
 
     def connection_opened(self, conn: ClientConnection) -> bool:
         if len(self.connections) >= self.max_connections:

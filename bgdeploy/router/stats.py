@@ -19,6 +19,8 @@ class RouterStats:
         # Per boot, answers by latency bucket (routes.LATENCY_BOUNDS, then +inf).
         self.latency: dict[str, list[int]] = {}
         self.inflight: dict[str, int] = {}
+        # Per replica (boot, port): [answers, upstream errors, outstanding requests].
+        self.replicas: dict[tuple[str, int], list[int]] = {}
         self.connections = 0
         self.switches = 0
         self.route: tuple[str, int] | None = None
@@ -36,6 +38,8 @@ class RouterStats:
         snap = cls()
         snap.add(retired)
         snap.inflight = {}
+        for counts in snap.replicas.values():
+            counts[2] = 0  # a retired worker has none outstanding
         snap.connections = 0
         for w in workers:
             snap.add(w)
@@ -63,11 +67,13 @@ class RouterStats:
             requests, errors = w.requests.items(), w.upstream_errors.items()
             latency = w.latency.items()
             inflight, connections, switches = w.inflight, w.connections, w.switches
+            replicas = [(b, p, *counts) for (b, p), counts in w.replicas.items()]
         else:
             requests = (((b, c), n) for b, c, n in w["requests"])
             errors = (((b, k), n) for b, k, n in w["upstream_errors"])
             latency = w.get("latency", ())  # a worker of an older bgdeploy has none
             inflight, connections, switches = w["inflight"], w["connections"], w["switches"]
+            replicas = w.get("replicas", ())  # a worker of an older bgdeploy has none
         for key, n in requests:
             self.requests[key] = self.requests.get(key, 0) + n
         for key, n in errors:
@@ -80,8 +86,28 @@ class RouterStats:
                 self.latency[boot] = [a + b for a, b in zip(mine, counts, strict=True)]
         for boot, n in inflight.items():
             self.inflight[boot] = self.inflight.get(boot, 0) + n
+        for boot, port, answers, errors_, outstanding in replicas:
+            mine = self.replicas.get((boot, port))
+            if mine is None:
+                self.replicas[(boot, port)] = [answers, errors_, outstanding]
+            else:
+                mine[0] += answers
+                mine[1] += errors_
+                mine[2] += outstanding
         self.connections += connections
         self.switches = max(self.switches, switches)
+
+    def replicas_of(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Per boot, per port (a string: a JSON key), its replica's ``requests`` (answers),
+        ``upstream_errors`` and ``outstanding`` requests, summed over the workers."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for (boot, port), (answers, errors, outstanding) in sorted(self.replicas.items()):
+            out.setdefault(boot, {})[str(port)] = {
+                "requests": answers,
+                "upstream_errors": errors,
+                "outstanding": outstanding,
+            }
+        return out
 
     def workers_info(self) -> list[dict[str, Any]]:
         """Per worker: what status, doctor and the dashboard show."""

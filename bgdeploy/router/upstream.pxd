@@ -3,7 +3,11 @@
 from bgdeploy.router.flow cimport FlowControl
 
 
+cdef class Replica:
+    cdef public object boot_id, port, idle, outstanding, requests, errors, down_until
+
+
 cdef class Upstream(FlowControl):
-    cdef public object boot_id, boot_line, table, exchange, parser, uses
+    cdef public object boot_id, port, replica, boot_line, table, exchange, parser, uses
     cdef public object _headers, _reason, _body_left, last_read, latency
     cdef public bint tunnel, keep_alive, _head_done, _partial

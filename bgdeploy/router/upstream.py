@@ -1,4 +1,5 @@
-"""The upstream side: one connection to a boot (``Upstream``) and the keep-alive pools.
+"""The upstream side: one connection to a replica of a boot (``Upstream``) and the
+keep-alive pools, one per replica (``Replica``: a boot's port).
 
 An upstream connection carries one exchange at a time, or, after a 101, a
 tunnel. Its answer is read by the fast path when it is plain, else by httptools;
@@ -7,6 +8,7 @@ either way the head goes out through ``Exchange.send_head``.
 
 from __future__ import annotations
 
+from random import random
 from typing import TYPE_CHECKING
 
 import httptools
@@ -21,14 +23,83 @@ if TYPE_CHECKING:
     from bgdeploy.router.routes import RouteTable
 
 
+class Replica:
+    """One port of a boot (a replica, or the boot's one process), as this worker sees it:
+    its idle keep-alive connections and its counts. Made once per (boot, port) and kept,
+    so that its counts outlive its connections (see Pools.replica)."""
+
+    __slots__ = (
+        "boot_id",
+        "port",
+        "idle",
+        "outstanding",
+        "requests",
+        "errors",
+        "down_until",
+    )
+
+    def __init__(self, boot_id: str, port: int) -> None:
+        self.boot_id = boot_id
+        self.port = port
+        self.idle: list[Upstream] = []  # the keep-alive pool of this replica
+        self.outstanding = 0  # requests routed here and not yet finished (the balancing)
+        self.requests = 0  # answers it sent (their heads)
+        self.errors = 0  # failed connections to it (refused, lost, timed out)
+        # The route table's clock until which new requests skip it: it refused a connect.
+        self.down_until = 0.0
+
+
+# How long new requests skip a replica that refused a connect (unless every replica of
+# the route is skipped: then they try anyway); a connect to it that succeeds ends it.
+DOWN_S = 1.0
+
+
+def pick(reps: tuple[Replica, ...], now: float, avoid: Replica | None) -> Replica:
+    """Of a route's replicas (two or more), where a new request goes: of two drawn at
+    random (with two, both), the one with fewer outstanding requests, a tie drawn; one
+    that is down (refused a connect less than DOWN_S ago) or ``avoid`` (the replica that
+    just failed this request) only when every other one is too."""
+    n = len(reps)
+    if n == 2:
+        a, b = reps[0], reps[1]
+    else:
+        i = int(random() * n)
+        j = int(random() * (n - 1))
+        a, b = reps[i], reps[j + 1 if j >= i else j]
+    a_ok = a is not avoid and a.down_until <= now
+    b_ok = b is not avoid and b.down_until <= now
+    if a_ok and b_ok:
+        if a.outstanding != b.outstanding:
+            return a if a.outstanding < b.outstanding else b
+        return b if n == 2 and random() < 0.5 else a
+    if a_ok:
+        return a
+    if b_ok:
+        return b
+    for r in reps:  # both drawn are out: any other that is not
+        if r is not avoid and r.down_until <= now:
+            return r
+    for r in reps:  # every replica is down: try anyway, elsewhere first
+        if r is not avoid:
+            return r
+    return a
+
+
 class Pools:
-    """Idle keep-alive upstream connections, per boot."""
+    """Idle keep-alive upstream connections, per replica: (boot, port)."""
 
     def __init__(self) -> None:
-        self.idle: dict[str, list[Upstream]] = {}
+        self.replicas: dict[tuple[str, int], Replica] = {}
 
-    def take(self, boot_id: str) -> Upstream | None:
-        conns = self.idle.get(boot_id)
+    def replica(self, boot_id: str, port: int) -> Replica:
+        """The (boot, port)'s pool and counts, made on first use."""
+        rep = self.replicas.get((boot_id, port))
+        if rep is None:
+            rep = self.replicas[(boot_id, port)] = Replica(boot_id, port)
+        return rep
+
+    def take(self, rep: Replica) -> Upstream | None:
+        conns = rep.idle
         while conns:
             up = conns.pop()
             if not up.closed:
@@ -42,26 +113,32 @@ class Pools:
         # Its last answer may have filled a slow client's buffer and paused our reads:
         # an idle connection reads again (the next answer, or the daemon closing it).
         up.resume_reading()
-        self.idle.setdefault(up.boot_id, []).append(up)
+        up.replica.idle.append(up)
 
     def discard(self, up: Upstream) -> None:
-        conns = self.idle.get(up.boot_id)
+        conns = up.replica.idle
         if conns and up in conns:
             conns.remove(up)
 
-    def close_all_but(self, boot_ids: set[str]) -> None:
-        """Drop idle connections of boots that lost the route, so they can drain."""
-        for bid in [b for b in self.idle if b not in boot_ids]:
-            for up in self.idle.pop(bid):
-                up.close()
+    def close_all_but(self, keep: set[tuple[str, int]]) -> None:
+        """Drop idle connections of boots that lost the route, so they can drain, and of
+        replicas (ports) that left their boot's rotation."""
+        for key, rep in self.replicas.items():
+            if rep.idle and key not in keep:
+                conns, rep.idle = rep.idle, []
+                for up in conns:
+                    up.close()
 
 
 class Upstream(FlowControl):
-    """One connection to a boot. Carries one exchange at a time, or a tunnel."""
+    """One connection to a boot's port (a replica). Carries one exchange at a time, or a
+    tunnel."""
 
-    def __init__(self, boot_id: str, table: RouteTable) -> None:
+    def __init__(self, boot_id: str, table: RouteTable, port: int) -> None:
         super().__init__()
         self.boot_id = boot_id
+        self.port = port
+        self.replica = table.pools.replica(boot_id, port)  # its pool and counts
         self.boot_line = b"X-Bgdeploy-Boot: " + boot_id.encode() + b"\r\n\r\n"
         self.table = table
         self.latency = table.histogram(boot_id)  # the boot's answers by latency (send_head)

@@ -200,6 +200,8 @@ class Worker:
             "requests": [[b, c, n] for (b, c), n in table.requests.items()],
             "upstream_errors": [[b, k, n] for (b, k), n in table.upstream_errors.items()],
             "latency": [[b, list(counts)] for b, counts in table.latency.items()],
+            # Per replica (boot, port): answers, upstream errors, outstanding requests.
+            "replicas": table.replica_counts(),
             "switches": table.switches,
             "route": None if route is None else [route.boot_id, route.generation],
             "route_changed_at": table.route_changed_at,
