@@ -83,13 +83,21 @@ def provoke(app, tmp_path, name: str) -> tuple[str, ...]:
         return ("deploy", "--version", "3.0")  # settles (finalizes) generation 2 first
     if name == "after_restore_boot_spawn":
         old = app.registry.boot(app.registry.deployment(app.service).old_boot_id)
-        os.killpg(old.pid, signal.SIGKILL)  # the old boot died meanwhile
+        kill_boot(app, old)  # the old boot died meanwhile
         poll_until(
             lambda: not BootProcesses(app.config, app.registry).is_running(old),
             5,
             what="the old boot to die",
         )
     return ("rollback", "--reason", "campaign")
+
+
+def kill_boot(app, boot) -> None:
+    """kill -9 every process of the boot: each replica of a set (one dead replica of
+    several is restarted, not a dead boot)."""
+    pids = [r.pid for r in app.registry.replicas.rows(boot.boot_id) if r.state != "stopped"]
+    for pid in pids or [boot.pid]:
+        os.killpg(pid, signal.SIGKILL)
 
 
 def reconcile_until_quiet(app, passes: int = 6) -> None:
@@ -204,7 +212,7 @@ def router_provoke(app, router, tmp_path, name: str) -> None:
         return  # stable checks -> the control loop finalizes
     if name == "after_restore_boot_spawn":
         old = app.registry.boot(app.registry.deployment(app.service).old_boot_id)
-        os.killpg(old.pid, signal.SIGKILL)
+        kill_boot(app, old)
     (tmp_path / "unhealthy-2.0").touch()  # failed checks -> the control loop rolls back
 
 
