@@ -71,6 +71,7 @@ bench: install
 	  || echo "could not install$$missing with apt-get: install them, then run make bench"; \
 	fi
 	$(BIN)/python tools/bench.py
+	$(BIN)/python tools/bench_replicas.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info bgdeploy/router/*.c bgdeploy/router/*.so

@@ -38,7 +38,6 @@ def set_rotation(router: bench_common.RouterUnderTest, boot_id: str, ports: list
 
 
 def main() -> int:
-    bench_common.check_wrk() if hasattr(bench_common, "check_wrk") else None
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="bgdeploy-bench-replicas-") as tmp:
         router = bench_common.RouterUnderTest(Path(tmp), env={"BGDEPLOY_LOG": "warning"})
