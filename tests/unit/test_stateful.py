@@ -121,6 +121,8 @@ class RegistryMachine(RuleBasedStateMachine):
             assert fresh, "a transition applied for a stale view"
             self.applied[event] += 1
             self.views[actor] = (res.row.generation, res.row.state)
+            if event == "begin":
+                self.start_set("candidate")  # its deploy spawns the set at once
         elif res.unattached:
             assert fresh and event in ("switch", "rollback")
             self.refused += 1
@@ -203,6 +205,8 @@ class RegistryMachine(RuleBasedStateMachine):
         elif what == "restart":
             before = reps.get(boot_id, n)
             assert before is not None
+            if before.state != "out":
+                return  # the tending starts again only a replica out of rotation
             try:
                 reps.assign_port(boot_id, n, PORTS, lambda port: True, prefer=before.port)
             except BootError:
