@@ -85,8 +85,10 @@ class ClientConnection(FlowControl):
             self.peer = str(peer[0]).encode()
             self.peer_port = peer[1]
         self._forwarded = self.peer + b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "
+        opened = self.table.connection_opened(self)  # (which sets a resting clock)
+        self.last_activity = self.table.clock
         self.head_started = self.table.clock  # the first head is due within header_timeout
-        if not self.table.connection_opened(self):
+        if not opened:
             self.transport.write(simple_response(503, "Too many open connections."))
             self.close_after_write()
 
