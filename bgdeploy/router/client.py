@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from bgdeploy.router.upstream import Upstream
 
 
+XFF = b"\r\nX-Forwarded-For: "
+CRLF2 = b"\r\n\r\n"
+GET = b"GET"
+
+
 class Limits:
     """Per-connection limits, from [router] config (the connection cap lives in RouteTable)."""
 
@@ -85,8 +90,10 @@ class ClientConnection(FlowControl):
             self.peer = str(peer[0]).encode()
             self.peer_port = peer[1]
         self._forwarded = self.peer + b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "
+        opened = self.table.connection_opened(self)  # (which sets a resting clock)
+        self.last_activity = self.table.clock
         self.head_started = self.table.clock  # the first head is due within header_timeout
-        if not self.table.connection_opened(self):
+        if not opened:
             self.transport.write(simple_response(503, "Too many open connections."))
             self.close_after_write()
 
@@ -155,13 +162,17 @@ class ClientConnection(FlowControl):
         if length > self.limits.max_body:
             self._reject(413, f"Request body larger than {self.limits.max_body} bytes.")
             return True
-        head += b"\r\nX-Forwarded-For: " + self._forwarded + host + b"\r\n\r\n"
+        # One allocation for the forwarded head (and the body bytes that came with it).
         if body:
-            head += data[end + 4 :]
+            head = b"".join((head, XFF, self._forwarded, host, CRLF2, data[end + 4 :]))
+        else:
+            head = b"".join((head, XFF, self._forwarded, host, CRLF2))
         self.head_started = None
         self._head_bytes = 0
         self.http11 = True
-        ex = Exchange(self, data[: data.find(b" ")], head, False, True, False)
+        # The fast path took one of its methods: a G is a GET.
+        method = GET if data[0] == 0x47 else data[: data.find(b" ")]
+        ex = Exchange(self, method, head, False, True, False)
         self.active = ex
         if body < length:
             self._body_left = length - body

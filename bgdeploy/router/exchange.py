@@ -316,7 +316,8 @@ class Exchange:
         if self.canary_cookie is not None:
             head += self.canary_cookie
         client.write(head + up.boot_line + body)
-        client.table.count_status(up.boot_id, status)
+        counts = up.statuses  # the boot's answers by status (RouteTable.count_status)
+        counts[status] = counts.get(status, 0) + 1
         up.replica.requests += 1
         took = monotonic() - self.started
         # Most answers of a local daemon take less than the first bound: skip the search.

@@ -60,7 +60,9 @@ class RouteTable:
         self.targets: dict[str, tuple[Replica, ...]] = {}
         self.kept: frozenset[Replica] = frozenset()
         # Plain dicts, updated inline on the request path (cheaper than Counter).
-        self.requests: dict[tuple[str, int], int] = {}
+        # Per boot, answers by status: {status: count}, counted inline on the request path
+        # (Exchange.send_head, through the boot's Upstream); see ``requests``.
+        self.statuses: dict[str, dict[int, int]] = {}
         self.upstream_errors: Counter[tuple[str, str]] = Counter()
         # Per boot, answers by latency: one count per LATENCY_BOUNDS bucket, then +inf.
         self.latency: dict[str, list[int]] = {}
@@ -79,6 +81,9 @@ class RouteTable:
         self.controlled = False
         # Set when this worker drains: every response from now on says Connection: close.
         self.draining = False
+        # Set by the worker while its ticks rest (no client connection): the first one
+        # wakes them.
+        self.wake: asyncio.Event | None = None
 
     # -- routing -----------------------------------------------------------------------
 
@@ -184,9 +189,21 @@ class RouteTable:
             if r.requests or r.errors or r.outstanding
         ]
 
+    def status_counts(self, boot_id: str) -> dict[int, int]:
+        """The boot's answers by status (made on its first answer)."""
+        counts = self.statuses.get(boot_id)
+        if counts is None:
+            counts = self.statuses[boot_id] = {}
+        return counts
+
     def count_status(self, boot_id: str, status: int) -> None:
-        key = (boot_id, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        counts = self.status_counts(boot_id)
+        counts[status] = counts.get(status, 0) + 1
+
+    @property
+    def requests(self) -> dict[tuple[str, int], int]:
+        """Answers by (boot, status), for the supervisor's sums."""
+        return {(b, c): n for b, counts in self.statuses.items() for c, n in counts.items()}
 
     def histogram(self, boot_id: str) -> list[int]:
         """The boot's latency counts (made on its first answer); see LATENCY_BOUNDS."""
@@ -205,6 +222,12 @@ class RouteTable:
         rep.errors += 1
 
     def connection_opened(self, conn: ClientConnection) -> bool:
+        if not self.connections:
+            # The worker's clock rests while it has no client (worker._sweep): set it
+            # now, and wake the ticks.
+            self.clock = time.monotonic()
+            if self.wake is not None:
+                self.wake.set()
         if len(self.connections) >= self.max_connections:
             return False
         self.connections.add(conn)

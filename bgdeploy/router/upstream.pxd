@@ -11,3 +11,8 @@ cdef class Upstream(FlowControl):
     cdef public object boot_id, port, replica, boot_line, table, exchange, parser, uses
     cdef public object _headers, _reason, _body_left, last_read, latency
     cdef public bint tunnel, keep_alive, _head_done, _partial
+    cdef public dict statuses
+
+    # C calls from the compiled request path (still callable from Python).
+    cpdef bint _fast_response(self, ex, bytes data)
+    cpdef write(self, data)

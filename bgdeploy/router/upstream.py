@@ -142,6 +142,7 @@ class Upstream(FlowControl):
         self.boot_line = b"X-Bgdeploy-Boot: " + boot_id.encode() + b"\r\n\r\n"
         self.table = table
         self.latency = table.histogram(boot_id)  # the boot's answers by latency (send_head)
+        self.statuses = table.status_counts(boot_id)  # and by status
         self.exchange: Exchange | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.uses = 0

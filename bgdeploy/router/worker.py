@@ -40,6 +40,9 @@ log = logging.getLogger("bgdeploy.router.worker")
 
 TICK_S = 0.1  # the route table's coarse clock
 SWEEP_TICKS = 5  # cut slow and idle clients every 0.5 s
+# With no client connection and no held request nothing can time out: the ticks rest
+# until a connection comes (RouteTable.connection_opened wakes them), or this long.
+REST_S = 5.0
 # While draining, a keep-alive connection idle this long is closed. A client that is
 # between two requests gets a moment to send the next (and be told Connection: close)
 # rather than have the connection shut under it.
@@ -146,6 +149,14 @@ class Worker:
     async def _sweep(self, table: RouteTable) -> None:
         ticks = 0
         while True:
+            if not table.connections and not table.waiting:
+                table.wake = wake = asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), REST_S)
+                table.wake = None
+                table.sweep()
+                ticks = 0
+                continue
             await asyncio.sleep(TICK_S)
             ticks += 1
             if ticks % SWEEP_TICKS:

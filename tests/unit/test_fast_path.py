@@ -21,7 +21,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bgdeploy.router.client import ClientConnection, Limits
-from bgdeploy.router.fastpath import plain_request, plain_response
+from bgdeploy.router.fastpath import (
+    plain_request,
+    plain_response,
+    re_plain_request,
+    re_plain_response,
+    scan_request,
+    scan_response,
+)
 from bgdeploy.router.route_state import Route
 from bgdeploy.router.routes import RouteTable
 
@@ -202,6 +209,70 @@ def test_fast_responses_are_responses_httptools_frames_the_same(head):
     check_against_httptools(head, response_length, httptools.HttpResponseParser)
 
 
+# The fast path's two twins (fastpath's doc): the one-pass scan, which the compiled build
+# runs, and the patterns, which the pure build runs, must take the same heads and
+# return the same bytes, lengths and Host values. Both builds run both twins here.
+EDGES = [
+    b"",
+    b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nProxy-Foo-Bar: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nProxy-Foo1: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-X_Y: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nX-Bgdeploy-Boot: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 123456789012345\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1234567890123456\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: \t7 \r\n\r\nbody",
+    b"GET / HTTP/1.1\r\nHost: t\r\nConnection: \tKEEP-ALIVE \r\nA: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nConnection: keep-alivf\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nA: \x80\xff\t~\r\n\r\n",
+    b"OPTIONS /a?b=%20&c=d;e HTTP/1.1\r\nhost: t\r\n\r\n",
+    b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 599 \xff\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 600 X\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Bgdeploy-Boot: b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nExpect: x\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1",
+]
+
+
+def assert_twins_agree(data: bytes) -> None:
+    for max_head in (Limits().max_head, len(data) // 2):
+        assert scan_request(data, max_head) == re_plain_request(data, max_head), data
+    assert scan_response(data) == re_plain_response(data), data
+
+
+@pytest.mark.parametrize("data", EDGES)
+def test_the_scan_and_the_patterns_agree_on_edge_cases(data):
+    assert_twins_agree(data)
+    assert_twins_agree(data + b"x\r\n\r\n")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.one_of(heads(REQUEST_LINES, PLAIN_REQUEST), heads(STATUS_LINES, PLAIN_RESPONSE)),
+    st.sampled_from([b"", b"abc", b"\r\n\r\n"]),
+)
+def test_the_scan_and_the_patterns_agree(head, after):
+    assert_twins_agree(head + after)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64), st.binary(max_size=8))
+def test_the_scan_and_the_patterns_agree_on_any_bytes(first, rest):
+    assert_twins_agree(first + b"\r\n\r\n" + rest)
+    assert_twins_agree(b"GET /" + first + b"\r\n\r\n" + rest)
+    assert_twins_agree(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + first + b"\r\n\r\n")
+
+
 def test_the_strategies_reach_both_paths():
     """Guard against a test that passes because everything took one path."""
     plain = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\n"
@@ -346,8 +417,12 @@ def forwarder() -> Iterator[Forwarder]:
     f.close()
 
 
+# (About a third of the generated heads take the fast path, a share the test above
+# bounds; a run that draws a few unplain heads in a row fails Hypothesis's filter check.)
 @settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
 )
 @given(heads(REQUEST_LINES, PLAIN_REQUEST))
 def test_the_daemon_gets_the_client_head_with_only_our_headers_added(forwarder, head):
