@@ -23,7 +23,8 @@ def prepare_sqlite_file(path: Path) -> None:
     folder = path.parent
     if not folder.exists():
         try:
-            folder.mkdir(parents=True, mode=0o700)
+            # exist_ok: two commands started at once (two `up`s) both saw it missing
+            folder.mkdir(parents=True, mode=0o700, exist_ok=True)
         except OSError as e:
             raise RegistryError(
                 f"Cannot create the state folder {folder}: {e.strerror}.",
