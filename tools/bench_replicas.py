@@ -21,6 +21,9 @@ import bench_common
 from bench_common import REPO, ROUNDS, free_port, wait_port, wrk
 
 CONNS = (16, 64)
+# "/": the 100-byte answer at once (the proxy is the limit); "/cpu": ~0.5 ms of CPU per
+# answer (the daemon is the limit: what replicas are for).
+PATHS = ("/", "/cpu")
 
 
 def uvicorn(port: int, workers: int = 1) -> subprocess.Popen[bytes]:
@@ -37,49 +40,69 @@ def set_rotation(router: bench_common.RouterUnderTest, boot_id: str, ports: list
     router.app.registry.replicas.set_rotation(boot_id, ports)
 
 
+def router_with(workdir: Path, workers: int) -> bench_common.RouterUnderTest:
+    router = bench_common.RouterUnderTest(workdir, name=f"router-{workers}w")
+    toml = router.dir / "bgdeploy.toml"
+    toml.write_text(toml.read_text().replace("[router]\n", f"[router]\nworkers = {workers}\n", 1))
+    return router
+
+
 def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
+    results: dict[tuple[str, str, int], list[dict]] = {}
+    names = [
+        "router 1 worker, replicas 1",
+        "router 1 worker, replicas 2",
+        "router 2 workers, replicas 1",
+        "router 2 workers, replicas 2",
+        "uvicorn --workers 2, direct",
+    ]
     with tempfile.TemporaryDirectory(prefix="bgdeploy-bench-replicas-") as tmp:
-        router = bench_common.RouterUnderTest(Path(tmp), env={"BGDEPLOY_LOG": "warning"})
+        routers = [router_with(Path(tmp), 1), router_with(Path(tmp), 2)]
         try:
             p1, p2, p3 = free_port(), free_port(), free_port()
             procs += [uvicorn(p1), uvicorn(p2), uvicorn(p3, workers=2)]
-            boot_id, _ = router.point_at(p1)
-            router.start()
-            results: dict[tuple[str, int], list[dict]] = {}
-            for conns in CONNS:
+            boots = []
+            for router in routers:
+                boots.append(router.point_at(p1)[0])
+                router.start()
+            for path, conns in [(p, c) for p in PATHS for c in CONNS]:
                 for _ in range(ROUNDS):
-                    set_rotation(router, boot_id, [p1])
-                    router.wait_serving()
-                    results.setdefault(("router, replicas 1", conns), []).append(
-                        wrk(router.port, conns)
-                    )
-                    set_rotation(router, boot_id, [p1, p2])
-                    router.wait_serving()
-                    results.setdefault(("router, replicas 2", conns), []).append(
-                        wrk(router.port, conns)
-                    )
-                    results.setdefault(("uvicorn --workers 2, direct", conns), []).append(
-                        wrk(p3, conns)
+                    for router, boot_id in zip(routers, boots, strict=True):
+                        w = "1 worker" if router is routers[0] else "2 workers"
+                        for n, ports in ((1, [p1]), (2, [p1, p2])):
+                            set_rotation(router, boot_id, ports)
+                            router.wait_serving()
+                            key = (f"router {w}, replicas {n}", path, conns)
+                            results.setdefault(key, []).append(wrk(router.port, conns, path=path))
+                    results.setdefault((names[-1], path, conns), []).append(
+                        wrk(p3, conns, path=path)
                     )
         finally:
-            router.stop()
+            for router in routers:
+                router.stop()
             for p in procs:
                 p.terminate()
                 p.wait(timeout=30)
     print(
         f"\nreplicas: uvicorn (tools/uvicorn_app.py, one process per replica) behind the "
-        f"router (1 worker), wrk {bench_common.DURATION}, median of {ROUNDS} interleaved runs"
+        f"router, wrk {bench_common.DURATION}, median of {ROUNDS} interleaved runs"
     )
-    print(f"{'':32} {'c':>4} {'req/s':>9} {'p99 ms':>8}")
-    for conns in CONNS:
-        for name in ("router, replicas 1", "router, replicas 2", "uvicorn --workers 2, direct"):
-            runs = sorted(results[(name, conns)], key=lambda r: r["rps"])
-            mid = runs[len(runs) // 2]
-            print(f"{name:32} {conns:>4} {mid['rps']:>9.0f} {mid['p99']:>8.2f}")
-        one = sorted(r["rps"] for r in results[("router, replicas 1", conns)])[ROUNDS // 2]
-        two = sorted(r["rps"] for r in results[("router, replicas 2", conns)])[ROUNDS // 2]
-        print(f"{'replicas 2 / replicas 1':32} {conns:>4} {two / one:>9.2f}")
+    print(f"{'':34} {'path':>5} {'c':>4} {'req/s':>9} {'p99 ms':>8}")
+
+    def median(name: str, path: str, conns: int) -> dict:
+        runs = sorted(results[(name, path, conns)], key=lambda r: r["rps"])
+        return runs[len(runs) // 2]
+
+    for path, conns in [(p, c) for p in PATHS for c in CONNS]:
+        for name in names:
+            mid = median(name, path, conns)
+            print(f"{name:34} {path:>5} {conns:>4} {mid['rps']:>9.0f} {mid['p99']:>8.2f}")
+        for w in ("1 worker", "2 workers"):
+            two = median(f"router {w}, replicas 2", path, conns)["rps"]
+            one = median(f"router {w}, replicas 1", path, conns)["rps"]
+            label = f"{w}: replicas 2 / replicas 1"
+            print(f"{label:34} {path:>5} {conns:>4} {two / one:>9.2f}")
     return 0
 
 
