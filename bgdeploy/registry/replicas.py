@@ -165,8 +165,8 @@ class ReplicaRecords:
         next start (its own crash loop: quick exits in a row back off)."""
         with self.registry.writing() as s:
             row = s.get(Replica, (boot_id, replica))
-            if row is None:
-                return 0.0
+            if row is None or row.state == STOPPED:
+                return 0.0  # stopped is final: its port may be another boot's by now
             now = utcnow()
             quick = (now - row.started_ts).total_seconds() < crash_window
             exits = (row.exits or 0) + 1 if quick else 1
@@ -192,8 +192,8 @@ class ReplicaRecords:
         with self.registry.writing() as s:
             row = s.get(Replica, (boot_id, replica))
             boot = s.get(Boot, boot_id)
-            if row is None or boot is None or row.port is None:
-                return
+            if row is None or boot is None or row.port is None or row.state == STOPPED:
+                return  # a stopped replica's port may be another boot's by now
             row.state = SERVING
             row.fails = 0
             ports = [p for p in _parse(boot.ports) if p != row.port] + [row.port]
@@ -203,7 +203,7 @@ class ReplicaRecords:
     def out_of_rotation(self, boot_id: str, replica: int, state: str = OUT) -> None:
         with self.registry.writing() as s:
             row = s.get(Replica, (boot_id, replica))
-            if row is None:
+            if row is None or row.state == STOPPED:
                 return
             row.state = state
             if state == STOPPED:
