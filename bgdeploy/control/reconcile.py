@@ -160,10 +160,15 @@ class Reconciler:
 
     def _note_then_act(self, report: ReconcileReport, seen: Seen | None = None) -> None:
         seen = seen or self.read()
-        if self._note_exit(seen, report):
+        noted = self._note_exit(seen, report)
+        if noted is None:
+            self._act(seen.world, report, dry_run=False)
+        elif noted:
             report.decision = decide(self.world())
         else:
-            self._act(seen.world, report, dry_run=False)
+            # The exit just noted set the crash loop's wait: act on the world with it
+            # (the world read before it said "no wait", and a restart came at once).
+            self._act(self.world(), report, dry_run=False)
 
     def _deploy(self, decision: Decision, world: World) -> None:
         reg, version = self.app.registry, decision.version
@@ -329,10 +334,11 @@ class Reconciler:
         report.did(f"roll back generation {row.generation}: {reason}")
         self.deployer.rollback(streaks, reason)
 
-    def _note_exit(self, seen: Seen, report: ReconcileReport) -> bool:
+    def _note_exit(self, seen: Seen, report: ReconcileReport) -> bool | None:
         """First sight of a dead active boot while idle: its exit in history, the crash
         series and the router's hold. True when that alone decided the pass (a crash loop
-        after an auto-deploy is a failed deploy)."""
+        after an auto-deploy is a failed deploy), False when it noted an exit only, None
+        when there was none to note."""
         reg, row, world = self.app.registry, seen.row, seen.world
         active = seen.boots.get(row.active_boot_id or "")
         if (
@@ -342,7 +348,7 @@ class Reconciler:
             or world.active is None
             or world.active.alive
         ):
-            return False
+            return None
         down = reg.intents.read(self.app.service).down
         # Down by operator: nothing restarts it, so the router must not hold requests for
         # a replacement (they get 502 at once); the exit is history, not a crash series.

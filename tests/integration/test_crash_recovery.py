@@ -146,6 +146,22 @@ def _delays(app) -> list[float]:  # noqa: ANN001
     return found
 
 
+def _restarts_before_their_wait(app) -> list[str]:  # noqa: ANN001
+    """Each crash-loop wait history announced, with the restart that began before the
+    wait was over (none, when every wait is kept)."""
+    early, wait = [], None
+    for e in reversed(app.registry.events(app.service, None)):  # oldest first
+        at = (e.ts if e.ts.tzinfo else e.ts.replace(tzinfo=UTC)).timestamp()
+        m = re.search(r"next start in ([0-9.]+) s", e.reason or "")
+        if e.event == "exit" and m:
+            wait = (at + float(m.group(1)), e.reason.split(";")[0] + f"; wait {m.group(1)} s")
+        elif e.event == "begin" and wait is not None:
+            if at < wait[0] - 0.05:
+                early.append(f"{wait[1]}: restarted {wait[0] - at:.2f} s early")
+            wait = None
+    return early
+
+
 def _left_of_last_wait(app) -> float:  # noqa: ANN001
     """Seconds left of the newest crash-loop wait history announced."""
     for e in app.registry.events(app.service, None):  # newest first, ts to the microsecond
@@ -176,6 +192,7 @@ def test_a_daemon_that_exits_after_every_start_backs_off_and_held_requests_get_5
     poll_until(lambda: len(_delays(app)) >= 4, 60, interval=0.1, what="four crash-loop waits")
     assert _delays(app)[:4] == [0.5, 1.0, 2.0, 4.0]
     assert any("exited with code 7" in (e["reason"] or "") for e in _history(app))
+    assert _restarts_before_their_wait(app) == []
 
     # The 4 s wait exceeds router.hold_timeout: 503 at once, not after the 2.5 s hold.
     # On a loaded machine this poll can see the 4 s wait late, when less than the hold
