@@ -244,9 +244,10 @@ class BootProcesses:
 
     # -- liveness ------------------------------------------------------------------------
 
-    def is_running(self, boot: Boot) -> bool:
-        """The boot's process lives; for a boot of several, at least one replica does."""
-        rows = self.registry.replicas.rows(boot.boot_id)
+    def is_running(self, boot: Boot, replicas: list[Replica] | None = None) -> bool:
+        """The boot's process lives; for a boot of several, at least one replica does.
+        ``replicas``: the boot's replica rows where the caller has read them already."""
+        rows = self.registry.replicas.rows(boot.boot_id) if replicas is None else replicas
         if rows:
             return any(self.replica_running(r) for r in rows if r.state != STOPPED)
         child = CHILDREN.get(self._key(boot.boot_id))

@@ -115,9 +115,11 @@ def main() -> None:
             procs.update({f"daemon {c.pid}": c for c in others})
             before = {name: cpu(p) for name, p in procs.items()}
             loop_before = loop_thread_cpu(sup)
+            passes_before = get(f"{base}/api/status")["control_loop"]
             time.sleep(args.seconds)
             after = {name: cpu(p) for name, p in procs.items()}
             loop_used = loop_thread_cpu(sup) - loop_before
+            passes = get(f"{base}/api/status")["control_loop"]
         finally:
             # The boots outlive their router (by design): the daemon is stopped here.
             with contextlib.suppress(psutil.Error):
@@ -142,6 +144,9 @@ def main() -> None:
                     f"{'its event loop':>16}: {loop_used:.3f} s CPU (the other threads: the "
                     "control loop, the counters' reads)"
                 )
+        ran = passes["passes"] - passes_before["passes"]
+        quiet = passes["quiet_passes"] - passes_before["quiet_passes"]
+        print(f"{'control loop':>16}: {ran} passes, of which {quiet} quiet (read nothing)")
         print(
             f"{'router total':>16}: {router:.3f} s CPU over {args.seconds:g} s "
             f"({100 * router / args.seconds:.2f} % of a core)"

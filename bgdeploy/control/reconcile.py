@@ -43,10 +43,32 @@ class ReconcileReport:
     actions: list[str] = field(default_factory=list)
     skipped: str | None = None
     decision: Decision | None = None  # what the decision function answered this pass
+    # Whether the pass's last read saw a draining boot (None: it read nothing).
+    draining: bool | None = None
+    # Nothing done and nothing waiting: the next pass decides the same unless the
+    # registry, the installed version or a process changes (the control loop's quiet tick).
+    quiet: bool = False
 
     def did(self, what: str) -> None:
         log.info("reconcile: %s", what)
         self.actions.append(what)
+
+
+def _nothing_waits(seen: Seen, decision: Decision | None) -> bool:
+    """Idle with one live boot, the active one, alone (not a replica set: the tending
+    checks those every pass), and nothing that ends with time: a hold, a crash loop."""
+    row = seen.row
+    return (
+        decision is not None
+        and decision.action is Act.NOTHING
+        and decision.ends_intent is None
+        and row.state == St.IDLE
+        and row.held_ts is None
+        and row.healing_ts is None
+        and not row.crash_exits
+        and [b.boot_id for b in seen.live()] == [row.active_boot_id]
+        and not seen.replicas.get(row.active_boot_id or "")
+    )
 
 
 class Reconciler:
@@ -86,7 +108,8 @@ class Reconciler:
         if dry_run:
             for boot in self.drains.draining_boots():
                 report.did(f"finish the drain of boot {boot.boot_id}")
-        else:
+        elif report.draining is not False or self.drains.claimed:
+            # (An idle pass that saw no draining boot reads nothing more: most passes.)
             for line in self.drains.finish(wait=False):
                 report.did(line)
         return report
@@ -107,11 +130,13 @@ class Reconciler:
         # acted reads again; an idle one, the common case, reads once.)
         if report.actions:
             seen = self.read()
+        report.draining = any(b.state == BootState.DRAINING for b in seen.boots.values())
         self._stop_orphans(seen, report, dry_run)
         if not dry_run:
             self._settle_crashes(seen, report)
-            self._tend_replicas(report)
+            self._tend_replicas(report, seen)
             self._prune_logs()
+            report.quiet = not report.actions and _nothing_waits(seen, report.decision)
 
     def _act(self, world: World, report: ReconcileReport, dry_run: bool) -> None:
         """Do what the decision function says, once."""
@@ -203,13 +228,18 @@ class Reconciler:
         if lived >= self.app.config.daemon.crash_window and crashes.end_crash_loop(self.app):
             report.did(f"crash loop over: {active.boot_id} runs for {lived:.0f} s")
 
-    def _tend_replicas(self, report: ReconcileReport) -> None:
+    def _tend_replicas(self, report: ReconcileReport, seen: Seen) -> None:
         """The active set's replicas: restarts, rotation, and (idle) their checks; while
-        switched, ``_observe`` has checked them this pass."""
-        row = self.app.registry.deployment(self.app.service)
-        active = self.app.registry.boot(row.active_boot_id)
+        switched, ``_observe`` has checked them this pass. ``seen``: this pass's rows,
+        current unless the orphans' or crashes' step acted (then read again)."""
+        if report.actions:
+            row = self.app.registry.deployment(self.app.service)
+            active, replicas = self.app.registry.boot(row.active_boot_id), None
+        else:
+            row, active = seen.row, seen.boots.get(seen.row.active_boot_id or "")
+            replicas = seen.replicas.get(active.boot_id) if active is not None else None
         if active is not None and row.state in (St.IDLE, St.SWITCHED):
-            self._tending.run(active, report.did, check=row.state == St.IDLE)
+            self._tending.run(active, report.did, check=row.state == St.IDLE, rows=replicas)
 
     def _observe(self, row, report: ReconcileReport, dry_run: bool) -> None:  # noqa: ANN001
         reg, cfg = self.app.registry, self.app.config

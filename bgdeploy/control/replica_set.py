@@ -169,9 +169,9 @@ class Tending:
         self.sup = sup
         self.client = client
 
-    def run(self, boot: Boot, did: Did, *, check: bool) -> None:
-        reps = self.app.registry.replicas
-        rows = live(reps.rows(boot.boot_id))
+    def run(self, boot: Boot, did: Did, *, check: bool, rows: list[Replica] | None = None) -> None:
+        """``rows``: the boot's replica rows where the caller read them just now."""
+        rows = live(self.app.registry.replicas.rows(boot.boot_id) if rows is None else rows)
         if not rows:
             return
         running = {r.replica: self.sup.replica_running(r) for r in rows}

@@ -16,7 +16,8 @@ from bgdeploy.control.decide import BootSeen, CanarySeen, World
 from bgdeploy.errors import BgdeployError
 from bgdeploy.installed import installed_version
 from bgdeploy.registry.intent import IntentView
-from bgdeploy.registry.models import Boot, Deployment, Intent, Quarantine, utcnow
+from bgdeploy.registry.models import Boot, Deployment, Intent, Quarantine, Replica, utcnow
+from bgdeploy.registry.store import Registry
 from bgdeploy.states import LIVE_BOOT_STATES, BootState
 
 
@@ -27,6 +28,8 @@ class Seen:
     world: World
     row: Deployment
     boots: dict[str, Boot]  # the live boots and the ones the row names
+    # Their replica rows (empty for a boot of one process), read in the same transaction.
+    replicas: dict[str, list[Replica]]
 
     def live(self) -> list[Boot]:
         return [b for b in self.boots.values() if b.state in LIVE_BOOT_STATES]
@@ -38,34 +41,13 @@ def gather(app: App, sup: BootProcesses, *, deploy_if_none: bool = False) -> Wor
 
 def read(app: App, sup: BootProcesses, *, deploy_if_none: bool = False) -> Seen:
     reg, svc = app.registry, app.service
-    reg.deployment(svc)  # the row exists from here on
-    live = [st.value for st in LIVE_BOOT_STATES]
-    with reg.reading() as s:
-        row = s.get(Deployment, svc)
-        assert row is not None
-        named = [b for b in (row.active_boot_id, row.candidate_boot_id, row.old_boot_id) if b]
-        boots = {
-            b.boot_id: b
-            for b in s.scalars(
-                select(Boot).where(
-                    Boot.service == svc, or_(Boot.state.in_(live), Boot.boot_id.in_(named))
-                )
-            )
-        }
-        intent = IntentView.of(s.get(Intent, svc))
-        quarantined = {
-            q.version: q.reason
-            for q in s.scalars(select(Quarantine).where(Quarantine.service == svc))
-        }
-        failed = None
-        if row.last_error is not None and row.generation > 0:
-            failed = s.scalars(
-                select(Boot.version).where(
-                    Boot.service == svc,
-                    Boot.generation == row.generation,
-                    Boot.state == BootState.FAILED.value,
-                )
-            ).first()
+    rows = _rows(reg, svc)
+    if rows is None:
+        reg.deployment(svc)  # creates the row; from here on it exists
+        rows = _rows(reg, svc)
+        assert rows is not None
+    row, boots, replicas = rows.row, rows.boots, rows.replicas
+    intent, quarantined, failed = rows.intent, rows.quarantined, rows.failed
     try:
         installed, installed_error = installed_version(app.config), None
     except BgdeployError as e:
@@ -77,7 +59,10 @@ def read(app: App, sup: BootProcesses, *, deploy_if_none: bool = False) -> Seen:
 
     def seen(boot_id: str | None) -> BootSeen | None:
         boot = boots.get(boot_id) if boot_id else None
-        return None if boot is None else BootSeen(boot.boot_id, boot.version, sup.is_running(boot))
+        if boot is None:
+            return None
+        alive = sup.is_running(boot, replicas.get(boot.boot_id))
+        return BootSeen(boot.boot_id, boot.version, alive)
 
     canary = None
     if row.canary_steps and row.canary_step is not None and row.canary_step_ts is not None:
@@ -105,4 +90,52 @@ def read(app: App, sup: BootProcesses, *, deploy_if_none: bool = False) -> Seen:
         deploy_if_none=deploy_if_none,
         canary=canary,
     )
-    return Seen(world, row, boots)
+    return Seen(world, row, boots, replicas)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    row: Deployment
+    boots: dict[str, Boot]
+    replicas: dict[str, list[Replica]]
+    intent: IntentView
+    quarantined: dict[str, str | None]
+    failed: str | None
+
+
+def _rows(reg: Registry, svc: str) -> _Rows | None:
+    """The pass's rows in one read transaction; None before the deployment row exists."""
+    live = [st.value for st in LIVE_BOOT_STATES]
+    with reg.reading() as s:
+        row = s.get(Deployment, svc)
+        if row is None:
+            return None
+        named = [b for b in (row.active_boot_id, row.candidate_boot_id, row.old_boot_id) if b]
+        boots = {
+            b.boot_id: b
+            for b in s.scalars(
+                select(Boot).where(
+                    Boot.service == svc, or_(Boot.state.in_(live), Boot.boot_id.in_(named))
+                )
+            )
+        }
+        replicas: dict[str, list[Replica]] = {b: [] for b in boots}
+        for rep in s.scalars(
+            select(Replica).where(Replica.boot_id.in_(list(boots))).order_by(Replica.replica)
+        ):
+            replicas[rep.boot_id].append(rep)
+        intent = IntentView.of(s.get(Intent, svc))
+        quarantined = {
+            q.version: q.reason
+            for q in s.scalars(select(Quarantine).where(Quarantine.service == svc))
+        }
+        failed = None
+        if row.last_error is not None and row.generation > 0:
+            failed = s.scalars(
+                select(Boot.version).where(
+                    Boot.service == svc,
+                    Boot.generation == row.generation,
+                    Boot.state == BootState.FAILED.value,
+                )
+            ).first()
+    return _Rows(row, boots, replicas, intent, quarantined, failed)

@@ -40,6 +40,22 @@ def prepare_sqlite_file(path: Path) -> None:
             ) from None
 
 
+def sqlite_change_hint(path: Path) -> tuple[int, ...]:
+    """A token that differs after a commit: the SQLite file's and its WAL's inode, size
+    and change time (two stat calls, no query). The same token does not promise the same
+    rows (a file system whose ``st_mtime_ns`` does not move within a clock tick), so a
+    reader that trusts it still rereads now and then."""
+    token: list[int] = []
+    for f in (path, path.with_name(path.name + "-wal")):
+        try:
+            st = os.stat(f)
+        except OSError:
+            token += (0, 0, 0)
+        else:
+            token += (st.st_ino, st.st_size, st.st_mtime_ns)
+    return tuple(token)
+
+
 def safe_url(url: str) -> str:
     """The URL for messages: its password replaced by ***."""
     try:

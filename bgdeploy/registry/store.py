@@ -35,6 +35,7 @@ from statemachine.exceptions import TransitionNotAllowed
 from bgdeploy.errors import IllegalTransition, RegistryError
 from bgdeploy.faults import registry_fault
 from bgdeploy.machine import DeploymentFields, DeploymentMachine
+from bgdeploy.registry import engine as sqlite_files
 from bgdeploy.registry import migrate
 from bgdeploy.registry.boots import BootRecords, apply_boot_effects
 from bgdeploy.registry.engine import WRITE, make_engine, prepare_sqlite_file, safe_url
@@ -77,7 +78,7 @@ class Registry:
 
     def __init__(self, url: str, *, auto_migrate: bool = True) -> None:
         self.url = url
-        path = sqlite_path(url)
+        path = self._sqlite = sqlite_path(url)
         if path is not None:
             prepare_sqlite_file(path)
         self.engine = make_engine(url)
@@ -117,6 +118,10 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def change_hint(self) -> tuple[int, ...] | None:
+        """See ``engine.sqlite_change_hint``; None on PostgreSQL: read the rows there."""
+        return None if self._sqlite is None else sqlite_files.sqlite_change_hint(self._sqlite)
 
     @property
     def boot_records(self) -> BootRecords:

@@ -228,3 +228,34 @@ def test_a_lifecycle_command_without_a_router_says_nothing_serves(tmp_path, cli)
     finally:
         cli("--config", cfg, "down")
         app.close()
+
+
+def test_an_idle_loop_ticks_quietly_and_still_follows_the_installed_version_and_a_pin(
+    stack, tmp_path, cli
+):
+    """Idle, the control loop's ticks read nothing (quiet passes: an idle router costs
+    little CPU) while the registry and the version file stay the same; a new installed
+    version, then an operator's pin, are acted on all the same, and it goes quiet again."""
+    (tmp_path / "VERSION").write_text("1.0\n")
+    app, router = stack(daemon_extra='version_file = "VERSION"', interval=0.2, stable=2)
+    cfg = str(app.config.path)
+    assert cli("--config", cfg, "deploy").code == 0
+    poll_until(lambda: app.registry.deployment(app.service).state == "idle", 30, what="idle")
+
+    def quiet() -> int:
+        return status(router)["control_loop"]["quiet_passes"]
+
+    start = quiet()
+    poll_until(lambda: quiet() >= start + 5, 30, interval=0.05, what="5 quiet ticks while idle")
+
+    (tmp_path / "VERSION").write_text("2.0\n")
+    poll_until(lambda: serving(app, router, "2.0"), 30, what="2.0 auto-deployed")
+    poll_until(lambda: app.registry.deployment(app.service).state == "idle", 30, what="idle")
+    start = quiet()
+    poll_until(lambda: quiet() >= start + 5, 30, interval=0.05, what="quiet again after it")
+
+    assert cli("--config", cfg, "deploy", "--version", "1.0").code == 0  # a pin
+    wait_passes(router, 12)
+    assert serving(app, router, "1.0"), "a quiet tick undid the operator's pin"
+    st = status(router)
+    assert st["control_loop"]["passes"] > st["control_loop"]["quiet_passes"]

@@ -168,3 +168,26 @@ def test_postgres_url_without_its_driver_says_how_to_install_it(tmp_path):
     assert proc.stderr.startswith("Error: The registry at postgresql+pg8000://u:***@")
     assert "bgdeploy[postgres]" in proc.stderr
     assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_change_hint_moves_with_another_writers_commit_and_only_then(tmp_path):
+    """The control loop's exit watcher rereads the active boot only when this hint moves
+    (a read every 0.25 s was most of an idle router's CPU): a switch committed by another
+    process must move it, or the watcher keeps watching a boot that is no longer active."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    reader, writer = Registry(url), Registry(url)
+    try:
+        writer.deployment("svc")
+        before = reader.change_hint()
+        assert before is not None
+        for _ in range(3):  # reads change nothing
+            reader.deployment("svc")
+            assert reader.change_hint() == before
+        writer.create_boot("svc", 1, "1.0")
+        after = reader.change_hint()
+        assert after != before
+        writer.create_boot("svc", 2, "2.0")
+        assert reader.change_hint() != after
+    finally:
+        reader.close()
+        writer.close()
