@@ -16,6 +16,14 @@ BENCH_DURATION (3s); the median run of each by req/s. CPU per request: user + sy
 time of the proxy's processes (the router's supervisor and workers, never its
 daemon), psutil, us per request.
 
+After the table: what each router's worker was asked per second besides forwarding
+(control requests by command, registry change checks and route reads) and its
+supervisor's CPU, over the whole measurement.
+
+``--stall``: the routers only, each measured without and with a silent client of its
+worker's control socket (connected, saying nothing; connected again whenever the
+worker drops it), alternated: p99 and max latency before and after it connects.
+
 Usage: bench_user.py [--stall]. Loopback only; every load run is bounded by wrk's -d.
 ``nginx-daemon PORT FOLDER`` is the daemon command bgdeploy runs (it execs nginx).
 """
@@ -25,10 +33,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -57,8 +68,6 @@ def nginx_daemon(port: int, folder: Path) -> None:
 
 def port_block(size: int = 20) -> tuple[int, int]:
     """Free ports for the boots, below the kernel's ephemeral range (as the tests pick)."""
-    import socket
-
     low_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(50):
         low = random.randrange(20000, low_ephemeral - size)
@@ -154,6 +163,26 @@ class UserRouter:
         info = self.router_info()
         return [info["pid"], *(w["pid"] for w in info["workers"])]
 
+    def worker_address(self) -> str:
+        from bgdeploy.config import load_config
+        from bgdeploy.router import ipc
+
+        (worker,) = [w for w in self.router_info()["workers"] if not w["draining"]]
+        return ipc.worker_address(ipc.namespace(load_config(self.config).state_dir), worker["pid"])
+
+    def asked(self) -> dict[str, float]:
+        """The worker's counts of what it was asked besides forwarding, and the supervisor's
+        CPU seconds (this call is one stats request itself)."""
+        info = self.router_info()
+        counts: dict[str, float] = {"supervisor_cpu": sum(cpu([info["pid"]]))}
+        for w in info["workers"]:
+            for cmd, n in (w.get("control_requests") or {}).items():
+                counts[cmd] = counts.get(cmd, 0) + n
+            for key in ("registry_checks", "registry_reads"):
+                if w.get(key) is not None:
+                    counts[key] = counts.get(key, 0) + w[key]
+        return counts
+
     def build(self) -> str:
         return ",".join(sorted({str(w.get("build")) for w in self.router_info()["workers"]}))
 
@@ -165,6 +194,80 @@ class UserRouter:
                 if self.foreground.poll() is None:
                     self.foreground.send_signal(signal.SIGTERM)
                 self.foreground.wait(timeout=30)
+
+
+class SilentClient:
+    """One client of a worker's control socket that connects and says nothing, connected
+    again whenever the worker drops it: a thread, until stop() (at most MAX_CONNECTS)."""
+
+    MAX_CONNECTS = 10_000
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.connects = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SilentClient:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set() and self.connects < self.MAX_CONNECTS:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.1)
+                try:
+                    sock.connect(self.address)
+                except OSError:
+                    self.stopping.wait(0.1)
+                    continue
+                self.connects += 1
+                while not self.stopping.is_set():
+                    try:
+                        if sock.recv(1) == b"":
+                            break  # dropped by the worker: connect again
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+
+
+def timeouts(r: dict) -> int:
+    """wrk's requests with no answer within its 2 s (absent from its latency figures)."""
+    m = re.search(r"timeout (\d+)", r["socket_errors"])
+    return int(m.group(1)) if m else 0
+
+
+def stall(routers: list[tuple[str, UserRouter]]) -> None:
+    """Each router without and with a silent control client, alternated, per load."""
+    print(
+        f"\na silent client of the worker's control socket (connected again whenever dropped), "
+        f"wrk -d{DURATION}, median of {ROUNDS} alternated runs; each column: without > with it"
+    )
+    print(
+        f"{'wrk':>6}  {'router':<20} {'req/s':>15} {'p99 ms':>17} {'max ms':>17} "
+        f"{'wrk timeouts':>13}  silent connects"
+    )
+    for threads, conns in LOADS:
+        runs: dict[str, list[list[dict]]] = {name: [[], []] for name, _ in routers}
+        connects = dict.fromkeys(runs, 0)
+        for _ in range(ROUNDS):
+            for name, router in routers:
+                runs[name][0].append(wrk(router.port, conns, threads=threads))
+                with SilentClient(router.worker_address()) as silent:
+                    runs[name][1].append(wrk(router.port, conns, threads=threads))
+                connects[name] += silent.connects
+        for name, (quiet, stalled) in runs.items():
+            a, b = median(quiet), median(stalled)
+            print(
+                f"{f't{threads} c{conns}':>6}  {name:<20} {a['rps']:>7.0f}>{b['rps']:<7.0f} "
+                f"{a['p99']:>8.2f}>{b['p99']:<8.2f} {a['max']:>8.1f}>{b['max']:<8.1f} "
+                f"{timeouts(a):>6}>{timeouts(b):<6}  {connects[name]}"
+            )
 
 
 def cpu(pids: list[int]) -> tuple[float, float]:
@@ -230,10 +333,27 @@ def table(names: list[str], results: dict[tuple[int, int], list[dict]]) -> None:
             )
 
 
+def asked_table(routers: list[tuple[str, UserRouter]], before: dict, after: dict) -> None:
+    print(
+        "\nwhat each router's worker was asked per second besides forwarding, over the "
+        "whole measurement (under load a sixth of it), and its supervisor's CPU"
+    )
+    for name, _router in routers:
+        (t0, a), (t1, b) = before[name], after[name]
+        rate = {k: (b.get(k, 0) - a.get(k, 0)) / (t1 - t0) for k in b if k != "supervisor_cpu"}
+        if "stats" in rate:
+            rate["stats"] -= 1 / (t1 - t0)  # our own question
+        sup = (b["supervisor_cpu"] - a["supervisor_cpu"]) / (t1 - t0) * 100
+        said = ", ".join(f"{k} {v:.2f}/s" for k, v in sorted(rate.items()))
+        said = said or "no counts (an older worker)"
+        print(f"  {name:<20} {said}; supervisor {sup:.1f}% of a core")
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["nginx-daemon"]:
         nginx_daemon(int(argv[1]), Path(argv[2]))
         return 0
+    stalling = "--stall" in argv
     procs: list[subprocess.Popen[bytes]] = []
     routers: list[UserRouter] = []
     with tempfile.TemporaryDirectory(prefix="bgdeploy-bench-user-") as tmp:
@@ -269,7 +389,13 @@ def main(argv: list[str]) -> int:
                 runs = router.build()
                 label = name if runs == build else f"{name} [{runs}]"  # no compiler here
                 targets.append((label, router.port, router.pids()))
+            named = [(t[0], r) for t, r in zip(targets[3:], routers, strict=True)]
+            if stalling:
+                stall(named)
+                return 0
+            before = {name: (time.monotonic(), r.asked()) for name, r in named}
             results = measure(targets)
+            after = {name: (time.monotonic(), r.asked()) for name, r in named}
         finally:
             for r in routers:
                 try:
@@ -286,6 +412,7 @@ def main(argv: list[str]) -> int:
         "cpu: the proxy's processes (router: supervisor + workers)"
     )
     table([name for name, _, _ in targets], results)
+    asked_table(named, before, after)
     return 0
 
 
