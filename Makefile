@@ -72,6 +72,7 @@ bench: install
 	fi
 	$(BIN)/python tools/bench.py
 	$(BIN)/python tools/bench_replicas.py
+	$(BIN)/python tools/bench_user.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info bgdeploy/router/*.c bgdeploy/router/*.so

@@ -15,6 +15,8 @@
    a PostgreSQL one (LISTEN/NOTIFY) on a throw-away server (tools/pgserver.py);
    and each router build's CPU while idle. `python tools/bench.py --propagation`
    measures only the two propagations, against two demo daemons.
+   `python tools/bench.py --user` runs only tools/bench_user.py (the router as a
+   user runs it, `bgdeploy up` with its defaults, against nginx, HAProxy, the relay).
 5. The router's own Python work per request of each build (tools/router_cost.py).
 `make bench` installs nginx, wrk, HAProxy and Caddy with apt-get where it can.
 Loopback only; every load run is bounded by wrk's -d.
@@ -321,4 +323,8 @@ def idle_cpu(pids: list[int]) -> list[float]:
 
 
 if __name__ == "__main__":
+    if "--user" in sys.argv[1:]:  # the router as a user runs it: tools/bench_user.py
+        import bench_user
+
+        sys.exit(bench_user.main([a for a in sys.argv[1:] if a != "--user"]))
     sys.exit(propagation_only() if "--propagation" in sys.argv[1:] else main())

@@ -40,9 +40,12 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise SystemExit(f"bench: nothing answered on port {port}")
 
 
-def wrk(port: int, conns: int, pid: int | None = None, path: str = "/") -> dict[str, float]:
-    """One wrk run; with pid, also that process's CPU time per request (us)."""
-    threads = 1 if conns == 1 else 2
+def wrk(
+    port: int, conns: int, pid: int | None = None, path: str = "/", threads: int | None = None
+) -> dict[str, float]:
+    """One wrk run (-t2, or -t1 for one connection, unless threads); with pid, also that
+    process's CPU time per request (us)."""
+    threads = threads or (1 if conns == 1 else 2)
     before = cpu_seconds(pid) if pid else None
     out = subprocess.run(
         [
@@ -66,6 +69,8 @@ def wrk(port: int, conns: int, pid: int | None = None, path: str = "/") -> dict[
         "rps": rps,
         "p50": latency_ms(out, "50%"),
         "p99": latency_ms(out, "99%"),
+        "max": max_latency_ms(out),
+        "count": count,
         "errors": int(errors.group(1)) if errors else 0,
         "socket_errors": sock_err.group(1) if sock_err else "",
         "user_us": float("nan"),
@@ -83,6 +88,13 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     proc = psutil.Process(pid)
     times = [p.cpu_times() for p in (proc, *proc.children(recursive=True))]
     return sum(t.user for t in times), sum(t.system for t in times)
+
+
+def max_latency_ms(out: str) -> float:
+    """The slowest answer of a wrk run (its Latency line: avg, stdev, max)."""
+    m = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\b", out)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
 def latency_ms(out: str, pct: str) -> float:

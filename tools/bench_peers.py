@@ -21,6 +21,16 @@ def start_nginx(
 ) -> subprocess.Popen[bytes]:
     d = workdir / name
     d.mkdir()
+    write_nginx_conf(d, servers, workers)
+    return subprocess.Popen(
+        [nginx_bin(), "-p", str(d), "-c", str(d / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def write_nginx_conf(d: Path, servers: str, workers: int = 1) -> None:
+    """d/nginx.conf: nginx in the foreground, its files in d, with these server blocks."""
     (d / "nginx.conf").write_text(f"""
 worker_processes {workers};
 daemon off;
@@ -34,11 +44,6 @@ http {{
   {servers}
 }}
 """)
-    return subprocess.Popen(
-        [nginx_bin(), "-p", str(d), "-c", str(d / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def nginx_proxies(pairs: list[tuple[int, int]]) -> str:

@@ -274,6 +274,8 @@ class RegistryWatcher:
         self.table = table
         self.last_error: str | None = None
         self._conn: sqlite3.Connection | None = None
+        self.checks = 0  # data_version asked (each wake-up, each poll)
+        self.reads = 0  # route state read (after a change, and once a second)
 
     def refresh(self) -> Route | None:
         """Read the route now (blocking) and apply it; for start-up."""
@@ -321,9 +323,11 @@ class RegistryWatcher:
                     waker.changed.clear()  # before the read: a later write wakes us again
                     follow_until = time.monotonic() + WAKE_FOLLOW_S
                 try:
+                    self.checks += 1
                     version = self._data_version()
                     now = time.monotonic()
                     if version != last_version or now - last_read > SLOW_POLL_S:
+                        self.reads += 1
                         self.table.apply(self._read())
                         last_version, last_read = version, now
                     self.last_error = None

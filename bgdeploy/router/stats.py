@@ -122,6 +122,10 @@ class RouterStats:
                 "requests": sum(n for _b, _c, n in w["requests"]),
                 "inflight": sum(w["inflight"].values()),
                 "route": w["route"][0] if w["route"] else None,
+                # What else it was asked (None from a worker of an older bgdeploy).
+                "control_requests": w.get("control_requests"),
+                "registry_checks": w.get("registry_checks"),
+                "registry_reads": w.get("registry_reads"),
             }
             for w in sorted(self.workers, key=lambda w: w["started"])
         ]

@@ -8,7 +8,11 @@ it imports is the proxy, uvloop and httptools.
 
 It answers the supervisor on its own unix socket (see ipc): ``stats`` (its
 counters), ``sockets`` (its listening sockets, by SCM_RIGHTS, for a supervisor
-that starts after the last one was killed) and ``drain``. SIGTERM drains too:
+that starts after the last one was killed) and ``drain``. Those questions are
+answered on the event loop without ever blocking it (a client that connects and
+says nothing must not hold up forwarding): at most CONTROL_CLIENTS at once, each
+given CONTROL_TIMEOUT_S to ask and be answered, its question at most
+CONTROL_MAX_REQUEST bytes. SIGTERM drains too:
 stop accepting (the socket stays open in the other processes, so nothing is
 refused), answer each keep-alive connection's current request with
 ``Connection: close``, let streams and WebSockets run until they end or
@@ -27,6 +31,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import uvloop
@@ -47,6 +52,12 @@ REST_S = 5.0
 # between two requests gets a moment to send the next (and be told Connection: close)
 # rather than have the connection shut under it.
 DRAIN_IDLE_S = 1.0
+# The control socket's clients (the supervisor, a successor, `bgdeploy` commands): each
+# gets this long to send its question and take the answer; this many are served at
+# once (the rest wait in the listen backlog); a question is at most this big.
+CONTROL_TIMEOUT_S = 10.0
+CONTROL_CLIENTS = 16
+CONTROL_MAX_REQUEST = 64 * 1024
 
 
 class Worker:
@@ -62,6 +73,10 @@ class Worker:
         self.servers: list[asyncio.AbstractServer] = []
         self.done = asyncio.Event()
         self.draining = False
+        self.control: socket.socket | None = None
+        self.control_clients: set[asyncio.Task[None]] = set()
+        self.control_requests: Counter[str] = Counter()  # answered, by command
+        self.watcher: Any = None
 
     def run(self) -> None:
         loop = uvloop.new_event_loop()
@@ -82,7 +97,7 @@ class Worker:
             stream_idle_timeout=spec["stream_idle_timeout"],
             max_body=spec["max_body"],
         )
-        watcher = watcher_for(spec["registry_url"], spec["service"], table)
+        watcher = self.watcher = watcher_for(spec["registry_url"], spec["service"], table)
         try:
             watcher.refresh()
         except Exception as e:  # noqa: BLE001 - start serving anyway; the watcher retries
@@ -100,9 +115,9 @@ class Worker:
                     lambda: ClientConnection(table, limits, preview=True), sock=self.preview.dup()
                 )
             )
-        control = ipc.listen(ipc.worker_address(spec["namespace"], os.getpid()))
+        control = self.control = ipc.listen(ipc.worker_address(spec["namespace"], os.getpid()))
         control.setblocking(False)
-        loop.add_reader(control.fileno(), self._control, control)
+        loop.add_reader(control.fileno(), self._control_accept)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain)
         watching = loop.create_task(watcher.run())
@@ -121,6 +136,8 @@ class Worker:
         finally:
             loop.remove_reader(control.fileno())
             control.close()
+            for task in list(self.control_clients):
+                task.cancel()
             sweeper.cancel()
             watching.cancel()
             log.info("worker %d stopped", os.getpid())
@@ -166,35 +183,95 @@ class Worker:
 
     # -- the supervisor's questions ----------------------------------------------------
 
-    def _control(self, control: socket.socket) -> None:
-        try:
-            conn, _ = control.accept()
-        except BlockingIOError:
-            return
+    def _control_accept(self) -> None:
+        """The control socket is readable: take its waiting clients, up to CONTROL_CLIENTS
+        at once; at the limit, stop watching it until one of them is done."""
+        loop = asyncio.get_running_loop()
+        control = self.control
+        assert control is not None
+        while len(self.control_clients) < CONTROL_CLIENTS:
+            try:
+                conn, _ = control.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. out of descriptors: try again on the next wake
+                log.warning("control socket: %s", e)
+                return
+            conn.setblocking(False)
+            task = loop.create_task(self._control_client(conn))
+            self.control_clients.add(task)
+            task.add_done_callback(self._control_done)
+        loop.remove_reader(control.fileno())
+
+    def _control_done(self, task: asyncio.Task[None]) -> None:
+        full = len(self.control_clients) >= CONTROL_CLIENTS
+        self.control_clients.discard(task)
+        if full and self.control is not None and self.control.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(self.control.fileno(), self._control_accept)
+
+    async def _control_client(self, conn: socket.socket) -> None:
         with conn:
-            conn.setblocking(True)
-            conn.settimeout(1.0)  # a peer that stalls must not stall forwarding for long
             try:
                 if not ipc.peer_is_us(conn):
                     return
-                message, _fds = ipc.read_message(conn)
-                self._answer(conn, message.get("cmd"))
+                async with asyncio.timeout(CONTROL_TIMEOUT_S):
+                    message = json.loads(await self._read_request(conn))
+                    cmd = message.get("cmd") if isinstance(message, dict) else None
+                    answer, fds = self._answer(cmd)
+                    await self._send(conn, answer, fds)
+                if cmd == "drain":
+                    self.drain()
+            except TimeoutError:
+                log.warning("control request: no question within %gs", CONTROL_TIMEOUT_S)
             except (OSError, ValueError) as e:
                 log.warning("control request failed: %s", e)
 
-    def _answer(self, conn: socket.socket, cmd: object) -> None:
+    async def _read_request(self, conn: socket.socket) -> bytes:
+        """One JSON line (or what came before the peer shut its side), at most
+        CONTROL_MAX_REQUEST bytes. Descriptors a peer sends along are not taken."""
+        loop = asyncio.get_running_loop()
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = await loop.sock_recv(conn, 65536)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > CONTROL_MAX_REQUEST:
+                raise ValueError(f"a control request over {CONTROL_MAX_REQUEST} bytes")
+        if not data:
+            raise ConnectionError("the peer closed the connection without a question")
+        return data
+
+    async def _send(self, conn: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+        data = json.dumps(message).encode() + b"\n"
+        loop = asyncio.get_running_loop()
+        while fds:  # the descriptors go with the first bytes sent (SCM_RIGHTS)
+            try:
+                sent = socket.send_fds(conn, [data], fds)
+            except (BlockingIOError, InterruptedError):
+                writable = loop.create_future()
+                loop.add_writer(conn.fileno(), writable.set_result, None)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(conn.fileno())
+                continue
+            data, fds = data[sent:], []
+        if data:
+            await loop.sock_sendall(conn, data)
+
+    def _answer(self, cmd: object) -> tuple[dict[str, Any], list[int]]:
+        self.control_requests[cmd if cmd in ("stats", "sockets", "drain") else "other"] += 1
         if cmd == "stats":
-            ipc.send_message(conn, self.stats())
-        elif cmd == "sockets":
+            return self.stats(), []
+        if cmd == "sockets":
             held = [("listen", self.listen), ("admin", self.admin), ("preview", self.preview)]
             fds = [sock.fileno() for _, sock in held if sock is not None]
             names = [name for name, sock in held if sock is not None]
-            ipc.send_message(conn, {"ok": True, "names": names}, fds)
-        elif cmd == "drain":
-            ipc.send_message(conn, {"ok": True})
-            self.drain()
-        else:
-            ipc.send_message(conn, {"ok": False, "error": f"unknown command {cmd!r}"})
+            return {"ok": True, "names": names}, fds
+        if cmd == "drain":
+            return {"ok": True}, []
+        return {"ok": False, "error": f"unknown command {cmd!r}"}, []
 
     def stats(self) -> dict[str, Any]:
         table = self.table
@@ -224,6 +301,13 @@ class Worker:
             "held": len(table.waiting),
             "maintenance": table.maintenance is not None,
             "canary_weight": table.canary_weight,
+            # What the worker is asked besides forwarding: control requests answered (by
+            # command) and open now (this one included), and the registry watcher's
+            # change checks and route reads (issue 22: what the control plane costs it).
+            "control_requests": dict(self.control_requests),
+            "control_clients": len(self.control_clients),
+            "registry_checks": getattr(self.watcher, "checks", None),
+            "registry_reads": getattr(self.watcher, "reads", None),
         }
 
 

@@ -12,6 +12,7 @@ import httpx
 import psutil
 import pytest
 
+from bgdeploy.router import ipc
 from tests.conftest import poll_until
 from tests.integration.conftest import serve
 
@@ -101,6 +102,53 @@ def test_slow_client_is_cut_while_others_are_served(served):
         assert httpx.get(router.url + "/").status_code == 200
         answer = slow.recv(4096)
         assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def still_open(sock: socket.socket) -> bool:
+    """True while the peer has neither closed nor reset it (and sent nothing)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_worker_forwards_while_a_client_of_its_control_socket_is_slow_to_ask(served):
+    """A client of a worker's control socket that connects and says nothing stalls neither
+    forwarding nor the other control clients: the worker holds it (up to its 10 s) on its
+    event loop. Before, it read each question blocking: forwarding stopped for 1 s per
+    silent client, which it then dropped."""
+    app, router, boot_id = served
+    address = ipc.worker_address(ipc.namespace(app.config.state_dir), router.worker().pid)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.connect(address)
+        with httpx.Client(timeout=10.0) as client:
+            for _ in range(20):
+                resp = client.get(router.url + "/")
+                assert resp.status_code == 200 and resp.headers["x-bgdeploy-boot"] == boot_id
+        for _ in range(5):  # on new connections too
+            resp = httpx.get(router.url + "/", timeout=10.0)
+            assert resp.status_code == 200 and resp.headers["x-bgdeploy-boot"] == boot_id
+        assert still_open(silent)  # neither waited on nor dropped meanwhile
+        # Another client's question is answered while the silent one is held.
+        held = poll_until(
+            lambda: ipc.request(address, {"cmd": "stats"}, 10.0)[0]["control_clients"] >= 2,
+            30,
+            what="the worker to answer while it holds the silent client",
+        )
+        assert held
+        # A question over 64 KiB is refused, and the worker answers the next one.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as big:
+            big.settimeout(10.0)
+            big.connect(address)
+            with pytest.raises((BrokenPipeError, ConnectionResetError)):  # closed on it
+                big.sendall(b"x" * (1 << 20))
+        stats, _ = ipc.request(address, {"cmd": "stats"}, 10.0)
+        assert stats["control_requests"]["stats"] >= 2
+        assert still_open(silent)
 
 
 @pytest.mark.slow
