@@ -179,6 +179,15 @@ def test_the_supervisors_answers_in_process_are_the_admin_answers(tmp_path):
         mine, admin = answers[name]
         if name == "info":  # the HTTP answer counts its own request; nothing else differs
             assert admin.pop("admin_requests") > mine.pop("admin_requests") >= 0
+            # Nor do the workers, but for what they were asked meanwhile: the supervisor's
+            # questions (these two answers' among them) and the registry watch's checks.
+            for m, a in zip(mine["workers"], admin["workers"], strict=True):
+                for key in ("control_requests", "registry_checks", "registry_reads"):
+                    asked, asked_later = m.pop(key), a.pop(key)
+                    if key == "control_requests":
+                        assert asked_later["stats"] > asked["stats"] >= 1, (asked, asked_later)
+                    else:
+                        assert asked_later >= asked >= 0, (key, asked, asked_later)
         assert mine == admin, name
     info, route, traffic = answers["info"][0], answers["route"][0], answers["traffic"][0]
     assert len(info["workers"]) == 2 and {w["build"] for w in info["workers"]} <= {
