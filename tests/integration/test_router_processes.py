@@ -58,9 +58,10 @@ class Probe:
             try:
                 conn.request("GET", "/", headers={"Connection": "close"})
                 resp = conn.getresponse()
-                resp.read()
-                if resp.status != 200:
-                    self.failed.append((time.monotonic(), f"HTTP {resp.status}"))
+                body = resp.read()
+                if resp.status != 200:  # the router's own answers say why: keep it
+                    why = body[:200].decode(errors="replace")
+                    self.failed.append((time.monotonic(), f"HTTP {resp.status}: {why}"))
             except ConnectionRefusedError:
                 self.refused += 1
             except (OSError, http.client.HTTPException) as e:
