@@ -27,9 +27,10 @@ from bisect import bisect_right
 from time import monotonic
 from typing import TYPE_CHECKING
 
+from bgdeploy.router.balancing import DOWN_S, pick
 from bgdeploy.router.flow import HIGH_WATER
 from bgdeploy.router.http11 import response_fields, simple_response
-from bgdeploy.router.routes import LATENCY_BOUNDS
+from bgdeploy.router.stats import LATENCY_BOUNDS
 from bgdeploy.router.steering import (
     SET_CANARY_COOKIE,
     answer,
@@ -37,7 +38,7 @@ from bgdeploy.router.steering import (
     is_preview,
     wants_json,
 )
-from bgdeploy.router.upstream import DOWN_S, Upstream, pick
+from bgdeploy.router.upstream import Upstream
 
 if TYPE_CHECKING:
     from bgdeploy.router.client import ClientConnection

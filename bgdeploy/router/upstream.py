@@ -1,5 +1,6 @@
 """The upstream side: one connection to a replica of a boot (``Upstream``) and the
-keep-alive pools, one per replica (``Replica``: a boot's port).
+keep-alive pools, one per replica (``Replica``: a boot's port); which replica a new
+request goes to is ``balancing``'s.
 
 An upstream connection carries one exchange at a time, or, after a 101, a
 tunnel. Its answer is read by the fast path when it is plain, else by httptools;
@@ -8,7 +9,6 @@ either way the head goes out through ``Exchange.send_head``.
 
 from __future__ import annotations
 
-from random import random
 from typing import TYPE_CHECKING
 
 import httptools
@@ -47,42 +47,6 @@ class Replica:
         self.errors = 0  # failed connections to it (refused, lost, timed out)
         # The route table's clock until which new requests skip it: it refused a connect.
         self.down_until = 0.0
-
-
-# How long new requests skip a replica that refused a connect (unless every replica of
-# the route is skipped: then they try anyway); a connect to it that succeeds ends it.
-DOWN_S = 1.0
-
-
-def pick(reps: tuple[Replica, ...], now: float, avoid: Replica | None) -> Replica:
-    """Of a route's replicas (two or more), where a new request goes: of two drawn at
-    random (with two, both), the one with fewer outstanding requests, a tie drawn; one
-    that is down (refused a connect less than DOWN_S ago) or ``avoid`` (the replica that
-    just failed this request) only when every other one is too."""
-    n = len(reps)
-    if n == 2:
-        a, b = reps[0], reps[1]
-    else:
-        i = int(random() * n)
-        j = int(random() * (n - 1))
-        a, b = reps[i], reps[j + 1 if j >= i else j]
-    a_ok = a is not avoid and a.down_until <= now
-    b_ok = b is not avoid and b.down_until <= now
-    if a_ok and b_ok:
-        if a.outstanding != b.outstanding:
-            return a if a.outstanding < b.outstanding else b
-        return b if n == 2 and random() < 0.5 else a
-    if a_ok:
-        return a
-    if b_ok:
-        return b
-    for r in reps:  # both drawn are out: any other that is not
-        if r is not avoid and r.down_until <= now:
-            return r
-    for r in reps:  # every replica is down: try anyway, elsewhere first
-        if r is not avoid:
-            return r
-    return a
 
 
 class Pools:
