@@ -3,7 +3,7 @@
 # A cimported class makes the compiled module import its module first: client, exchange
 # and upstream import only classes from each other at module level (see balancing.py).
 from bgdeploy.router.client cimport ClientConnection
-from bgdeploy.router.upstream cimport Upstream
+from bgdeploy.router.upstream cimport Replica, Upstream
 
 
 cdef class Exchange:
@@ -11,7 +11,7 @@ cdef class Exchange:
     cdef public Upstream upstream  # typed: C access to the connection's fields
     cdef public object method, head, route, pending, pending_size
     cdef public object retry_buffer, retry_size, attempts, started, canary_cookie
-    cdef public object replica
+    cdef public Replica replica  # typed: its counts are C integers
     cdef public bint chunked_request, keep_alive, upgrade, request_complete
     cdef public bint got_response_bytes, response_started, chunk_response, close_after
     cdef public bint bodyless, done, interim, counted, streaming, held_once

@@ -165,9 +165,9 @@ class Exchange:
             self.replica.outstanding -= 1
         self.counted = True
         self.replica = rep
-        rep.outstanding += 1
+        self.replica.outstanding += 1  # (the typed field: a C add when compiled)
         self.attempts += 1
-        up = None if self.upgrade else table.pools.take(rep)
+        up = None if self.upgrade else self.replica.take()
         if up is not None:
             self.attach(up)
         else:
@@ -337,7 +337,7 @@ class Exchange:
         self._release_count()
         table = client.table
         if self.request_complete and up.keep_alive and up.replica in table.kept:
-            table.pools.give_back(up)
+            up.replica.give_back(up)
         else:
             up.close()
         client.exchange_finished(self)

@@ -6,8 +6,18 @@ from bgdeploy.router.exchange cimport Exchange
 from bgdeploy.router.flow cimport FlowControl
 
 
+cdef class Upstream
+
+
 cdef class Replica:
-    cdef public object boot_id, port, idle, outstanding, requests, errors, down_until
+    cdef public object boot_id, port
+    cdef public list idle
+    cdef public long outstanding, requests, errors  # C integers: no Python int per count
+    cdef public double down_until
+
+    # C calls from the compiled request path (still callable from Python).
+    cpdef Upstream take(self)
+    cpdef give_back(self, Upstream up)
 
 
 cdef class Upstream(FlowControl):

@@ -48,9 +48,29 @@ class Replica:
         # The route table's clock until which new requests skip it: it refused a connect.
         self.down_until = 0.0
 
+    def take(self) -> Upstream | None:
+        """An idle keep-alive connection to this replica that is still open, if any."""
+        conns = self.idle
+        while conns:
+            up = conns.pop()
+            if not up.closed:
+                return up
+        return None
+
+    def give_back(self, up: Upstream) -> None:
+        """Keep ``up``, a connection to this replica whose answer is complete, for reuse."""
+        if up.closed:
+            return
+        up.exchange = None
+        # Its last answer may have filled a slow client's buffer and paused our reads:
+        # an idle connection reads again (the next answer, or the daemon closing it).
+        up.resume_reading()
+        self.idle.append(up)
+
 
 class Pools:
-    """Idle keep-alive upstream connections, per replica: (boot, port)."""
+    """The replicas of every boot this worker has sent to, by (boot, port): each keeps its
+    idle keep-alive connections (Replica.take, Replica.give_back)."""
 
     def __init__(self) -> None:
         self.replicas: dict[tuple[str, int], Replica] = {}
@@ -61,23 +81,6 @@ class Pools:
         if rep is None:
             rep = self.replicas[(boot_id, port)] = Replica(boot_id, port)
         return rep
-
-    def take(self, rep: Replica) -> Upstream | None:
-        conns = rep.idle
-        while conns:
-            up = conns.pop()
-            if not up.closed:
-                return up
-        return None
-
-    def give_back(self, up: Upstream) -> None:
-        if up.closed:
-            return
-        up.exchange = None
-        # Its last answer may have filled a slow client's buffer and paused our reads:
-        # an idle connection reads again (the next answer, or the daemon closing it).
-        up.resume_reading()
-        up.replica.idle.append(up)
 
     def discard(self, up: Upstream) -> None:
         conns = up.replica.idle
