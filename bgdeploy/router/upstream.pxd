@@ -2,6 +2,8 @@
 # Each attribute the class sets must be declared here (the extension type has no __dict__).
 # A cimported class makes the compiled module import its module first: client, exchange
 # and upstream import only classes from each other at module level (see balancing.py).
+cimport cython
+
 from bgdeploy.router.exchange cimport Exchange
 from bgdeploy.router.flow cimport FlowControl
 
@@ -24,10 +26,13 @@ cdef class Upstream(FlowControl):
     cdef public Replica replica  # typed: C access to its pool and counts
     cdef public Exchange exchange  # typed: C access to the exchange's fields
     cdef public object boot_id, port, boot_line, table, parser, uses
-    cdef public object _headers, _reason, _body_left, last_read, latency
+    cdef public object _headers, _reason, latency
+    cdef public Py_ssize_t _body_left
+    cdef public double last_read
     cdef public bint tunnel, keep_alive, _head_done, _partial
     cdef public dict statuses
 
     # C calls from the compiled request path (still callable from Python).
+    @cython.locals(length=Py_ssize_t, status=int, end=Py_ssize_t, body=Py_ssize_t)
     cpdef bint _fast_response(self, Exchange ex, bytes data)
     cpdef write(self, data)

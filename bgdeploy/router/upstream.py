@@ -135,8 +135,8 @@ class Upstream(FlowControl):
         if self.tunnel:
             ex.client.write(data)
             return
-        left = self._body_left
-        if left:  # the rest of a fast response's Content-Length body
+        if self._body_left:  # the rest of a fast response's Content-Length body
+            left = self._body_left
             if len(data) > left:
                 self._body_left = 0
                 ex.upstream_failed(self, "more bytes than its Content-Length")
