@@ -60,7 +60,7 @@ def main() -> None:
     to_client, to_upstream = CountingTransport(), CountingTransport()
     client.connection_made(to_client)
     upstream.connection_made(to_upstream)
-    table.pools.give_back(upstream)
+    upstream.replica.give_back(upstream)
     best = float("inf")
     for _ in range(ROUNDS):
         start = time.process_time()

@@ -1,6 +1,6 @@
 """The router: the fixed ingress that forwards each request to the active boot.
 
-The request path (client, exchange, upstream, fastpath, http11, flow) has two
+The request path (client, exchange, upstream, balancing, fastpath, http11, flow) has two
 builds of one source: the .py files, and extension modules compiled from those
 same files by Cython at install time (setup.py; the .pxd files only declare the
 compiled classes' attributes). Python imports a compiled module ahead of its

@@ -1,13 +1,17 @@
 # Declarations for the compiled build only: Cython reads them with exchange.py, Python never does.
 # Each attribute the class sets must be declared here (the extension type has no __dict__).
-from bgdeploy.router.upstream cimport Upstream
+# A cimported class makes the compiled module import its module first: client, exchange
+# and upstream import only classes from each other at module level (see balancing.py).
+from bgdeploy.router.client cimport ClientConnection
+from bgdeploy.router.upstream cimport Replica, Upstream
 
 
 cdef class Exchange:
+    cdef public ClientConnection client  # typed: C access to the connection's fields
     cdef public Upstream upstream  # typed: C access to the connection's fields
-    cdef public object client, method, head, route, pending, pending_size
+    cdef public object method, head, route, pending, pending_size
     cdef public object retry_buffer, retry_size, attempts, started, canary_cookie
-    cdef public object replica
+    cdef public Replica replica  # typed: its counts are C integers
     cdef public bint chunked_request, keep_alive, upgrade, request_complete
     cdef public bint got_response_bytes, response_started, chunk_response, close_after
     cdef public bint bodyless, done, interim, counted, streaming, held_once

@@ -27,9 +27,10 @@ from bisect import bisect_right
 from time import monotonic
 from typing import TYPE_CHECKING
 
+from bgdeploy.router.balancing import DOWN_S, pick
 from bgdeploy.router.flow import HIGH_WATER
 from bgdeploy.router.http11 import response_fields, simple_response
-from bgdeploy.router.routes import LATENCY_BOUNDS
+from bgdeploy.router.stats import LATENCY_BOUNDS
 from bgdeploy.router.steering import (
     SET_CANARY_COOKIE,
     answer,
@@ -37,7 +38,7 @@ from bgdeploy.router.steering import (
     is_preview,
     wants_json,
 )
-from bgdeploy.router.upstream import DOWN_S, Upstream, pick
+from bgdeploy.router.upstream import Upstream
 
 if TYPE_CHECKING:
     from bgdeploy.router.client import ClientConnection
@@ -164,9 +165,9 @@ class Exchange:
             self.replica.outstanding -= 1
         self.counted = True
         self.replica = rep
-        rep.outstanding += 1
+        self.replica.outstanding += 1  # (the typed field: a C add when compiled)
         self.attempts += 1
-        up = None if self.upgrade else table.pools.take(rep)
+        up = None if self.upgrade else self.replica.take()
         if up is not None:
             self.attach(up)
         else:
@@ -336,7 +337,7 @@ class Exchange:
         self._release_count()
         table = client.table
         if self.request_complete and up.keep_alive and up.replica in table.kept:
-            table.pools.give_back(up)
+            up.replica.give_back(up)
         else:
             up.close()
         client.exchange_finished(self)

@@ -7,6 +7,9 @@ cdef tuple METHODS
 cdef int OTHER, SLOW, LENGTH, CONNECTION, HOST
 
 
+@cython.locals(p="const unsigned char*", i=Py_ssize_t, last=Py_ssize_t, c="unsigned char")
+cpdef Py_ssize_t scan_head_end(bytes data)
+
 @cython.locals(k=Py_ssize_t)
 cdef bint _at(const unsigned char* p, Py_ssize_t at, bytes word)
 

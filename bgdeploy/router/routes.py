@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from bgdeploy.registry.urls import is_postgres, sqlite_path
 from bgdeploy.router.route_state import ROUTE_SQL, Route, RouteState, route_state
+from bgdeploy.router.stats import LATENCY_BOUNDS  # (its home; also imported from here)
 from bgdeploy.router.steering import Maintenance, Pause, WaitingRequests
 from bgdeploy.router.upstream import Pools, Replica
 from bgdeploy.router.wake import FileWaker
@@ -39,11 +40,6 @@ WATCH_POLL_S = 0.01  # without inotify, and for a moment after each write
 # this long before sleeping again.
 WAKE_FOLLOW_S = 0.05
 SLOW_POLL_S = 1.0  # read the row anyway this often (belt and braces)
-
-# The latency histogram's buckets (seconds from a request's parsed head to its answer's
-# head): an answer of t seconds counts in bucket bisect_right(LATENCY_BOUNDS, t), the
-# last bucket being everything past the last bound.
-LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class RouteTable:

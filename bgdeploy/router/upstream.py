@@ -1,5 +1,6 @@
 """The upstream side: one connection to a replica of a boot (``Upstream``) and the
-keep-alive pools, one per replica (``Replica``: a boot's port).
+keep-alive pools, one per replica (``Replica``: a boot's port); which replica a new
+request goes to is ``balancing``'s.
 
 An upstream connection carries one exchange at a time, or, after a 101, a
 tunnel. Its answer is read by the fast path when it is plain, else by httptools;
@@ -8,7 +9,6 @@ either way the head goes out through ``Exchange.send_head``.
 
 from __future__ import annotations
 
-from random import random
 from typing import TYPE_CHECKING
 
 import httptools
@@ -48,45 +48,29 @@ class Replica:
         # The route table's clock until which new requests skip it: it refused a connect.
         self.down_until = 0.0
 
+    def take(self) -> Upstream | None:
+        """An idle keep-alive connection to this replica that is still open, if any."""
+        conns = self.idle
+        while conns:
+            up = conns.pop()
+            if not up.closed:
+                return up
+        return None
 
-# How long new requests skip a replica that refused a connect (unless every replica of
-# the route is skipped: then they try anyway); a connect to it that succeeds ends it.
-DOWN_S = 1.0
-
-
-def pick(reps: tuple[Replica, ...], now: float, avoid: Replica | None) -> Replica:
-    """Of a route's replicas (two or more), where a new request goes: of two drawn at
-    random (with two, both), the one with fewer outstanding requests, a tie drawn; one
-    that is down (refused a connect less than DOWN_S ago) or ``avoid`` (the replica that
-    just failed this request) only when every other one is too."""
-    n = len(reps)
-    if n == 2:
-        a, b = reps[0], reps[1]
-    else:
-        i = int(random() * n)
-        j = int(random() * (n - 1))
-        a, b = reps[i], reps[j + 1 if j >= i else j]
-    a_ok = a is not avoid and a.down_until <= now
-    b_ok = b is not avoid and b.down_until <= now
-    if a_ok and b_ok:
-        if a.outstanding != b.outstanding:
-            return a if a.outstanding < b.outstanding else b
-        return b if n == 2 and random() < 0.5 else a
-    if a_ok:
-        return a
-    if b_ok:
-        return b
-    for r in reps:  # both drawn are out: any other that is not
-        if r is not avoid and r.down_until <= now:
-            return r
-    for r in reps:  # every replica is down: try anyway, elsewhere first
-        if r is not avoid:
-            return r
-    return a
+    def give_back(self, up: Upstream) -> None:
+        """Keep ``up``, a connection to this replica whose answer is complete, for reuse."""
+        if up.closed:
+            return
+        up.exchange = None
+        # Its last answer may have filled a slow client's buffer and paused our reads:
+        # an idle connection reads again (the next answer, or the daemon closing it).
+        up.resume_reading()
+        self.idle.append(up)
 
 
 class Pools:
-    """Idle keep-alive upstream connections, per replica: (boot, port)."""
+    """The replicas of every boot this worker has sent to, by (boot, port): each keeps its
+    idle keep-alive connections (Replica.take, Replica.give_back)."""
 
     def __init__(self) -> None:
         self.replicas: dict[tuple[str, int], Replica] = {}
@@ -97,23 +81,6 @@ class Pools:
         if rep is None:
             rep = self.replicas[(boot_id, port)] = Replica(boot_id, port)
         return rep
-
-    def take(self, rep: Replica) -> Upstream | None:
-        conns = rep.idle
-        while conns:
-            up = conns.pop()
-            if not up.closed:
-                return up
-        return None
-
-    def give_back(self, up: Upstream) -> None:
-        if up.closed:
-            return
-        up.exchange = None
-        # Its last answer may have filled a slow client's buffer and paused our reads:
-        # an idle connection reads again (the next answer, or the daemon closing it).
-        up.resume_reading()
-        up.replica.idle.append(up)
 
     def discard(self, up: Upstream) -> None:
         conns = up.replica.idle
@@ -168,8 +135,8 @@ class Upstream(FlowControl):
         if self.tunnel:
             ex.client.write(data)
             return
-        left = self._body_left
-        if left:  # the rest of a fast response's Content-Length body
+        if self._body_left:  # the rest of a fast response's Content-Length body
+            left = self._body_left
             if len(data) > left:
                 self._body_left = 0
                 ex.upstream_failed(self, "more bytes than its Content-Length")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +17,7 @@ from bgdeploy.router import NO_EXTENSIONS, build
 from tests.conftest import run_bgdeploy
 
 EXPECTED = "pure-python" if NO_EXTENSIONS else "compiled"
-REQUEST_PATH = ("client", "exchange", "upstream", "fastpath", "http11", "flow")
+REQUEST_PATH = ("client", "exchange", "upstream", "fastpath", "http11", "flow", "balancing")
 
 
 def test_this_process_imports_the_expected_build():
@@ -24,6 +26,16 @@ def test_this_process_imports_the_expected_build():
     for name in REQUEST_PATH:
         path = importlib.import_module(f"bgdeploy.router.{name}").__file__
         assert path.endswith(".py") == NO_EXTENSIONS, path
+
+
+@pytest.mark.parametrize("name", (*REQUEST_PATH, "routes", "worker"))
+def test_each_request_path_module_imports_on_its_own(name):
+    """Compiled, a class that one module cimports from another (the .pxd files) makes it
+    import that module before running its own code, so a function or constant imported
+    back from a module not yet run fails there: each module, imported first by a fresh
+    process, must load (the rule: client, exchange and upstream import only classes
+    from each other)."""
+    subprocess.run([sys.executable, "-c", f"import bgdeploy.router.{name}"], check=True)
 
 
 def status_and_doctor(app) -> tuple[str, str]:

@@ -22,10 +22,12 @@ from hypothesis import strategies as st
 
 from bgdeploy.router.client import ClientConnection, Limits
 from bgdeploy.router.fastpath import (
+    head_end,
     plain_request,
     plain_response,
     re_plain_request,
     re_plain_response,
+    scan_head_end,
     scan_request,
     scan_response,
 )
@@ -271,6 +273,41 @@ def test_the_scan_and_the_patterns_agree_on_any_bytes(first, rest):
     assert_twins_agree(first + b"\r\n\r\n" + rest)
     assert_twins_agree(b"GET /" + first + b"\r\n\r\n" + rest)
     assert_twins_agree(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + first + b"\r\n\r\n")
+
+
+# Where a head ends: the C loop (compiled; run by CPython here in the pure build) and
+# the build's own head_end must say what bytes.find says, on buffers dense in CR and LF.
+HEAD_ENDS = [
+    b"",
+    b"\r\n\r",
+    b"\r\n\r\n",
+    b"\n\r\n\r\n",
+    b"\r\r\n\r\n",
+    b"\r\n\r\r\n\r\n",
+    b"ab\r\n\r\nc",
+]
+
+
+def assert_head_end_is_found(data: bytes) -> None:
+    expected = data.find(b"\r\n\r\n")
+    assert scan_head_end(data) == expected, data
+    assert head_end(data) == expected, data
+
+
+@pytest.mark.parametrize("data", HEAD_ENDS)
+def test_the_head_end_on_edge_cases(data):
+    assert_head_end_is_found(data)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.sampled_from(b"\r\n\r\n\r\nab\x00\xff"), max_size=80).map(bytes),
+        st.binary(max_size=80),
+    )
+)
+def test_the_head_end_is_where_bytes_find_says(data):
+    assert_head_end_is_found(data)
 
 
 def test_the_strategies_reach_both_paths():

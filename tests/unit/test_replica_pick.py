@@ -1,4 +1,4 @@
-"""Where the router sends a new request among a boot's replicas (upstream.pick), its
+"""Where the router sends a new request among a boot's replicas (balancing.pick), its
 pools per replica, and the per-replica counts the supervisor sums (stats.RouterStats)."""
 
 from __future__ import annotations
@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from bgdeploy.router.balancing import pick
 from bgdeploy.router.route_state import Route
 from bgdeploy.router.routes import RouteTable
 from bgdeploy.router.stats import RouterStats
-from bgdeploy.router.upstream import Replica, pick
+from bgdeploy.router.upstream import Replica
 
 
 def replicas(*outstanding: int) -> tuple[Replica, ...]:
