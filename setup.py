@@ -20,7 +20,16 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # The per-request work of the router, as the profile names it (see tools/bench.py).
-COMPILED = ("http11", "fastpath", "flow", "upstream", "exchange", "client", "balancing")
+COMPILED = (
+    "http11",
+    "fastpath",
+    "flow",
+    "upstream",
+    "exchange",
+    "client",
+    "balancing",
+    "route_core",
+)
 
 PURE_NOTICE = (
     "bgdeploy: the router's request path could not be compiled ({why}); installing the "

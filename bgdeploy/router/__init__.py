@@ -1,11 +1,11 @@
 """The router: the fixed ingress that forwards each request to the active boot.
 
-The request path (client, exchange, upstream, balancing, fastpath, http11, flow) has two
-builds of one source: the .py files, and extension modules compiled from those
-same files by Cython at install time (setup.py; the .pxd files only declare the
-compiled classes' attributes). Python imports a compiled module ahead of its
-source; ``BGDEPLOY_NO_EXTENSIONS=1`` in the environment of a process makes it
-import the sources instead.
+The request path (client, exchange, upstream, balancing, route_core, fastpath,
+http11, flow) has two builds of one source: the .py files, and extension modules
+compiled from those same files by Cython at install time (setup.py; the .pxd files
+only declare the compiled classes' attributes). Python imports a compiled module
+ahead of its source; ``BGDEPLOY_NO_EXTENSIONS=1`` in the environment of a process
+makes it import the sources instead.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ cimport cython
 
 from bgdeploy.router.exchange cimport Exchange
 from bgdeploy.router.flow cimport FlowControl
+from bgdeploy.router.route_core cimport RouteCore
 
 
 cdef class Limits:
@@ -13,7 +14,8 @@ cdef class Limits:
 
 cdef class ClientConnection(FlowControl):
     cdef public Limits limits
-    cdef public object table, parser, queue, tunnel_to
+    cdef public RouteCore table  # typed: C access to the route and the clock
+    cdef public object parser, queue, tunnel_to
     cdef public Exchange current, active  # typed: C access to the exchange's fields
     cdef public object peer, _forwarded, _url, _headers
     cdef public object _batch, last_activity, head_started, peer_port

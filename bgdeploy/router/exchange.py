@@ -115,7 +115,7 @@ class Exchange:
         self.response_started = False
         self.chunk_response = False
         # A draining worker ends each keep-alive connection after its current answer.
-        self.close_after = not keep_alive or client.table.draining
+        self.close_after = not keep_alive or self.client.table.draining
         self.bodyless = method == b"HEAD"
         self.done = False
         self.interim = False

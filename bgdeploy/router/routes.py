@@ -22,6 +22,7 @@ from math import ceil
 from typing import TYPE_CHECKING
 
 from bgdeploy.registry.urls import is_postgres, sqlite_path
+from bgdeploy.router.route_core import RouteCore
 from bgdeploy.router.route_state import ROUTE_SQL, Route, RouteState, route_state
 from bgdeploy.router.stats import LATENCY_BOUNDS  # (its home; also imported from here)
 from bgdeploy.router.steering import Maintenance, Pause, WaitingRequests
@@ -42,8 +43,11 @@ WAKE_FOLLOW_S = 0.05
 SLOW_POLL_S = 1.0  # read the row anyway this often (belt and braces)
 
 
-class RouteTable:
-    """Lives on the event loop thread; other threads change it via call_soon_threadsafe."""
+class RouteTable(RouteCore):
+    """Lives on the event loop thread; other threads change it via call_soon_threadsafe.
+
+    The fields that every request reads (the route, the clock, the flags) are
+    RouteCore's: C fields in the compiled build."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_connections: int) -> None:
         self.loop = loop

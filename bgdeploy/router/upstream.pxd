@@ -6,6 +6,7 @@ cimport cython
 
 from bgdeploy.router.exchange cimport Exchange
 from bgdeploy.router.flow cimport FlowControl
+from bgdeploy.router.route_core cimport RouteCore
 
 
 cdef class Upstream
@@ -25,7 +26,8 @@ cdef class Replica:
 cdef class Upstream(FlowControl):
     cdef public Replica replica  # typed: C access to its pool and counts
     cdef public Exchange exchange  # typed: C access to the exchange's fields
-    cdef public object boot_id, port, boot_line, table, parser, uses
+    cdef public RouteCore table  # typed: C access to the clock
+    cdef public object boot_id, port, boot_line, parser, uses
     cdef public object _headers, _reason, latency
     cdef public Py_ssize_t _body_left
     cdef public double last_read

@@ -17,7 +17,16 @@ from bgdeploy.router import NO_EXTENSIONS, build
 from tests.conftest import run_bgdeploy
 
 EXPECTED = "pure-python" if NO_EXTENSIONS else "compiled"
-REQUEST_PATH = ("client", "exchange", "upstream", "fastpath", "http11", "flow", "balancing")
+REQUEST_PATH = (
+    "client",
+    "exchange",
+    "upstream",
+    "fastpath",
+    "http11",
+    "flow",
+    "balancing",
+    "route_core",
+)
 
 
 def test_this_process_imports_the_expected_build():
