@@ -375,14 +375,17 @@ class BootProcesses:
                 codes[r.replica] = -signal.SIGKILL if code is None else code
             assert r.pid is not None and r.pid_create_time is not None
             self._kill_leftovers(r.pid, r.pid_create_time)
+        # A replica started again whose new pid never reached the registry (its starter
+        # was stopped between the spawn and the write) is found by its environment.
+        recorded = {r.pid for r in live}
+        numbers = {str(r.replica) for r in rows}
+        for proc in processes_of_boot(rows[0].boot_id, self.config.state_dir) if rows else []:
+            with contextlib.suppress(psutil.Error):
+                if proc.pid not in recorded and proc.environ().get("BGDEPLOY_REPLICA") in numbers:
+                    proc.kill()
         for r in rows:
             if r.replica not in codes:
                 codes[r.replica] = self.replica_exit_code(r)
-            if r.pid is None:
-                for proc in processes_of_boot(r.boot_id, self.config.state_dir):
-                    with contextlib.suppress(psutil.Error):
-                        if proc.environ().get("BGDEPLOY_REPLICA") == str(r.replica):
-                            proc.kill()
             self.registry.replicas.out_of_rotation(r.boot_id, r.replica, state)
             self.registry.replicas.update(r.boot_id, r.replica, exit_code=codes[r.replica])
             CHILDREN.pop(self._key(r.boot_id, r.replica))

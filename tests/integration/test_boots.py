@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import pytest
 from bgdeploy import health
 from bgdeploy.boots import log_tail
 from bgdeploy.errors import BootError
+from bgdeploy.processes import process_matches
 from bgdeploy.states import BootState
 from tests.conftest import DEMO_DAEMON, demo_command, poll_until
 
@@ -149,3 +152,31 @@ def test_command_that_does_not_exist_is_a_clear_error(boots_for):
     with pytest.raises(BootError, match="could not start '/nonexistent/daemon'"):
         b.start()
     assert b.app.registry.boots("default")[0].state == BootState.FAILED
+
+
+def test_stopping_a_set_ends_a_replica_started_again_whose_pid_never_reached_the_registry(
+    boots_for,
+):
+    """A replica started again by a control loop that was stopped between the spawn and
+    the registry's write: the row still names the dead process, the new one lives on
+    its port. Stopping the set ends it too (found by its environment), so no daemon
+    outlives its boot unseen."""
+    b = boots_for()
+    boot_id = b.app.registry.create_boot(b.app.service, 1, "1.0")
+    boot = b.supervisor.spawn(boot_id, replicas=2)
+    rows = b.app.registry.replicas.rows(boot_id)
+    assert len(rows) == 2 and all(r.pid for r in rows)
+    one = rows[1]
+    os.killpg(one.pid, signal.SIGKILL)
+    poll_until(lambda: not process_matches(one.pid, one.pid_create_time), 10, what="replica 1 dead")
+    # Started again, as the tending does, but the new pid is not written down.
+    pid, _created, _log = b.supervisor._start(boot, 1, one.port)
+    assert psutil.pid_exists(pid)
+
+    b.supervisor.stop(boot, timeout=2)
+    poll_until(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
+        10,
+        what="the unrecorded replica to be ended",
+    )
+    assert not any(process_matches(r.pid, r.pid_create_time) for r in rows)
