@@ -5,6 +5,7 @@ by port)."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -27,6 +28,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_block(size: int = 40) -> tuple[int, int]:
+    """Free ports for a run's daemons, picked at random (parallel runs differ) below the
+    kernel's ephemeral range: there, a client's outgoing connection could take a
+    daemon's port between its allocation and its bind. The tests use it too."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(50):
+        low = rng.randrange(20000, max(20001, ephemeral_low - size))
+        try:
+            for port in range(low, low + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return low, low + size - 1
+    raise RuntimeError("no free port block")
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -45,7 +44,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-from bench_common import DURATION, REPO, free_port, wait_port, wrk
+from bench_common import DURATION, REPO, free_port, free_port_block, wait_port, wrk
 from bench_peers import nginx_bin, nginx_proxies, start_haproxy, start_nginx, write_nginx_conf
 
 BODY = "x" * 99 + "\n"
@@ -66,21 +65,6 @@ def nginx_daemon(port: int, folder: Path) -> None:
     os.execv(nginx, [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf")])
 
 
-def port_block(size: int = 20) -> tuple[int, int]:
-    """Free ports for the boots, below the kernel's ephemeral range (as the tests pick)."""
-    low_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(50):
-        low = random.randrange(20000, low_ephemeral - size)
-        try:
-            for port in range(low, low + size):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return low, low + size - 1
-    raise SystemExit("bench: no free port block for the boots")
-
-
 class UserRouter:
     """A bgdeploy state folder, its config, and the router a user starts on it."""
 
@@ -90,7 +74,7 @@ class UserRouter:
         self.env = {**os.environ, **env}
         self.control = control
         self.port, self.admin = free_port(), free_port()
-        low, high = port_block()
+        low, high = free_port_block(20)
         me = Path(__file__).resolve()
         boots = f"{self.dir}/boots/{{boot_id}}"
         command = [sys.executable, str(me), "nginx-daemon", "{port}", boots]

@@ -7,9 +7,9 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
+from bench_common import free_port_block  # tools/: on the path tests/conftest.py sets
 
 from bgdeploy.boots import BootProcesses
 from bgdeploy.config import load_config
@@ -33,27 +33,6 @@ stable_checks = {stable}
 failure_threshold = {threshold}
 {health_extra}
 """
-
-
-def free_port_block(size: int = 40) -> tuple[int, int]:
-    """A free port range for the daemons of one test, picked at random (parallel test
-    processes differ) below the kernel's ephemeral range: there, a client's outgoing
-    connection could take a daemon's port between its allocation and its bind."""
-    import random
-    import socket
-
-    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(50):
-        low = rng.randrange(20000, max(20001, ephemeral_low - size))
-        try:
-            for port in range(low, low + size):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return low, low + size - 1
-    raise RuntimeError("no free port block")
 
 
 def make_app(
