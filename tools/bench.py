@@ -42,6 +42,7 @@ from bench_common import (
     RouterUnderTest,
     cpu_seconds,
     free_port,
+    paired,
     pct,
     wait_port,
     wrk,
@@ -63,19 +64,13 @@ def check_tools() -> None:
 
 
 def interleaved(targets: list[tuple[int, int | None]], conns: int) -> list[dict]:
-    """ROUNDS interleaved runs of each (port, pid) target; the median run of each."""
+    """ROUNDS rounds, each a run of every (port, pid) target in turn; each target's runs
+    summed up against the first target's (bench_common.paired)."""
     runs: list[list[dict]] = [[] for _ in targets]
     for _ in range(ROUNDS):
         for i, (port, pid) in enumerate(targets):
             runs[i].append(wrk(port, conns, pid))
-
-    def median(rs: list[dict]) -> dict:
-        ordered = sorted(rs, key=lambda r: r["rps"])
-        result = dict(ordered[len(ordered) // 2])
-        result["spread"] = f"{ordered[0]['rps']:.0f}-{ordered[-1]['rps']:.0f}"
-        return result
-
-    return [median(rs) for rs in runs]
+    return paired(runs)
 
 
 def switch_propagation(router: RouterUnderTest, ports: tuple[int, int], n: int = 50) -> list[float]:
@@ -253,32 +248,33 @@ def main() -> int:
 
     print(
         f"\nproxies in front of one nginx backend, 100-byte keep-alive GET, one worker/thread "
-        f"each, wrk -t2 -d{DURATION}, median of {ROUNDS} interleaved runs"
+        f"each, wrk -t2 -d{DURATION}, {ROUNDS} rounds; each figure the median over the rounds, "
+        "each ratio to nginx the median of the ratios within a round; ratio runs: the req/s "
+        "ratio's range over the rounds"
     )
     print(
         f"{'c':>3}  {'proxy':<19} {'req/s':>7} {'/nginx':>7} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'p99/nginx':>9}  {'cpu us/req u+s':>14} {'cpu/nginx':>9}  runs req/s"
+        f"{'p99/nginx':>9}  {'cpu us/req u+s':>14} {'cpu/nginx':>9}  {'ratio runs':>9}  runs req/s"
     )
     for c, results in rows:
-        ng = results[0]
         for name, r in zip([*names, "byte relay"], results, strict=True):
             print(
-                f"{c:>3}  {name:<19} {r['rps']:>7.0f} {r['rps'] / ng['rps']:>7.2f} "
-                f"{r['p50']:>7.3f} {r['p99']:>7.3f} {r['p99'] / ng['p99']:>9.2f}  "
-                f"{cpu(r):>14} {cpu_total(r) / cpu_total(ng):>9.2f}  {r['spread']}"
+                f"{c:>3}  {name:<19} {r['rps']:>7.0f} {r['rps_ratio']:>7.2f} "
+                f"{r['p50']:>7.3f} {r['p99']:>7.3f} {r['p99_ratio']:>9.2f}  "
+                f"{cpu(r):>14} {r['cpu_ratio']:>9.2f}  {r['ratio_spread']:>9}  {r['spread']}"
             )
     print("\nin front of uvicorn (tools/uvicorn_app.py, 1 worker), same 100-byte answer")
     print(f"{'c':>3}  {'path':<19} {'req/s':>7} {'/direct':>7} {'p99 ms':>7}  runs req/s")
     for c, results in uv_rows:
         for name, r in zip(["direct", *names], results, strict=True):
             print(
-                f"{c:>3}  {name:<19} {r['rps']:>7.0f} {r['rps'] / results[0]['rps']:>7.2f} "
+                f"{c:>3}  {name:<19} {r['rps']:>7.0f} {r['rps_ratio']:>7.2f} "
                 f"{r['p99']:>7.3f}  {r['spread']}"
             )
     print(
         f"\nin front of the demo daemon, c=16: direct {direct['rps']:.0f} req/s "
         f"(p99 {direct['p99']:.2f} ms), via router {via['rps']:.0f} req/s "
-        f"(p99 {via['p99']:.2f} ms), router/direct {via['rps'] / direct['rps']:.2f}"
+        f"(p99 {via['p99']:.2f} ms), router/direct {via['rps_ratio']:.2f}"
     )
     print("\n" + propagation_line("SQLite registry (inotify)", samples))
     print(propagation_line("PostgreSQL registry (LISTEN/NOTIFY)", pg_samples))
@@ -307,10 +303,6 @@ def main() -> int:
 
 def cpu(r: dict) -> str:
     return f"{r['user_us']:.1f}+{r['sys_us']:.1f}"
-
-
-def cpu_total(r: dict) -> float:
-    return r["user_us"] + r["sys_us"]
 
 
 def idle_cpu(pids: list[int]) -> list[float]:

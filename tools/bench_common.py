@@ -9,6 +9,7 @@ import random
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -19,8 +20,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 DURATION = os.environ.get("BENCH_DURATION", "3s")
-# The machine is shared: each pair is measured ROUNDS times, interleaved, and the
-# median run (by req/s) of each side is reported.
+# The machine is shared: the targets are measured ROUNDS times, one after the other in
+# each round, and summed up with paired() below.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 
 
@@ -223,6 +224,44 @@ class RouterUnderTest:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
+
+
+def paired(runs: list[list[dict]]) -> list[dict]:
+    """Each target's runs (one per round, the rounds in the same order for every target),
+    summed up against the first target's, the reference.
+
+    Each figure (req/s, p50, p99, max, CPU per request) is the median over the rounds,
+    and each ratio to the reference (`rps_ratio`, `p99_ratio`, `cpu_ratio`) the median
+    of the ratios within each round: a machine that slows down for a while slows both
+    sides of the ratios taken then, which a ratio of two medians taken from different
+    rounds does not cancel. `spread` is the req/s range over the rounds and
+    `ratio_spread` that of the req/s ratio; `errors` counts non-2xx answers over them all.
+    """
+    ref = runs[0]
+
+    def cpu(r: dict) -> float:
+        return r["user_us"] + r["sys_us"]
+
+    def mid(values: list[float]) -> float:
+        return statistics.median(values)
+
+    summed = []
+    for rs in runs:
+        rps = [r["rps"] / g["rps"] for r, g in zip(rs, ref, strict=True)]
+        summed.append(
+            {
+                **{k: mid([r[k] for r in rs]) for k in ("rps", "p50", "p99", "max")},
+                "user_us": mid([r["user_us"] for r in rs]),
+                "sys_us": mid([r["sys_us"] for r in rs]),
+                "rps_ratio": mid(rps),
+                "p99_ratio": mid([r["p99"] / g["p99"] for r, g in zip(rs, ref, strict=True)]),
+                "cpu_ratio": mid([cpu(r) / cpu(g) for r, g in zip(rs, ref, strict=True)]),
+                "spread": f"{min(r['rps'] for r in rs):.0f}-{max(r['rps'] for r in rs):.0f}",
+                "ratio_spread": f"{min(rps):.2f}-{max(rps):.2f}",
+                "errors": sum(r["errors"] for r in rs),
+            }
+        )
+    return summed
 
 
 def pct(values: list[float], p: float) -> float:

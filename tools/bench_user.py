@@ -11,8 +11,9 @@ byte relay (tools/relay_reference.py), the router's pure-Python build
 (BGDEPLOY_NO_EXTENSIONS=1 for the `bgdeploy up` processes) and the compiled router
 with ``--no-control`` (`bgdeploy up --foreground --no-control`, then `bgdeploy
 deploy`: no health checks, no reconcile passes). wrk -t1 and -t2 at 16 and 64
-connections, the targets alternated in each of BENCH_ROUNDS rounds (default 3) of
-BENCH_DURATION (3s); the median run of each by req/s. CPU per request: user + system
+connections, the targets alternated in each of BENCH_ROUNDS rounds (default 5) of
+BENCH_DURATION (3s); each figure the median over the rounds, each ratio to nginx the
+median of the ratios within a round (bench_common.paired). CPU per request: user + system
 time of the proxy's processes (the router's supervisor and workers, never its
 daemon), psutil, us per request.
 
@@ -44,11 +45,11 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-from bench_common import DURATION, REPO, free_port, free_port_block, wait_port, wrk
+from bench_common import DURATION, REPO, free_port, free_port_block, paired, wait_port, wrk
 from bench_peers import nginx_bin, nginx_proxies, start_haproxy, start_nginx, write_nginx_conf
 
 BODY = "x" * 99 + "\n"
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 LOADS = ((1, 16), (1, 64), (2, 16), (2, 64))  # (wrk threads, connections)
 CLI_TIMEOUT_S = 120
 
@@ -288,32 +289,30 @@ def median(runs: list[dict]) -> dict:
 
 
 def measure(targets: list[tuple[str, int, list[int]]]) -> dict[tuple[int, int], list[dict]]:
-    """Per load, each target's median run; the targets alternated within each round."""
+    """Per load, each target's runs summed up against nginx's (bench_common.paired); the
+    targets alternated within each round."""
     out = {}
     for threads, conns in LOADS:
         runs: list[list[dict]] = [[] for _ in targets]
         for _ in range(ROUNDS):
             for i, (_name, port, pids) in enumerate(targets):
                 runs[i].append(run(port, pids, threads, conns))
-        out[threads, conns] = [median(rs) for rs in runs]
+        out[threads, conns] = paired(runs)
     return out
 
 
 def table(names: list[str], results: dict[tuple[int, int], list[dict]]) -> None:
     print(
         f"{'wrk':>6}  {'proxy':<20} {'req/s':>7} {'/nginx':>6} {'p99 ms':>7} {'/nginx':>6} "
-        f"{'max ms':>7}  {'cpu us/req u+s':>14} {'/nginx':>6}  runs req/s"
+        f"{'max ms':>7}  {'cpu us/req u+s':>14} {'/nginx':>6}  {'ratio runs':>9}  runs req/s"
     )
     for (threads, conns), rows in results.items():
-        ng = rows[0]
-        ng_cpu = ng["user_us"] + ng["sys_us"]
         for name, r in zip(names, rows, strict=True):
-            total = r["user_us"] + r["sys_us"]
             print(
                 f"{f't{threads} c{conns}':>6}  {name:<20} {r['rps']:>7.0f} "
-                f"{r['rps'] / ng['rps']:>6.2f} {r['p99']:>7.2f} {r['p99'] / ng['p99']:>6.2f} "
+                f"{r['rps_ratio']:>6.2f} {r['p99']:>7.2f} {r['p99_ratio']:>6.2f} "
                 f"{r['max']:>7.1f}  {r['user_us']:>6.1f}+{r['sys_us']:<6.1f} "
-                f"{total / ng_cpu:>7.2f}  {r['spread']}"
+                f"{r['cpu_ratio']:>7.2f}  {r['ratio_spread']:>9}  {r['spread']}"
             )
 
 
@@ -392,8 +391,10 @@ def main(argv: list[str]) -> int:
     print(
         f"\nthe router as a user runs it (`bgdeploy up`, defaults: health checks every 1 s, "
         f"1 worker, control loop on) and peers, each in front of an nginx (1 worker, 100-byte "
-        f"answer); keep-alive GET, wrk -d{DURATION}, median of {ROUNDS} alternated runs; "
-        "cpu: the proxy's processes (router: supervisor + workers)"
+        f"answer); keep-alive GET, wrk -d{DURATION}, {ROUNDS} rounds, the proxies alternated in "
+        "each; each figure the median over the rounds, each ratio to nginx the median of the "
+        "ratios within a round; ratio runs: the req/s ratio's range over the rounds; cpu: "
+        "the proxy's processes (router: supervisor + workers)"
     )
     table([name for name, _, _ in targets], results)
     asked_table(named, before, after)

@@ -87,11 +87,6 @@ def wrk_cpu(port: int, conns: int, pids: list[int]) -> dict[str, Any]:
     return result
 
 
-def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    ordered = sorted(runs, key=lambda r: r["rps"])
-    return ordered[len(ordered) // 2]
-
-
 def throughput(work: Path, backend: int) -> list[tuple[int, int, dict, dict]]:
     """(workers, c, nginx run, router run) rows."""
     rows = []
@@ -119,7 +114,7 @@ def throughput(work: Path, backend: int) -> list[tuple[int, int, dict, dict]]:
                 for _ in range(bench_common.ROUNDS):
                     ng_runs.append(wrk_cpu(proxy, c, nginx_pids))
                     ro_runs.append(wrk_cpu(router.port, c, router_pids))
-                rows.append((n, c, _median(ng_runs), _median(ro_runs)))
+                rows.append((n, c, *bench_common.paired([ng_runs, ro_runs])))
         finally:
             router.stop()
             nginx.terminate()
@@ -198,7 +193,8 @@ def report(work: Path, backends: tuple[int, int]) -> None:
     rss = memory(work, backends[0])
     print(
         "\nrouter.workers = 1 and 2 vs nginx worker_processes 1 and 2, nginx backend, "
-        f"median of {bench_common.ROUNDS} interleaved runs; CPU per request summed over workers"
+        f"{bench_common.ROUNDS} interleaved rounds, medians over them (ratio: of the ratios within "
+        "a round); CPU per request summed over workers"
     )
     print(
         f"{'workers':>7} {'c':>3}  {'nginx req/s':>11} {'p99 ms':>7} {'cpu/req us':>10}   "
@@ -208,7 +204,7 @@ def report(work: Path, backends: tuple[int, int]) -> None:
         print(
             f"{n:>7} {c:>3}  {ng['rps']:>11.0f} {ng['p99']:>7.3f} "
             f"{ng['user_us'] + ng['sys_us']:>10.0f}   {ro['rps']:>12.0f} {ro['p99']:>7.3f} "
-            f"{ro['user_us'] + ro['sys_us']:>10.0f}   {ro['rps'] / ng['rps']:>5.2f}"
+            f"{ro['user_us'] + ro['sys_us']:>10.0f}   {ro['rps_ratio']:>5.2f}"
         )
     print("\nswitch propagation per worker (commit -> the worker routes to the new boot), ms")
     for pid, values in samples.items():

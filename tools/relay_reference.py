@@ -24,7 +24,10 @@ class Upstream(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.client.transport.write(data)
+        try:
+            self.client.transport.write(data)
+        except RuntimeError:  # the client left while this answer was on its way (uvloop)
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client.transport.close()
