@@ -141,6 +141,16 @@ class BootProcesses:
         name = boot_id if replica == 0 else f"{boot_id}/{replica}"
         return (str(self.config.state_dir), name)
 
+    def _child(self, boot_id: str, replica: int, pid: int | None) -> subprocess.Popen[bytes] | None:
+        """The Popen this process keeps for the process the registry records (``pid``,
+        None in a row read before the spawn recorded it); None when it keeps none, or
+        one of an earlier process: another process (a router's tending) has started
+        that replica again since, and the old handle's exit says nothing of the new one."""
+        child = CHILDREN.get(self._key(boot_id, replica))
+        if child is None or (pid is not None and child.pid != pid):
+            return None
+        return child
+
     def reap(self) -> None:
         """Collect the exits of the boots this process started (a router calls it every
         control pass: a boot a CLI command stopped must not stay a zombie)."""
@@ -250,19 +260,19 @@ class BootProcesses:
         rows = self.registry.replicas.rows(boot.boot_id) if replicas is None else replicas
         if rows:
             return any(self.replica_running(r) for r in rows if r.state != STOPPED)
-        child = CHILDREN.get(self._key(boot.boot_id))
+        child = self._child(boot.boot_id, 0, boot.pid)
         if child is not None and child.poll() is not None:
             return False
         return process_matches(boot.pid, boot.pid_create_time)
 
     def replica_running(self, rep: Replica) -> bool:
-        child = CHILDREN.get(self._key(rep.boot_id, rep.replica))
+        child = self._child(rep.boot_id, rep.replica, rep.pid)
         if child is not None and child.poll() is not None:
             return False
         return process_matches(rep.pid, rep.pid_create_time)
 
     def replica_exit_code(self, rep: Replica) -> int | None:
-        child = CHILDREN.get(self._key(rep.boot_id, rep.replica))
+        child = self._child(rep.boot_id, rep.replica, rep.pid)
         return child.poll() if child is not None else None
 
     def describe_replica_exit(self, rep: Replica) -> str:
@@ -275,7 +285,7 @@ class BootProcesses:
 
     def exit_code(self, boot: Boot) -> int | None:
         """The exit code when we started the boot ourselves and it has exited, else None."""
-        child = CHILDREN.get(self._key(boot.boot_id))
+        child = self._child(boot.boot_id, 0, boot.pid)
         return child.poll() if child is not None else None
 
     def describe_exit(self, boot: Boot, *, honest: bool = False) -> str:
@@ -340,7 +350,7 @@ class BootProcesses:
         return code
 
     def _wait_exit(self, boot: Boot, timeout: float) -> int | None:
-        child = CHILDREN.get(self._key(boot.boot_id))
+        child = self._child(boot.boot_id, 0, boot.pid)
         if child is not None:
             try:
                 return child.wait(timeout)
@@ -392,7 +402,7 @@ class BootProcesses:
         return codes
 
     def _wait_replica(self, rep: Replica, timeout: float) -> int | None:
-        child = CHILDREN.get(self._key(rep.boot_id, rep.replica))
+        child = self._child(rep.boot_id, rep.replica, rep.pid)
         if child is not None:
             try:
                 return child.wait(timeout)

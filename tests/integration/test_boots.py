@@ -180,3 +180,52 @@ def test_stopping_a_set_ends_a_replica_started_again_whose_pid_never_reached_the
         what="the unrecorded replica to be ended",
     )
     assert not any(process_matches(r.pid, r.pid_create_time) for r in rows)
+
+
+RESTART_ELSEWHERE = """
+import sys
+from pathlib import Path
+from bgdeploy.boots import BootProcesses
+from bgdeploy.config import load_config
+from bgdeploy.control.app import App
+
+app = App(load_config(Path(sys.argv[1])))
+boot = app.registry.boot(sys.argv[2])
+BootProcesses(app.config, app.registry).spawn_replica(boot, 1, prefer_port=int(sys.argv[3]))
+"""
+
+
+def test_a_replica_started_again_by_another_process_is_seen_running_and_stopped_gracefully(
+    boots_for,
+):
+    """This process started the set; a router's tending (another process) started a
+    dead replica again and recorded its new pid. The old handle this process keeps
+    must not hide the new process: it counts as running, and stopping the set sends it
+    SIGTERM, so it finishes its requests, instead of leaving it to the leftover sweep's
+    SIGKILL (before: its handle's exit code said "dead", and the set's stop skipped it)."""
+    b = boots_for()
+    boot_id = b.app.registry.create_boot(b.app.service, 1, "1.0")
+    boot = b.supervisor.spawn(boot_id, replicas=2)
+    one = b.app.registry.replicas.rows(boot_id)[1]
+    os.killpg(one.pid, signal.SIGKILL)
+    poll_until(lambda: not b.supervisor.replica_running(one), 10, what="replica 1 dead")
+    subprocess.run(
+        [sys.executable, "-c", RESTART_ELSEWHERE, str(b.app.config.path), boot_id, str(one.port)],
+        check=True,
+        timeout=60,
+    )
+    again = b.app.registry.replicas.get(boot_id, 1)
+    assert again.pid != one.pid and process_matches(again.pid, again.pid_create_time)
+    assert b.supervisor.replica_running(again)
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{again.port}/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    poll_until(answers, 20, what="the replica started again to answer")
+
+    b.supervisor.stop(boot, timeout=10)
+    assert not process_matches(again.pid, again.pid_create_time)
+    assert "stopped: in-flight requests finished" in Path(again.log_path).read_text()
