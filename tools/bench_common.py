@@ -245,17 +245,20 @@ def paired(runs: list[list[dict]]) -> list[dict]:
     def mid(values: list[float]) -> float:
         return statistics.median(values)
 
+    def ratio(a: float, b: float) -> float:  # a round whose reference made nothing: no ratio
+        return a / b if b else float("nan")
+
     summed = []
     for rs in runs:
-        rps = [r["rps"] / g["rps"] for r, g in zip(rs, ref, strict=True)]
+        rps = [ratio(r["rps"], g["rps"]) for r, g in zip(rs, ref, strict=True)]
         summed.append(
             {
                 **{k: mid([r[k] for r in rs]) for k in ("rps", "p50", "p99", "max")},
                 "user_us": mid([r["user_us"] for r in rs]),
                 "sys_us": mid([r["sys_us"] for r in rs]),
                 "rps_ratio": mid(rps),
-                "p99_ratio": mid([r["p99"] / g["p99"] for r, g in zip(rs, ref, strict=True)]),
-                "cpu_ratio": mid([cpu(r) / cpu(g) for r, g in zip(rs, ref, strict=True)]),
+                "p99_ratio": mid([ratio(r["p99"], g["p99"]) for r, g in zip(rs, ref, strict=True)]),
+                "cpu_ratio": mid([ratio(cpu(r), cpu(g)) for r, g in zip(rs, ref, strict=True)]),
                 "spread": f"{min(r['rps'] for r in rs):.0f}-{max(r['rps'] for r in rs):.0f}",
                 "ratio_spread": f"{min(rps):.2f}-{max(rps):.2f}",
                 "errors": sum(r["errors"] for r in rs),

@@ -1,7 +1,8 @@
 """The router's worker processes in `make bench` (called from tools/bench.py's main).
 
 1. router.workers = 1 and 2 against nginx with worker_processes 1 and 2 (upstream
-   keepalive), same nginx backend, c=16 and c=64, median of the interleaved runs,
+   keepalive), same nginx backend, c=16 and c=64, medians over interleaved rounds
+   (the ratio: the median of the ratios within a round, bench_common.paired),
    with the CPU time per request summed over all of each proxy's worker processes.
 2. switch propagation per worker: registry commit -> the route applied in each
    worker (the time it noted, asked over its unix socket), p50/p99/max over 50
