@@ -101,11 +101,17 @@ class Children:
 
     def __init__(self) -> None:
         self._procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        self._created: dict[tuple[str, str], float] = {}  # each one's start time (psutil)
         self._lock = threading.Lock()
 
-    def add(self, key: tuple[str, str], proc: subprocess.Popen[bytes]) -> None:
+    def add(self, key: tuple[str, str], proc: subprocess.Popen[bytes], created: float) -> None:
         with self._lock:
             self._procs[key] = proc
+            self._created[key] = created
+
+    def created(self, key: tuple[str, str]) -> float | None:
+        with self._lock:
+            return self._created.get(key)
 
     def get(self, key: tuple[str, str]) -> subprocess.Popen[bytes] | None:
         with self._lock:
@@ -114,6 +120,7 @@ class Children:
     def pop(self, key: tuple[str, str]) -> None:
         with self._lock:
             self._procs.pop(key, None)
+            self._created.pop(key, None)
 
     def reap(self) -> int:
         """Collect the exit of every child that has exited; returns how many run on."""
@@ -123,6 +130,7 @@ class Children:
         with self._lock:
             for key in exited[: max(0, len(exited) - self.KEEP_EXITED)]:
                 self._procs.pop(key, None)
+                self._created.pop(key, None)
         return len(procs) - len(exited)
 
 
@@ -141,13 +149,23 @@ class BootProcesses:
         name = boot_id if replica == 0 else f"{boot_id}/{replica}"
         return (str(self.config.state_dir), name)
 
-    def _child(self, boot_id: str, replica: int, pid: int | None) -> subprocess.Popen[bytes] | None:
-        """The Popen this process keeps for the process the registry records (``pid``,
-        None in a row read before the spawn recorded it); None when it keeps none, or
-        one of an earlier process: another process (a router's tending) has started
-        that replica again since, and the old handle's exit says nothing of the new one."""
-        child = CHILDREN.get(self._key(boot_id, replica))
-        if child is None or (pid is not None and child.pid != pid):
+    def _child(
+        self, boot_id: str, replica: int, pid: int | None, created: float | None
+    ) -> subprocess.Popen[bytes] | None:
+        """The Popen this process keeps for the process the registry records (``pid``
+        and its start time ``created``; None in a row read before the spawn recorded
+        them); None when it keeps none, or one of an earlier process: another process
+        (a router's tending) has started that replica again since, and the old
+        handle's exit says nothing of the new one, even where the new one got the
+        old one's pid again."""
+        key = self._key(boot_id, replica)
+        child = CHILDREN.get(key)
+        if child is None or pid is None:
+            return child
+        kept = CHILDREN.created(key)
+        if child.pid != pid or (
+            created is not None and kept is not None and abs(kept - created) >= 0.05
+        ):
             return None
         return child
 
@@ -243,11 +261,11 @@ class BootProcesses:
             ) from None
         finally:
             os.close(fd)
-        CHILDREN.add(self._key(boot_id, replica), proc)
         try:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:  # exited already; still record the pid for the log
             create_time = time.time()
+        CHILDREN.add(self._key(boot_id, replica), proc, create_time)
         which = f"boot {boot_id}" + (f" replica {replica}" if replica else "")
         log.info("%s: started pid %d on port %d (%s)", which, proc.pid, port, boot.version)
         return proc.pid, create_time, str(log_path)
@@ -260,19 +278,19 @@ class BootProcesses:
         rows = self.registry.replicas.rows(boot.boot_id) if replicas is None else replicas
         if rows:
             return any(self.replica_running(r) for r in rows if r.state != STOPPED)
-        child = self._child(boot.boot_id, 0, boot.pid)
+        child = self._child(boot.boot_id, 0, boot.pid, boot.pid_create_time)
         if child is not None and child.poll() is not None:
             return False
         return process_matches(boot.pid, boot.pid_create_time)
 
     def replica_running(self, rep: Replica) -> bool:
-        child = self._child(rep.boot_id, rep.replica, rep.pid)
+        child = self._child(rep.boot_id, rep.replica, rep.pid, rep.pid_create_time)
         if child is not None and child.poll() is not None:
             return False
         return process_matches(rep.pid, rep.pid_create_time)
 
     def replica_exit_code(self, rep: Replica) -> int | None:
-        child = self._child(rep.boot_id, rep.replica, rep.pid)
+        child = self._child(rep.boot_id, rep.replica, rep.pid, rep.pid_create_time)
         return child.poll() if child is not None else None
 
     def describe_replica_exit(self, rep: Replica) -> str:
@@ -285,7 +303,7 @@ class BootProcesses:
 
     def exit_code(self, boot: Boot) -> int | None:
         """The exit code when we started the boot ourselves and it has exited, else None."""
-        child = self._child(boot.boot_id, 0, boot.pid)
+        child = self._child(boot.boot_id, 0, boot.pid, boot.pid_create_time)
         return child.poll() if child is not None else None
 
     def describe_exit(self, boot: Boot, *, honest: bool = False) -> str:
@@ -350,7 +368,7 @@ class BootProcesses:
         return code
 
     def _wait_exit(self, boot: Boot, timeout: float) -> int | None:
-        child = self._child(boot.boot_id, 0, boot.pid)
+        child = self._child(boot.boot_id, 0, boot.pid, boot.pid_create_time)
         if child is not None:
             try:
                 return child.wait(timeout)
@@ -402,7 +420,7 @@ class BootProcesses:
         return codes
 
     def _wait_replica(self, rep: Replica, timeout: float) -> int | None:
-        child = self._child(rep.boot_id, rep.replica, rep.pid)
+        child = self._child(rep.boot_id, rep.replica, rep.pid, rep.pid_create_time)
         if child is not None:
             try:
                 return child.wait(timeout)
