@@ -30,6 +30,7 @@ from bgdeploy.processes import (
     port_is_free,
     process_matches,
     processes_of_boot,
+    same_start,
 )
 from bgdeploy.registry.models import Boot, Replica
 from bgdeploy.registry.replicas import STOPPED
@@ -100,37 +101,30 @@ class Children:
     KEEP_EXITED = 256  # exit codes kept for history's "exit" events; older ones go
 
     def __init__(self) -> None:
-        self._procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
-        self._created: dict[tuple[str, str], float] = {}  # each one's start time (psutil)
+        # each one's Popen, and its start time (psutil) to tell it from a later process
+        self._procs: dict[tuple[str, str], tuple[subprocess.Popen[bytes], float]] = {}
         self._lock = threading.Lock()
 
     def add(self, key: tuple[str, str], proc: subprocess.Popen[bytes], created: float) -> None:
         with self._lock:
-            self._procs[key] = proc
-            self._created[key] = created
+            self._procs[key] = (proc, created)
 
-    def created(self, key: tuple[str, str]) -> float | None:
-        with self._lock:
-            return self._created.get(key)
-
-    def get(self, key: tuple[str, str]) -> subprocess.Popen[bytes] | None:
+    def get(self, key: tuple[str, str]) -> tuple[subprocess.Popen[bytes], float] | None:
         with self._lock:
             return self._procs.get(key)
 
     def pop(self, key: tuple[str, str]) -> None:
         with self._lock:
             self._procs.pop(key, None)
-            self._created.pop(key, None)
 
     def reap(self) -> int:
         """Collect the exit of every child that has exited; returns how many run on."""
         with self._lock:
             procs = list(self._procs.items())
-        exited = [key for key, proc in procs if proc.poll() is not None]
+        exited = [key for key, (proc, _) in procs if proc.poll() is not None]
         with self._lock:
             for key in exited[: max(0, len(exited) - self.KEEP_EXITED)]:
                 self._procs.pop(key, None)
-                self._created.pop(key, None)
         return len(procs) - len(exited)
 
 
@@ -158,13 +152,12 @@ class BootProcesses:
         (a router's tending) has started that replica again since, and the old
         handle's exit says nothing of the new one, even where the new one got the
         old one's pid again."""
-        key = self._key(boot_id, replica)
-        child = CHILDREN.get(key)
-        if child is None or pid is None:
-            return child
-        kept = CHILDREN.created(key)
-        if child.pid != pid or (
-            created is not None and kept is not None and abs(kept - created) >= 0.05
+        kept = CHILDREN.get(self._key(boot_id, replica))
+        if kept is None:
+            return None
+        child, started = kept
+        if pid is not None and (
+            child.pid != pid or (created is not None and not same_start(started, created))
         ):
             return None
         return child

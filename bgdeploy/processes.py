@@ -11,6 +11,13 @@ from pathlib import Path
 
 import psutil
 
+START_SLACK_S = 0.05  # two readings of one process's start time differ by less
+
+
+def same_start(a: float, b: float) -> bool:
+    """Two start times (psutil's ``create_time``) of one and the same process."""
+    return abs(a - b) < START_SLACK_S
+
 
 def process_matches(pid: int | None, create_time: float | None) -> bool:
     """True when ``pid`` is alive and is the very process we recorded (not a reused pid)."""
@@ -18,7 +25,7 @@ def process_matches(pid: int | None, create_time: float | None) -> bool:
         return False
     try:
         proc = psutil.Process(pid)
-        return abs(proc.create_time() - create_time) < 0.05 and proc.status() != "zombie"
+        return same_start(proc.create_time(), create_time) and proc.status() != "zombie"
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
@@ -97,7 +104,7 @@ def group_members(pgid: int, since: float) -> list[psutil.Process]:
             same_group = os.getpgid(proc.pid) == pgid
             if (
                 same_group
-                and proc.info["create_time"] >= since - 0.05
+                and proc.info["create_time"] >= since - START_SLACK_S
                 and proc.status() != psutil.STATUS_ZOMBIE
             ):
                 members.append(proc)
